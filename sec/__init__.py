@@ -1,0 +1,1 @@
+"""SEC: Seed, Expand and Constrain on a Caffe-compatible PyTorch engine."""
