@@ -17,7 +17,7 @@ setup(
         "scipy",
         "pillow",
         "pyyaml",
-        "protobuf",
+        "protobuf>=7.35.1,<8",
         "tqdm",
         "torch==2.13.0",
     ],

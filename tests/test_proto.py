@@ -1,0 +1,138 @@
+"""The committed schema module matches caffe.proto, and caffe.proto matches Caffe.
+
+Field numbers and defaults below are Caffe's (BVLC caffe.proto); the wire-format tests
+encode bytes by hand, independently of the generated module, so a wrong field number
+in our schema cannot hide behind a symmetric write/read.
+"""
+import ast
+import importlib.util
+import re
+import struct
+
+import pytest
+from google.protobuf import descriptor_pb2
+
+from sec.proto import caffe_pb2
+from sec.proto.regenerate import PROTO_DIR, regenerate
+
+GRPC_TOOLS_MISSING = importlib.util.find_spec("grpc_tools") is None
+VERSION_LINE = re.compile(r"^# Protobuf Python Version: (.*)$", re.MULTILINE)
+
+
+def _varint(value):
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _tag(field, wire_type):
+    return _varint(field << 3 | wire_type)
+
+
+def _length_delimited(field, payload):
+    return _tag(field, 2) + _varint(len(payload)) + payload
+
+
+def _serialized_schema(module_text):
+    """The FileDescriptorProto bytes a generated *_pb2.py module registers."""
+    for node in ast.walk(ast.parse(module_text)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "AddSerializedFile"):
+            return descriptor_pb2.FileDescriptorProto.FromString(node.args[0].value)
+    raise AssertionError("no AddSerializedFile call in the generated module")
+
+
+@pytest.mark.skipif(GRPC_TOOLS_MISSING, reason="grpcio-tools (protoc) is not installed")
+def test_committed_module_matches_schema(tmp_path):
+    regenerated = regenerate(tmp_path).read_text()
+    committed = (PROTO_DIR / "caffe_pb2.py").read_text()
+    assert _serialized_schema(regenerated) == _serialized_schema(committed), (
+        "sec/proto/caffe_pb2.py is stale: run python -m sec.proto.regenerate")
+    # Byte equality only holds for the same protoc release; other releases differ
+    # in the version header, not in the schema checked above.
+    if VERSION_LINE.search(regenerated).group(1) == VERSION_LINE.search(committed).group(1):
+        assert regenerated == committed
+
+
+def _field(message, name):
+    return message.DESCRIPTOR.fields_by_name[name]
+
+
+@pytest.mark.parametrize("message, name, number", [
+    (caffe_pb2.NetParameter, "name", 1),
+    (caffe_pb2.NetParameter, "layers", 2),
+    (caffe_pb2.NetParameter, "input", 3),
+    (caffe_pb2.NetParameter, "input_dim", 4),
+    (caffe_pb2.NetParameter, "input_shape", 8),
+    (caffe_pb2.NetParameter, "layer", 100),
+    (caffe_pb2.LayerParameter, "blobs", 7),
+    (caffe_pb2.LayerParameter, "transform_param", 100),
+    (caffe_pb2.LayerParameter, "loss_param", 101),
+    (caffe_pb2.LayerParameter, "convolution_param", 106),
+    (caffe_pb2.LayerParameter, "image_data_param", 115),
+    (caffe_pb2.LayerParameter, "inner_product_param", 117),
+    (caffe_pb2.LayerParameter, "pooling_param", 121),
+    (caffe_pb2.LayerParameter, "python_param", 130),
+    (caffe_pb2.LayerParameter, "input_param", 143),
+    (caffe_pb2.BlobProto, "num", 1),
+    (caffe_pb2.BlobProto, "width", 4),
+    (caffe_pb2.BlobProto, "data", 5),
+    (caffe_pb2.BlobProto, "shape", 7),
+    (caffe_pb2.BlobProto, "double_data", 8),
+    (caffe_pb2.ConvolutionParameter, "dilation", 18),
+    (caffe_pb2.V1LayerParameter, "blobs_lr", 7),
+    (caffe_pb2.V1LayerParameter, "weight_decay", 8),
+    (caffe_pb2.V1LayerParameter, "convolution_param", 10),
+    (caffe_pb2.SolverParameter, "base_lr", 5),
+    (caffe_pb2.SolverParameter, "lr_policy", 8),
+    (caffe_pb2.SolverParameter, "momentum", 11),
+    (caffe_pb2.SolverParameter, "weight_decay", 12),
+    (caffe_pb2.SolverParameter, "iter_size", 36),
+    (caffe_pb2.SolverState, "history", 3),
+])
+def test_field_numbers_are_caffes(message, name, number):
+    assert _field(message, name).number == number
+
+
+def test_defaults_are_caffes():
+    assert caffe_pb2.ConvolutionParameter().bias_term is True
+    assert caffe_pb2.ConvolutionParameter().group == 1
+    assert caffe_pb2.PoolingParameter().pool == caffe_pb2.PoolingParameter.MAX
+    assert caffe_pb2.PoolingParameter().stride == 1
+    assert caffe_pb2.ParamSpec().lr_mult == 1.0 and caffe_pb2.ParamSpec().decay_mult == 1.0
+    assert caffe_pb2.DropoutParameter().dropout_ratio == 0.5
+    assert caffe_pb2.NetState().phase == caffe_pb2.TEST
+    assert (caffe_pb2.TRAIN, caffe_pb2.TEST) == (0, 1)
+    solver = caffe_pb2.SolverParameter()
+    assert solver.type == "SGD" and solver.iter_size == 1 and solver.average_loss == 1
+    assert solver.solver_mode == caffe_pb2.SolverParameter.GPU
+    assert solver.regularization_type == "L2" and solver.clip_gradients == -1
+    assert caffe_pb2.V1LayerParameter.CONVOLUTION == 4
+    assert caffe_pb2.V1LayerParameter.INNER_PRODUCT == 14
+    assert caffe_pb2.V1LayerParameter.SOFTMAX_LOSS == 21
+
+
+def test_hand_encoded_layer_parses():
+    python_param = (_length_delimited(1, b"pylayers") + _length_delimited(2, b"SeedLoss")
+                    + _length_delimited(3, b"{}"))
+    layer = (_length_delimited(1, b"loss-s") + _length_delimited(2, b"Python")
+             + _length_delimited(130, python_param))
+    net = caffe_pb2.NetParameter.FromString(_length_delimited(100, layer))
+    parsed = net.layer[0]
+    assert (parsed.name, parsed.type) == ("loss-s", "Python")
+    assert (parsed.python_param.module, parsed.python_param.layer) == ("pylayers", "SeedLoss")
+    assert parsed.python_param.param_str == "{}"
+
+
+def test_blob_serialises_as_caffe_does():
+    values = [1.5, -2.0, 0.25]
+    blob = caffe_pb2.BlobProto(data=values)
+    blob.shape.dim.extend([3])
+    packed = struct.pack("<3f", *values)
+    shape = _length_delimited(1, _varint(3))  # dim is packed: one varint in a length field
+    expected = _length_delimited(5, packed) + _length_delimited(7, shape)
+    assert blob.SerializeToString(deterministic=True) == expected
