@@ -1,0 +1,92 @@
+"""The layer base class and `param_str` parsing.
+
+The layers subclass ``caffe.Layer`` when a real pycaffe is importable, so that Caffe can load
+them through ``python_param { module: 'pylayers' layer: '...' }``. Without pycaffe (or with the
+empty PyPI placeholder named ``caffe``) they use `PythonLayer` below, which behaves like
+pycaffe's base for the engine that drives it.
+"""
+import yaml
+
+TRAIN, TEST = 0, 1
+
+
+class PythonLayer:
+    """Stand-in for ``caffe.Layer``: the engine constructs it with the LayerParameter (or None),
+    then sets ``param_str`` and ``phase`` and calls setup / reshape / forward / backward."""
+
+    def __init__(self, param=None):
+        self.param = param
+        python_param = getattr(param, "python_param", None)
+        self.param_str = getattr(python_param, "param_str", "") or ""
+        self.phase = getattr(param, "phase", TRAIN) if param is not None else TRAIN
+
+    def setup(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__}.setup")
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__}.reshape")
+
+    def forward(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, top, propagate_down, bottom):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+
+def find_caffe_layer():
+    """(caffe.Layer, None) when a real pycaffe imports, else (None, why not)."""
+    try:
+        import caffe
+    # Deliberately broad: a placeholder or half-built `caffe` may fail in any way, and
+    # pylayers must still import; the reason is kept in CAFFE_UNAVAILABLE_REASON.
+    except Exception as err:  # noqa: BLE001
+        return None, f"import caffe failed: {type(err).__name__}: {err}"
+    layer = getattr(caffe, "Layer", None)
+    if not isinstance(layer, type):
+        return None, f"module caffe ({getattr(caffe, '__file__', '?')}) has no Layer class"
+    return layer, None
+
+
+CAFFE_LAYER, CAFFE_UNAVAILABLE_REASON = find_caffe_layer()
+Layer = CAFFE_LAYER if CAFFE_LAYER is not None else PythonLayer
+"""Base class of every SEC layer: caffe.Layer under real Caffe, else `PythonLayer`."""
+
+
+def layer_label(layer):
+    """'ClassName' or 'ClassName "name"' for error messages."""
+    name = getattr(getattr(layer, "param", None), "name", "")
+    return f'{type(layer).__name__} "{name}"' if name else type(layer).__name__
+
+
+def parse_param_str(param_str, defaults, label):
+    """Merge the YAML/JSON mapping in ``param_str`` over ``defaults``.
+
+    An empty string means all defaults. Unknown keys, a non-mapping or invalid YAML raise
+    ValueError naming ``label`` (the layer).
+    """
+    text = param_str or ""
+    try:
+        values = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{label}: param_str is not valid YAML/JSON: {err}") from err
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{label}: param_str must be a mapping, got {text!r}")
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise ValueError(f"{label}: unknown param_str key(s) {unknown}; known: {sorted(defaults)}")
+    merged = dict(defaults)
+    merged.update(values)
+    return merged
+
+
+def float_param(params, key, label, valid, requirement):
+    """params[key] as a float satisfying ``valid``; else ValueError naming layer, key and ``requirement``."""
+    try:
+        value = float(params[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"{label}: param_str {key} must be a number, got {params[key]!r}") from None
+    if not valid(value):
+        raise ValueError(f"{label}: param_str {key} must be {requirement}, got {value}")
+    return value
