@@ -1,0 +1,361 @@
+"""Image lists, image decoding and the ImageData source (Caffe's ImageData layer semantics).
+
+Conventions:
+- An image list is the original SEC `input_list.txt` format: one `<image path> <integer id>` per
+  line, the path relative to a root folder (for VOC: `JPEGImages/`).
+- `load_image` returns HxWx3 uint8 RGB, rotated as an image viewer shows it (EXIF orientation).
+- `preprocess` and `ImageDataSource` return float32 3xHxW (NCHW for batches) in BGR channel order
+  with the per-channel mean (104, 117, 123 in B, G, R order) subtracted: values are roughly
+  -123..151, not 0..255.
+
+Differences from Caffe's ImageData layer: images are resized with Pillow's bilinear filter on the
+uint8 image (Caffe used OpenCV's cv::resize, INTER_LINEAR, so pixel values differ slightly); EXIF
+orientation is applied; the path is joined with os.path.join (Caffe concatenated strings); blank
+list lines are skipped; new_height/new_width must both be set (> 0); shuffling uses numpy's
+generator seeded with (seed, epoch), so the order differs from Caffe's but is reproducible.
+"""
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage
+from PIL import Image, ImageOps
+
+MEAN_BGR = (104.0, 117.0, 123.0)
+# How many batches are decoded ahead of the one the network consumes (Caffe's PREFETCH_COUNT).
+PREFETCH_BATCHES = 3
+# Scheme by which the shuffle order of an epoch is derived; stored in state_dict.
+SHUFFLE_SCHEME = "numpy.default_rng([seed, epoch]).permutation"
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+class ImageListError(ValueError):
+    """A bad image list line, or an image named in a list that cannot be read."""
+
+
+class ImageLoadError(ValueError):
+    """An image file that is missing or cannot be decoded (the message names the file)."""
+
+
+def read_image_list(path):
+    """Parse an image list: returns a list of (image path, integer id, line number).
+
+    Lines must hold exactly two whitespace-separated fields `<image path> <integer id>`;
+    blank lines are skipped. Errors raise ImageListError naming the list file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageListError(f"image list not found: {path}")
+    entries = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise ImageListError(
+                    f"{path}:{line_no}: need '<image path> <integer id>', got {len(fields)} "
+                    f"field(s): {line.rstrip()!r}")
+            try:
+                image_id = int(fields[1])
+            except ValueError:
+                raise ImageListError(
+                    f"{path}:{line_no}: id must be an integer, got {fields[1]!r}") from None
+            entries.append((fields[0], image_id, line_no))
+    if not entries:
+        raise ImageListError(f"image list is empty: {path}")
+    return entries
+
+
+def write_image_list(path, entries):
+    """Write `<image path> <id>` lines; entries are (image path, integer id) pairs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for image, image_id in entries:
+        if any(ch.isspace() for ch in str(image)):
+            raise ImageListError(f"image path with whitespace cannot go in a list: {image!r}")
+        lines.append(f"{image} {int(image_id)}\n")
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def load_image(path):
+    """Read an image as HxWx3 uint8 RGB, EXIF-rotated; greyscale, RGBA, palette -> RGB.
+
+    Alpha is dropped (as OpenCV's imread in colour mode does). Raises ImageLoadError naming the
+    file when it is missing or cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            rgb = image.convert("RGB")
+            return np.asarray(rgb, dtype=np.uint8).copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageLoadError(f"cannot decode image {path}: {err}") from err
+
+
+def _check_image(image):
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"need HxWx3 uint8 RGB image, got {image.dtype} {image.shape}")
+    return image
+
+
+def _resize_pil(image, height, width):
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR),
+                      dtype=np.float32)
+
+
+def _resize_zoom(image, height, width):
+    factors = (height / image.shape[0], width / image.shape[1], 1.0)
+    return scipy.ndimage.zoom(image.astype(np.float32), factors, order=1)
+
+
+_RESIZERS = {"zoom": _resize_zoom, "pil": _resize_pil}
+
+
+def preprocess(image, height, width, mean=MEAN_BGR, method="zoom"):
+    """HxWx3 uint8 RGB -> float32 3 x height x width, BGR, mean (B, G, R order) subtracted.
+
+    method="zoom" is the original SEC deploy.py formula: scipy.ndimage.zoom(order=1) on the
+    float image. method="pil" is what the training data layer uses: Pillow bilinear resize on
+    the uint8 image (stands in for Caffe's cv::resize).
+    """
+    image = _check_image(image)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"need positive height and width, got {height}x{width}")
+    if method not in _RESIZERS:
+        raise ValueError(f"need method in {sorted(_RESIZERS)}, got {method!r}")
+    resized = _RESIZERS[method](image, height, width)
+    bgr = resized[:, :, ::-1] - np.asarray(mean, dtype=np.float32)
+    return np.ascontiguousarray(bgr.transpose(2, 0, 1), dtype=np.float32)
+
+
+def shuffle_order(num_images, seed, epoch):
+    """The image order of one epoch (a permutation of range(num_images))."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_images)
+
+
+class ImageDataSource:
+    """Batches from an image list, as Caffe's ImageData layer with new_height/new_width set.
+
+    Each image is warp-resized to new_height x new_width (no crop, no mirror), turned to BGR and
+    mean-subtracted. With shuffle, the list order is permuted at the start of every epoch from
+    (seed, epoch); batches run on across epoch ends as in Caffe. Images are decoded by `workers`
+    threads (0: in the calling thread), PREFETCH_BATCHES batches ahead.
+
+    next_batch() -> (images float32 N x 3 x new_height x new_width, labels float32 (N,)).
+    """
+
+    def __init__(self, source, root_folder, batch_size, new_height, new_width,
+                 mean_values=MEAN_BGR, shuffle=True, seed=0, workers=2):
+        if batch_size <= 0:
+            raise ValueError(f"{source}: need batch_size > 0, got {batch_size}")
+        if new_height <= 0 or new_width <= 0:
+            raise ValueError(f"{source}: need new_height and new_width > 0 (images are "
+                             f"batched, so all must be resized), got {new_height}x{new_width}")
+        if len(mean_values) != 3:
+            raise ValueError(f"{source}: need 3 mean values (B, G, R), got {list(mean_values)}")
+        if workers < 0:
+            raise ValueError(f"need workers >= 0, got {workers}")
+        self.source = str(source)
+        self.root_folder = str(root_folder)
+        self.batch_size = int(batch_size)
+        self.height, self.width = int(new_height), int(new_width)
+        self.mean = tuple(float(m) for m in mean_values)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.workers = int(workers)
+        self.entries = read_image_list(source)
+        self._orders = {}
+        self._pool = None
+        self._lock = threading.Lock()
+        self._pending = deque()
+        self._set_position(0, 0)
+
+    def __len__(self):
+        return len(self.entries)
+
+    def _order(self, epoch):
+        if epoch not in self._orders:
+            if self.shuffle:
+                self._orders[epoch] = shuffle_order(len(self.entries), self.seed, epoch)
+            else:
+                self._orders[epoch] = np.arange(len(self.entries))
+            for old in [e for e in self._orders if e < self._epoch]:
+                del self._orders[old]
+        return self._orders[epoch]
+
+    def _set_position(self, epoch, position):
+        self._cancel_pending()
+        self._epoch, self._position = epoch, position
+        self._next_epoch, self._next_position = epoch, position
+
+    def _cancel_pending(self):
+        while self._pending:
+            _, futures, _ = self._pending.popleft()
+            for future in futures or ():
+                future.cancel()
+
+    def _take_indices(self):
+        """Indices of the next batch to schedule, advancing the scheduling cursor."""
+        indices = []
+        epoch, position = self._next_epoch, self._next_position
+        while len(indices) < self.batch_size:
+            indices.append(int(self._order(epoch)[position]))
+            position += 1
+            if position == len(self.entries):
+                epoch, position = epoch + 1, 0
+        self._next_epoch, self._next_position = epoch, position
+        return indices, (epoch, position)
+
+    def load(self, index):
+        """Decode and preprocess entry `index` of the list (3 x H x W float32 BGR)."""
+        image_path, _, line_no = self.entries[index]
+        full_path = os.path.join(self.root_folder, image_path)
+        try:
+            image = load_image(full_path)
+        except ImageLoadError as err:
+            raise ImageListError(f"{self.source}:{line_no}: {err}") from err
+        return preprocess(image, self.height, self.width, self.mean, method="pil")
+
+    def _schedule(self):
+        indices, after = self._take_indices()
+        futures = None
+        if self.workers > 0:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sec-data")
+            futures = [self._pool.submit(self.load, i) for i in indices]
+        self._pending.append((indices, futures, after))
+
+    def next_batch(self):
+        """The next batch: (images float32 N x 3 x H x W, BGR, mean-subtracted; ids float32 (N,))."""
+        with self._lock:
+            depth = PREFETCH_BATCHES if self.workers > 0 else 1
+            while len(self._pending) < depth:
+                self._schedule()
+            indices, futures, after = self._pending.popleft()
+            if futures is None:
+                images = [self.load(i) for i in indices]
+            else:
+                self._schedule()
+                images = [future.result() for future in futures]
+            self._epoch, self._position = after
+            labels = np.array([self.entries[i][1] for i in indices], dtype=np.float32)
+            return np.stack(images), labels
+
+    def state_dict(self):
+        """Plain-data reading position: where the next batch starts, and how orders are drawn."""
+        return {"epoch": self._epoch, "position": self._position,
+                "rng": {"scheme": SHUFFLE_SCHEME, "seed": self.seed},
+                "shuffle": self.shuffle, "num_images": len(self.entries)}
+
+    def load_state_dict(self, state):
+        """Resume from state_dict(): the following batches equal an uninterrupted run's."""
+        with self._lock:
+            if state["num_images"] != len(self.entries):
+                raise ValueError(f"{self.source}: state was saved for a list of "
+                                 f"{state['num_images']} images, this list has {len(self.entries)}")
+            if state["rng"]["scheme"] != SHUFFLE_SCHEME:
+                raise ValueError(f"{self.source}: unknown shuffle scheme {state['rng']['scheme']!r}")
+            if not 0 <= state["position"] < len(self.entries):
+                raise ValueError(f"{self.source}: position {state['position']} out of range")
+            self.shuffle = bool(state["shuffle"])
+            self.seed = int(state["rng"]["seed"])
+            self._orders = {}
+            self._set_position(int(state["epoch"]), int(state["position"]))
+
+    def close(self):
+        """Stop the decoding threads (pending batches are dropped)."""
+        with self._lock:
+            self._cancel_pending()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class VOCLayout:
+    """A PASCAL VOC 2012 folder (the one holding JPEGImages/), optionally with SBD's
+    SegmentationClassAug/ and ImageSets/Segmentation/trainaug.txt (or train_aug.txt).
+
+    Ground truth PNGs: SegmentationClass/ holds palette PNGs, SegmentationClassAug/ greyscale
+    PNGs; both store class indices 0..20 and 255 for the ignored boundary band.
+    """
+
+    SPLIT_FILES = {"train": ("train.txt",), "val": ("val.txt",),
+                   "trainval": ("trainval.txt",), "trainaug": ("trainaug.txt", "train_aug.txt")}
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.images = self.root / "JPEGImages"
+        self.segmentation_class = self.root / "SegmentationClass"
+        self.segmentation_class_aug = self.root / "SegmentationClassAug"
+        self.image_sets = self.root / "ImageSets" / "Segmentation"
+        if not self.images.is_dir():
+            raise FileNotFoundError(f"not a VOC folder: {self.images} is missing")
+
+    def image_path(self, image_id):
+        return self.images / f"{image_id}.jpg"
+
+    def gt_path(self, image_id):
+        """SegmentationClass/<id>.png when present, else SegmentationClassAug/<id>.png."""
+        for folder in (self.segmentation_class, self.segmentation_class_aug):
+            path = folder / f"{image_id}.png"
+            if path.is_file():
+                return path
+        raise FileNotFoundError(f"no ground truth for {image_id!r} in {self.segmentation_class} "
+                                f"or {self.segmentation_class_aug}")
+
+    def split_path(self, split):
+        if split not in self.SPLIT_FILES:
+            raise ValueError(f"need split in {sorted(self.SPLIT_FILES)}, got {split!r}")
+        for name in self.SPLIT_FILES[split]:
+            path = self.image_sets / name
+            if path.is_file():
+                return path
+        raise FileNotFoundError(f"split {split!r} not found in {self.image_sets} "
+                                f"(available: {self.splits()})")
+
+    def splits(self):
+        """The splits whose list file exists."""
+        return [split for split, names in self.SPLIT_FILES.items()
+                if any((self.image_sets / name).is_file() for name in names)]
+
+    def ids(self, split):
+        """Image ids (e.g. '2007_000032') of a split, in file order."""
+        path = self.split_path(split)
+        ids = []
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 1:
+                raise ImageListError(f"{path}:{line_no}: need one image id per line, got {line!r}")
+            ids.append(fields[0])
+        return ids
+
+    def write_image_list(self, split, path, first_id=0):
+        """Write the split as an original-format list (`<id>.jpg <n>`, root folder JPEGImages/).
+
+        Returns the image ids in list order; line k has integer id first_id + k.
+        """
+        ids = self.ids(split)
+        write_image_list(path, [(f"{image_id}.jpg", first_id + k) for k, image_id in enumerate(ids)])
+        return ids
