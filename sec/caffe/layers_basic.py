@@ -1,0 +1,337 @@
+"""Shape-preserving and blob-plumbing layers: Input, ReLU, Sigmoid, TanH, Dropout, BatchNorm,
+Scale, Softmax, Concat, Eltwise, Split, Flatten, Reshape, Silence."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sec.caffe.layers_common import TRAIN, TEST, canonical_axis, need_bottoms
+
+ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX = 0, 1, 2
+
+
+class Input:
+    """Net inputs: tops of the shapes in input_param (one shape for all tops, or one per top).
+    The net feeds them; forward is never called."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 0)
+        dims = [tuple(int(d) for d in s.dim) for s in lp.input_param.shape]
+        if len(dims) not in (1, len(lp.top)):
+            raise ValueError(f"input_param has {len(dims)} shapes for {len(lp.top)} tops (need 1 or one per top)")
+        self.top_shapes = dims * len(lp.top) if len(dims) == 1 else dims
+        self.params = []
+
+    def shapes(self, shapes):
+        return list(self.top_shapes)
+
+    forward = None
+
+
+class _Unary:
+    """A layer with one bottom and one top of the same shape."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1)
+        self.params = []
+
+    def shapes(self, shapes):
+        return [tuple(shapes[0])]
+
+
+class ReLU(_Unary):
+    def __init__(self, lp, shapes, ctx):
+        super().__init__(lp, shapes, ctx)
+        self.slope = lp.relu_param.negative_slope
+
+    def forward(self, x):
+        if self.slope == 0:
+            return (F.relu(x),)
+        return (F.leaky_relu(x, self.slope),)
+
+
+class Sigmoid(_Unary):
+    def forward(self, x):
+        return (torch.sigmoid(x),)
+
+
+class TanH(_Unary):
+    def forward(self, x):
+        return (torch.tanh(x),)
+
+
+class Dropout(_Unary):
+    """TRAIN: zero with probability p, scale survivors by 1/(1-p) (Caffe's scaling); TEST: identity."""
+
+    def __init__(self, lp, shapes, ctx):
+        super().__init__(lp, shapes, ctx)
+        self.ratio = lp.dropout_param.dropout_ratio
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"dropout_param.dropout_ratio must be in [0, 1), got {self.ratio}")
+        self.train = ctx.phase == TRAIN
+
+    def forward(self, x):
+        if self.train:
+            return (F.dropout(x, self.ratio, True),)
+        return (x,)
+
+
+class BatchNorm(_Unary):
+    """Caffe's BatchNorm (no affine part; a Scale layer follows in Caffe nets).
+
+    Blobs: running mean (C,), running variance (C,), scale factor (1,); the statistics are the
+    blobs divided by the factor (0 when the factor is 0). use_global_stats defaults to
+    phase == TEST. With batch statistics, the running blobs are updated as Caffe does:
+    blob = blob * moving_average_fraction + batch value (variance with m/(m-1) correction),
+    factor = factor * moving_average_fraction + 1. These blobs are not learnable.
+    """
+
+    def __init__(self, lp, shapes, ctx):
+        super().__init__(lp, shapes, ctx)
+        p = lp.batch_norm_param
+        self.use_global = p.use_global_stats if p.HasField("use_global_stats") else ctx.phase == TEST
+        self.fraction, self.eps = p.moving_average_fraction, p.eps
+        channels = shapes[0][1] if len(shapes[0]) > 1 else 1
+        self.mean = ctx.param(lp, 0, (channels,), None, learnable=False)
+        self.var = ctx.param(lp, 1, (channels,), None, learnable=False)
+        self.factor = ctx.param(lp, 2, (1,), None, learnable=False)
+        self.params = [self.mean, self.var, self.factor]
+
+    def forward(self, x):
+        bshape = (1, -1) + (1,) * (x.dim() - 2)
+        if self.use_global:
+            factor = self.factor[0]
+            scale = torch.where(factor == 0, torch.zeros_like(factor), 1.0 / factor)
+            mean, var = self.mean * scale, self.var * scale
+        else:
+            dims = [0] + list(range(2, x.dim()))
+            mean = x.mean(dim=dims)
+            var = ((x - mean.reshape(bshape)) ** 2).mean(dim=dims)
+            count = x.numel() // x.shape[1]
+            correction = count / (count - 1) if count > 1 else 1.0
+            with torch.no_grad():
+                self.factor.mul_(self.fraction).add_(1.0)
+                self.mean.mul_(self.fraction).add_(mean.detach())
+                self.var.mul_(self.fraction).add_(var.detach() * correction)
+        return ((x - mean.reshape(bshape)) / torch.sqrt(var.reshape(bshape) + self.eps),)
+
+
+class Scale:
+    """y = x * scale (+ bias), scale broadcast over axes [axis, axis + its ndim).
+
+    The scale is a learned blob (filler default constant 1) or, with two bottoms, bottom[1].
+    """
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1, 2)
+        p = lp.scale_param
+        x = shapes[0]
+        self.axis = canonical_axis(p.axis, len(x), "scale_param.axis") if len(x) else 0
+        if len(shapes) == 2:
+            sshape = tuple(shapes[1])
+            self.scale = None
+        else:
+            if p.num_axes < -1:
+                raise ValueError(f"scale_param.num_axes must be >= -1, got {p.num_axes}")
+            end = len(x) if p.num_axes == -1 else self.axis + p.num_axes
+            if end > len(x):
+                raise ValueError(f"scale_param axis {p.axis} + num_axes {p.num_axes} exceed the {len(x)}-axis input")
+            sshape = tuple(x[self.axis:end])
+            filler = p.filler if p.HasField("filler") else _constant_one()
+            self.scale = ctx.param(lp, 0, sshape, filler)
+        self.sshape = sshape
+        self.bias = None
+        if p.bias_term:
+            index = 0 if self.scale is None else 1
+            self.bias = ctx.param(lp, index, sshape, p.bias_filler if p.HasField("bias_filler") else None)
+        self.params = [t for t in (self.scale, self.bias) if t is not None]
+        self.trailing = (1,) * (len(x) - self.axis - len(sshape))
+        self.bshape = sshape + self.trailing
+
+    def shapes(self, shapes):
+        x = tuple(shapes[0])
+        given = tuple(shapes[1]) if len(shapes) == 2 else self.sshape
+        if x[self.axis:self.axis + len(given)] != given or len(x) - self.axis - len(given) != len(self.trailing):
+            raise ValueError(f"scale of shape {given} does not match input {x} at axis {self.axis}")
+        return [x]
+
+    def forward(self, x, scale=None):
+        scale = self.scale if scale is None else scale
+        y = x * scale.reshape(self.bshape)
+        if self.bias is not None:
+            y = y + self.bias.reshape(self.bshape)
+        return (y,)
+
+
+def _constant_one():
+    from sec.proto import caffe_pb2
+    return caffe_pb2.FillerParameter(type="constant", value=1.0)
+
+
+class Softmax:
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1)
+        self.axis = canonical_axis(lp.softmax_param.axis, len(shapes[0]), "softmax_param.axis")
+        self.params = []
+
+    def shapes(self, shapes):
+        return [tuple(shapes[0])]
+
+    def forward(self, x):
+        return (F.softmax(x, dim=self.axis),)
+
+
+class Concat:
+    def __init__(self, lp, shapes, ctx):
+        if not shapes:
+            raise ValueError("needs at least 1 bottom blob")
+        p = lp.concat_param
+        axis = p.concat_dim if p.HasField("concat_dim") else p.axis
+        self.axis = canonical_axis(axis, len(shapes[0]), "concat_param.axis")
+        self.params = []
+
+    def shapes(self, shapes):
+        first = tuple(shapes[0])
+        for i, shape in enumerate(shapes[1:], 1):
+            shape = tuple(shape)
+            if len(shape) != len(first) or any(a != b for j, (a, b) in enumerate(zip(shape, first))
+                                               if j != self.axis):
+                raise ValueError(f"bottom {i} has shape {shape}, bottom 0 has {first}: all axes but "
+                                 f"axis {self.axis} must agree")
+        total = sum(s[self.axis] for s in shapes)
+        return [first[:self.axis] + (total,) + first[self.axis + 1:]]
+
+    def forward(self, *bottoms):
+        return (torch.cat(bottoms, dim=self.axis),)
+
+
+class Eltwise:
+    """SUM (with optional coeff per bottom), PROD or MAX of equally shaped bottoms."""
+
+    def __init__(self, lp, shapes, ctx):
+        if len(shapes) < 2:
+            raise ValueError(f"needs at least 2 bottom blobs, got {len(shapes)}")
+        p = lp.eltwise_param
+        self.op = p.operation
+        self.coeffs = list(p.coeff)
+        if self.coeffs and self.op != ELTWISE_SUM:
+            raise ValueError("eltwise_param.coeff is only allowed with operation SUM")
+        if self.coeffs and len(self.coeffs) != len(shapes):
+            raise ValueError(f"eltwise_param has {len(self.coeffs)} coeffs for {len(shapes)} bottoms")
+        if all(c == 1 for c in self.coeffs):
+            self.coeffs = []
+        self.params = []
+
+    def shapes(self, shapes):
+        for i, shape in enumerate(shapes[1:], 1):
+            if tuple(shape) != tuple(shapes[0]):
+                raise ValueError(f"bottom {i} has shape {tuple(shape)}, bottom 0 has {tuple(shapes[0])}")
+        return [tuple(shapes[0])]
+
+    def forward(self, *bottoms):
+        if self.op == ELTWISE_SUM:
+            if self.coeffs:
+                out = bottoms[0] * self.coeffs[0]
+                for x, c in zip(bottoms[1:], self.coeffs[1:]):
+                    out = out + x * c
+                return (out,)
+            out = bottoms[0]
+            for x in bottoms[1:]:
+                out = out + x
+            return (out,)
+        combine = torch.mul if self.op == ELTWISE_PROD else torch.maximum
+        out = bottoms[0]
+        for x in bottoms[1:]:
+            out = combine(out, x)
+        return (out,)
+
+
+class Split:
+    """The same blob under several names; autograd sums the gradients as Caffe's Split does."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1)
+        self.ntop = len(lp.top)
+        self.params = []
+
+    def shapes(self, shapes):
+        return [tuple(shapes[0])] * self.ntop
+
+    def forward(self, x):
+        return (x,) * self.ntop
+
+
+class Flatten:
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1)
+        p = lp.flatten_param
+        self.axis = canonical_axis(p.axis, len(shapes[0]), "flatten_param.axis")
+        self.end = canonical_axis(p.end_axis, len(shapes[0]), "flatten_param.end_axis")
+        self.params = []
+
+    def shapes(self, shapes):
+        s = tuple(shapes[0])
+        return [s[:self.axis] + (math.prod(s[self.axis:self.end + 1]),) + s[self.end + 1:]]
+
+    def forward(self, x):
+        return (x.flatten(self.axis, self.end),)
+
+
+class Reshape:
+    """Caffe's Reshape: replace axes [axis, axis + num_axes) by reshape_param.shape, where 0 copies
+    the input dimension at that position and one -1 is inferred."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1)
+        p = lp.reshape_param
+        self.dims = [int(d) for d in p.shape.dim]
+        if self.dims.count(-1) > 1:
+            raise ValueError("reshape_param.shape may have at most one -1")
+        self.axis, self.num_axes = p.axis, p.num_axes
+        self.params = []
+        self.shapes(shapes)
+
+    def shapes(self, shapes):
+        s = tuple(shapes[0])
+        start = self.axis + len(s) + 1 if self.axis < 0 else self.axis
+        if not 0 <= start <= len(s):
+            raise ValueError(f"reshape_param.axis {self.axis} out of range for input {s}")
+        end = len(s) if self.num_axes == -1 else start + self.num_axes
+        if self.num_axes < -1 or end > len(s):
+            raise ValueError(f"reshape_param.num_axes {self.num_axes} out of range for input {s}")
+        dims = []
+        for i, d in enumerate(self.dims):
+            if d == 0:
+                if start + i >= len(s):
+                    raise ValueError(f"reshape dim {i} copies input axis {start + i}, which {s} lacks")
+                d = s[start + i]
+            dims.append(d)
+        out = list(s[:start]) + dims + list(s[end:])
+        known = math.prod(d for d in out if d != -1)
+        total = math.prod(s)
+        if -1 in out:
+            if known == 0 or total % known:
+                raise ValueError(f"cannot infer the -1 of {self.dims} for input {s}")
+            out[out.index(-1)] = total // known
+        if math.prod(out) != total:
+            raise ValueError(f"reshape of {s} ({total} values) to {tuple(out)} changes the count")
+        self.out = tuple(out)
+        return [self.out]
+
+    def forward(self, x):
+        return (x.reshape(self.shapes([x.shape])[0]),)
+
+
+class Silence:
+    """Consumes its bottoms, produces nothing (no gradient flows back)."""
+
+    def __init__(self, lp, shapes, ctx):
+        if lp.top:
+            raise ValueError("Silence takes no tops")
+        self.params = []
+
+    def shapes(self, shapes):
+        return []
+
+    def forward(self, *bottoms):
+        return ()

@@ -1,0 +1,177 @@
+"""SoftmaxWithLoss, Accuracy and the ImageData input layer."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sec.caffe.layers_common import canonical_axis, need_bottoms
+
+# LossParameter.NormalizationMode
+NORM_FULL, NORM_VALID, NORM_BATCH_SIZE, NORM_NONE = 0, 1, 2, 3
+IMAGE_CHANNELS = 3
+
+
+def _outer_inner(shape, axis):
+    return math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+
+
+def _check_labels(scores, labels, axis):
+    outer, inner = _outer_inner(scores, axis)
+    if math.prod(labels) != outer * inner:
+        raise ValueError(f"label blob {tuple(labels)} must hold {outer * inner} values (outer x inner "
+                         f"of scores {tuple(scores)} around axis {axis}), has {math.prod(labels)}")
+
+
+class SoftmaxWithLoss:
+    """Multinomial logistic loss of softmax(bottom[0]) along `axis` against integer labels
+    bottom[1] (stored as floats). Tops: loss (shape ()), optionally the probabilities.
+
+    Normalization as Caffe: VALID (default) divides by the non-ignored count, FULL by all
+    positions, BATCH_SIZE by the outer count, NONE by 1; the legacy `normalize` flag maps to
+    VALID/BATCH_SIZE. The divisor is at least 1.
+    """
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 2)
+        if len(lp.top) not in (1, 2):
+            raise ValueError(f"needs 1 or 2 tops (loss, prob), got {len(lp.top)}")
+        self.axis = canonical_axis(lp.softmax_param.axis, len(shapes[0]), "softmax_param.axis")
+        lparam = lp.loss_param
+        self.ignore = lparam.ignore_label if lparam.HasField("ignore_label") else None
+        if lparam.HasField("normalize"):
+            self.norm = NORM_VALID if lparam.normalize else NORM_BATCH_SIZE
+        else:
+            self.norm = lparam.normalization
+        self.ntop = len(lp.top)
+        self.params = []
+
+    def shapes(self, shapes):
+        _check_labels(shapes[0], shapes[1], self.axis)
+        return [()] + [tuple(shapes[0])] * (self.ntop - 1)
+
+    def forward(self, scores, labels):
+        shape = scores.shape
+        outer, inner = _outer_inner(shape, self.axis)
+        logp = F.log_softmax(scores, dim=self.axis)
+        logp3 = logp.reshape(outer, shape[self.axis], inner)
+        lab = labels.detach().reshape(outer, inner).long()
+        if self.ignore is not None:
+            valid = lab != self.ignore
+            picked = logp3.gather(1, torch.where(valid, lab, 0).unsqueeze(1)).squeeze(1)
+            loss_sum = -(picked * valid).sum()
+        else:
+            valid = None
+            loss_sum = -logp3.gather(1, lab.unsqueeze(1)).sum()
+        loss = loss_sum / self._normalizer(outer, inner, valid)
+        if self.ntop == 2:
+            return loss, logp.exp()
+        return (loss,)
+
+    def _normalizer(self, outer, inner, valid):
+        if self.norm == NORM_VALID and valid is not None:
+            return valid.sum().clamp(min=1).to(torch.float32)
+        if self.norm in (NORM_FULL, NORM_VALID):
+            return float(max(1, outer * inner))
+        if self.norm == NORM_BATCH_SIZE:
+            return float(max(1, outer))
+        return 1.0
+
+
+class Accuracy:
+    """Top-k accuracy as Caffe counts it: a position is right when fewer than k classes score
+    at least as high as the true class minus one (the true class itself). Ignored labels do not
+    count. Optional second top: per-class accuracy (C,). No gradient."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 2)
+        if len(lp.top) not in (1, 2):
+            raise ValueError(f"needs 1 or 2 tops, got {len(lp.top)}")
+        p = lp.accuracy_param
+        self.axis = canonical_axis(p.axis, len(shapes[0]), "accuracy_param.axis")
+        self.top_k = int(p.top_k)
+        if not 1 <= self.top_k <= shapes[0][self.axis]:
+            raise ValueError(f"accuracy_param.top_k {self.top_k} must be in 1..{shapes[0][self.axis]} (classes)")
+        self.ignore = p.ignore_label if p.HasField("ignore_label") else None
+        self.ntop = len(lp.top)
+        self.params = []
+
+    def shapes(self, shapes):
+        _check_labels(shapes[0], shapes[1], self.axis)
+        return [()] + [(shapes[0][self.axis],)] * (self.ntop - 1)
+
+    def forward(self, scores, labels):
+        with torch.no_grad():
+            shape = scores.shape
+            outer, inner = _outer_inner(shape, self.axis)
+            classes = shape[self.axis]
+            x = scores.reshape(outer, classes, inner)
+            lab = labels.reshape(outer, inner).long()
+            valid = lab != self.ignore if self.ignore is not None else torch.ones_like(lab, dtype=torch.bool)
+            safe = torch.where(valid, lab, 0)
+            true_score = x.gather(1, safe.unsqueeze(1))
+            better = (x >= true_score).sum(1) - 1
+            correct = (better < self.top_k) & valid
+            count = valid.sum()
+            accuracy = torch.where(count > 0, correct.sum() / count.clamp(min=1), 0.0).to(torch.float32)
+            if self.ntop == 1:
+                return (accuracy,)
+            onehot = F.one_hot(safe, classes)
+            per_count = (onehot * valid.unsqueeze(-1)).sum((0, 1))
+            per_correct = (onehot * correct.unsqueeze(-1)).sum((0, 1))
+            per_class = torch.where(per_count > 0, per_correct / per_count.clamp(min=1), 0.0)
+            return accuracy, per_class.to(torch.float32)
+
+
+class ImageData:
+    """Caffe's ImageData layer: tops (images N x 3 x new_height x new_width, BGR mean-subtracted;
+    ids (N,) float). Batches come from sec.data.ImageDataSource, created on first use, unless the
+    caller feeds the tops. Only what that source does is accepted: new_height/new_width set,
+    no crop, no mirror, no mean_file, scale 1, colour images."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 0)
+        if len(lp.top) != 2:
+            raise ValueError(f"needs 2 tops (data, label), got {len(lp.top)}")
+        p, t = lp.image_data_param, lp.transform_param
+        if not p.source:
+            raise ValueError("image_data_param.source is required")
+        if p.new_height <= 0 or p.new_width <= 0:
+            raise ValueError("image_data_param.new_height and new_width must be set (images are batched)")
+        unsupported = [name for name, bad in (
+            ("image_data_param.crop_size", p.crop_size or t.crop_size),
+            ("mirror", p.mirror or t.mirror),
+            ("mean_file", p.HasField("mean_file") or t.HasField("mean_file")),
+            ("scale", p.scale != 1 or t.scale != 1),
+            ("image_data_param.is_color: false", not p.is_color),
+            ("image_data_param.rand_skip", p.rand_skip),
+        ) if bad]
+        if unsupported:
+            raise ValueError(f"unsupported ImageData options: {', '.join(unsupported)}")
+        means = list(t.mean_value)
+        if len(means) == 1:
+            means = means * IMAGE_CHANNELS
+        if means and len(means) != IMAGE_CHANNELS:
+            raise ValueError(f"transform_param.mean_value needs 1 or 3 values, got {len(means)}")
+        self.options = dict(source=p.source, root_folder=p.root_folder, batch_size=int(p.batch_size),
+                            new_height=int(p.new_height), new_width=int(p.new_width),
+                            mean_values=tuple(means) if means else (0.0, 0.0, 0.0), shuffle=p.shuffle)
+        self.net_device = ctx.net_device
+        self.source = None
+        self.params = []
+
+    def shapes(self, shapes):
+        o = self.options
+        return [(o["batch_size"], IMAGE_CHANNELS, o["new_height"], o["new_width"]), (o["batch_size"],)]
+
+    def data_source(self):
+        """The ImageDataSource, created on first call (imports sec.data then)."""
+        if self.source is None:
+            from sec.data import ImageDataSource
+            self.source = ImageDataSource(**self.options)
+        return self.source
+
+    def forward(self):
+        images, labels = self.data_source().next_batch()
+        device = self.net_device()
+        return (torch.from_numpy(images).to(device, non_blocking=True),
+                torch.from_numpy(labels).to(device, non_blocking=True))
