@@ -1,0 +1,165 @@
+// Python bindings of the dense CRF.  The Python package validates and converts user
+// input; this layer re-checks dtype, layout and shape so that nothing reaching it can
+// crash the interpreter, then computes with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "lattice.hpp"
+#include "meanfield.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+struct Job {
+    const uint8_t* image;
+    const float* unary;
+    float* out;
+    int height, width, labels;
+};
+
+template <typename T>
+bool is_c_array_of(const py::array& a) {
+    return a.dtype().is(py::dtype::of<T>()) && (a.flags() & py::array::c_style);
+}
+
+std::string shape_of(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + ")";
+}
+
+Job make_job(const py::array& image, const py::array& unary, py::array& out, size_t index) {
+    const std::string where = "image " + std::to_string(index) + ": ";
+    if (!is_c_array_of<uint8_t>(image) || image.ndim() != 3 || image.shape(2) != 3)
+        throw py::value_error(where + "need a C-contiguous uint8 HxWx3 image, got dtype " +
+                              std::string(py::str(image.dtype())) + " shape " + shape_of(image));
+    if (!is_c_array_of<float>(unary) || unary.ndim() != 3)
+        throw py::value_error(where + "need a C-contiguous float32 HxWxL unary, got dtype " +
+                              std::string(py::str(unary.dtype())) + " shape " + shape_of(unary));
+    if (!is_c_array_of<float>(out) || !out.writeable() || out.ndim() != 3)
+        throw py::value_error(where + "need a writeable C-contiguous float32 HxWxL output");
+    for (int axis = 0; axis < 2; ++axis)
+        if (unary.shape(axis) != image.shape(axis) || out.shape(axis) != image.shape(axis))
+            throw py::value_error(where + "need image, unary and output with the same HxW, got " +
+                                  shape_of(image) + ", " + shape_of(unary) + ", " + shape_of(out));
+    if (out.shape(2) != unary.shape(2))
+        throw py::value_error(where + "need an output with as many labels as the unary");
+    if (image.shape(0) > INT32_MAX || image.shape(1) > INT32_MAX || unary.shape(2) > INT32_MAX)
+        throw py::value_error(where + "image too large");
+    return Job{static_cast<const uint8_t*>(image.data()), static_cast<const float*>(unary.data()),
+               static_cast<float*>(out.mutable_data()), static_cast<int>(image.shape(0)),
+               static_cast<int>(image.shape(1)), static_cast<int>(unary.shape(2))};
+}
+
+// Runs every job on `num_threads` threads (0: all cores).  Each image is computed by
+// exactly the same code as a single call, so results do not depend on the thread count.
+void run_jobs(const std::vector<Job>& jobs, const crf::KernelParams& params, int num_threads) {
+    if (num_threads < 0) throw py::value_error("need num_threads >= 0, got " + std::to_string(num_threads));
+    size_t workers = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
+    workers = std::min(workers, jobs.size());
+    std::vector<std::string> errors(jobs.size());
+    std::atomic<size_t> next{0};
+    std::atomic<bool> out_of_memory{false};
+    auto work = [&]() {
+        for (size_t i = next++; i < jobs.size(); i = next++) {
+            const Job& j = jobs[i];
+            try {
+                crf::dense_crf(j.image, j.unary, j.height, j.width, j.labels, params, j.out);
+            } catch (const std::bad_alloc&) {
+                out_of_memory = true;
+                errors[i] = "out of memory";
+            } catch (const std::exception& e) {
+                errors[i] = e.what();
+            }
+        }
+    };
+    {
+        py::gil_scoped_release release;
+        if (workers <= 1) {
+            work();
+        } else {
+            std::vector<std::thread> pool;
+            for (size_t t = 0; t < workers; ++t) pool.emplace_back(work);
+            for (auto& t : pool) t.join();
+        }
+    }
+    if (out_of_memory) throw std::bad_alloc();  // pybind11 turns it into MemoryError
+    for (size_t i = 0; i < jobs.size(); ++i)
+        if (!errors[i].empty()) throw py::value_error("image " + std::to_string(i) + ": " + errors[i]);
+}
+
+crf::KernelParams make_params(int maxiter, float gaussian_sxy, float gaussian_weight, float bilateral_sxy,
+                              float bilateral_srgb, float bilateral_weight) {
+    crf::KernelParams p;
+    p.maxiter = maxiter;
+    p.gaussian_sxy = gaussian_sxy;
+    p.gaussian_weight = gaussian_weight;
+    p.bilateral_sxy = bilateral_sxy;
+    p.bilateral_srgb = bilateral_srgb;
+    p.bilateral_weight = bilateral_weight;
+    return p;
+}
+
+void dense_crf_into(const py::list& images, const py::list& unaries, const py::list& outputs, int maxiter,
+                    float gaussian_sxy, float gaussian_weight, float bilateral_sxy, float bilateral_srgb,
+                    float bilateral_weight, int num_threads) {
+    if (images.size() != unaries.size() || images.size() != outputs.size())
+        throw py::value_error("need equal numbers of images, unaries and outputs");
+    // Holding the arrays keeps their buffers alive while the GIL is released.
+    std::vector<py::array> held;
+    std::vector<Job> jobs;
+    for (size_t i = 0; i < images.size(); ++i) {
+        if (!py::isinstance<py::array>(images[i]) || !py::isinstance<py::array>(unaries[i]) ||
+            !py::isinstance<py::array>(outputs[i]))
+            throw py::value_error("image " + std::to_string(i) + ": need numpy arrays");
+        auto image = py::reinterpret_borrow<py::array>(images[i]);
+        auto unary = py::reinterpret_borrow<py::array>(unaries[i]);
+        auto out = py::reinterpret_borrow<py::array>(outputs[i]);
+        jobs.push_back(make_job(image, unary, out, i));
+        held.push_back(image);
+        held.push_back(unary);
+        held.push_back(out);
+    }
+    run_jobs(jobs, make_params(maxiter, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb,
+                               bilateral_weight),
+             num_threads);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "Dense CRF core (permutohedral lattice mean-field); use the krahenbuhl2013 package API.";
+    m.def("dense_crf_into", &dense_crf_into, py::arg("images"), py::arg("unaries"), py::arg("outputs"),
+          py::arg("maxiter"), py::arg("gaussian_sxy"), py::arg("gaussian_weight"), py::arg("bilateral_sxy"),
+          py::arg("bilateral_srgb"), py::arg("bilateral_weight"), py::arg("num_threads"),
+          "Writes the CRF marginals of images[i] (HxWx3 uint8, C order) and unaries[i] (HxWxL float32, "
+          "C order) into outputs[i] (HxWxL float32, C order), num_threads threads (0: all cores).");
+    m.def("instruction_set", &crf::kernel_instruction_set,
+          "Which compiled mean-field kernels run on this CPU: 'avx2' or 'baseline'.");
+    m.def("use_baseline_kernels", &crf::force_baseline_kernels, py::arg("force"),
+          "For tests and benchmarks: run the baseline kernels even where AVX2 is available.");
+    m.def("filter_scalar", [](py::array_t<float, py::array::c_style | py::array::forcecast> features,
+                              py::array_t<float, py::array::c_style | py::array::forcecast> values) {
+        if (features.ndim() != 2 || values.ndim() != 1 || values.shape(0) != features.shape(0) ||
+            features.shape(0) < 1 || features.shape(1) < 1 || features.shape(1) > 16 ||
+            features.shape(0) > (1 << 26))
+            throw py::value_error("need features (N, d) with 1 <= d <= 16 and values (N,)");
+        py::array_t<float> out(values.shape(0));
+        crf::Lattice lattice;
+        lattice.build(features.data(), static_cast<int>(features.shape(0)), static_cast<int>(features.shape(1)));
+        lattice.filter_scalar(out.mutable_data(), values.data());
+        return out;
+    }, py::arg("features"), py::arg("values"),
+          "Raw permutohedral filtering of one value per point (features already divided by the "
+          "kernel widths), scaled as densecrf scales it; for tests and kernel measurements.");
+}

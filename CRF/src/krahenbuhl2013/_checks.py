@@ -1,0 +1,112 @@
+"""Validation and conversion of user input at the boundary of the C++ core.
+
+Everything the user passes is checked here and converted to what the core needs
+(C-contiguous uint8 HxWx3 images, C-contiguous float32 HxWxL unaries); a bad value is a
+ValueError that says what was needed and what was given.
+"""
+import math
+import operator
+
+import numpy as np
+
+RGB_CHANNELS = 3
+PIXEL_MAX = 255
+# Float images are truncated to uint8 as the original wrapper's `astype('ubyte')` did;
+# that conversion is only defined for values in (-1, 256).
+FLOAT_PIXEL_LOW, FLOAT_PIXEL_HIGH = -1.0, 256.0
+MAX_ITERATIONS = 2**31 - 1
+NUMERIC_KINDS = "biuf"
+
+
+def _describe(array):
+    return f"dtype {array.dtype} shape {array.shape}"
+
+
+def as_image(image, where=""):
+    """HxWx3 image with values 0..255 (any numeric dtype) -> C-contiguous uint8 copy/view."""
+    array = np.asarray(image)
+    if array.dtype.kind not in NUMERIC_KINDS:
+        raise ValueError(f"{where}need a numeric HxWx3 image, got {_describe(array)}")
+    if array.ndim != 3 or array.shape[2] != RGB_CHANNELS:
+        raise ValueError(f"{where}need an HxWx3 image, got {_describe(array)}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{where}need a non-empty HxWx3 image, got {_describe(array)}")
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{where}need finite image values 0..255, got NaN or inf")
+        low, high = float(array.min()), float(array.max())
+        if low <= FLOAT_PIXEL_LOW or high >= FLOAT_PIXEL_HIGH:
+            raise ValueError(f"{where}need image values 0..255, got values in [{low}, {high}]")
+    elif array.dtype.kind in "iu":
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > PIXEL_MAX:
+            raise ValueError(f"{where}need image values 0..255, got values in [{low}, {high}]")
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
+def as_unary(unary, image_shape, where=""):
+    """HxWxL scores (any numeric dtype) -> C-contiguous float32, checked against the image."""
+    array = np.asarray(unary)
+    if array.dtype.kind not in NUMERIC_KINDS:
+        raise ValueError(f"{where}need a numeric HxWxL unary, got {_describe(array)}")
+    if array.ndim != 3:
+        raise ValueError(f"{where}need an HxWxL unary, got {_describe(array)}")
+    if array.shape[:2] != tuple(image_shape[:2]):
+        raise ValueError(
+            f"{where}need a unary with the image's height and width {tuple(image_shape[:2])}, "
+            f"got shape {array.shape}"
+        )
+    if array.shape[2] < 1:
+        raise ValueError(f"{where}need at least one label in the unary, got shape {array.shape}")
+    with np.errstate(over="ignore"):  # overflow to inf is reported just below
+        converted = np.ascontiguousarray(array, dtype=np.float32)
+    largest = converted.max()  # NaN when any entry is NaN
+    if np.isnan(largest) or largest == np.inf:
+        raise ValueError(f"{where}need unary scores that are finite or -inf (as float32), got NaN or +inf")
+    return converted
+
+
+def as_pair(image, unary, where=""):
+    checked_image = as_image(image, where)
+    return checked_image, as_unary(unary, checked_image.shape, where)
+
+
+def as_iterations(maxiter):
+    try:
+        value = operator.index(maxiter)
+    except TypeError:
+        raise ValueError(f"need an integer maxiter, got {maxiter!r}") from None
+    if not 0 <= value <= MAX_ITERATIONS:
+        raise ValueError(f"need 0 <= maxiter < 2**31, got {value}")
+    return value
+
+
+def as_threads(num_threads):
+    try:
+        value = operator.index(num_threads)
+    except TypeError:
+        raise ValueError(f"need an integer num_threads, got {num_threads!r}") from None
+    if not 0 <= value <= MAX_ITERATIONS:
+        raise ValueError(f"need num_threads >= 0 (0: all cores), got {value}")
+    return value
+
+
+def as_width(value, name):
+    number = _as_float(value, name)
+    if not number > 0:
+        raise ValueError(f"need {name} > 0, got {value!r}")
+    return number
+
+
+def as_weight(value, name):
+    return _as_float(value, name)
+
+
+def _as_float(value, name):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"need a number for {name}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"need a finite {name}, got {value!r}")
+    return number
