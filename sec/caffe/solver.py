@@ -1,0 +1,473 @@
+"""Caffe's SGD solver on the PyTorch engine: `caffe.SGDSolver('solver.prototxt')`.
+
+The update is Caffe's `SGDSolver::ApplyUpdate`, step for step, in float32 on the parameters'
+device: clip the accumulated gradients (`clip_gradients`), normalise by `iter_size`,
+regularise (`diff += weight_decay * decay_mult * w`, L2 or L1), then
+`history = momentum * history + lr * lr_mult * diff` and `w -= history`.
+Learning-rate policies and the smoothed display loss follow `caffe/solver.cpp`.
+
+Snapshots are Caffe's pair `<prefix>_iter_<N>.caffemodel` + `<prefix>_iter_<N>.solverstate`
+(history = momentum buffers in `net.learnable_params()` order), plus a sidecar
+`<prefix>_iter_<N>.solverstate.rng` (pickle: torch/numpy/python RNG states, the data
+sources' `state_dict()`, the loss window). Caffe's SolverState has no field for these; the
+sidecar is what lets a resumed run follow the uninterrupted trajectory exactly. Every file
+is written atomically, sidecar and weights first and the .solverstate last, so an existing
+.solverstate always has its partners.
+
+Data parallel: when torch.distributed is initialised, each rank accumulates its own
+gradients and they are all-reduced as `sum_r rank_weight_r * grad_r` (rank_weight = the
+rank's share of the global batch), which equals the gradient of the global batch for the
+per-image-mean SEC losses. Only rank 0 logs and snapshots.
+"""
+import logging
+import math
+import os
+import pickle
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from google.protobuf import text_format
+
+from sec.caffe import io as caffe_io
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".rng"
+SIDECAR_FORMAT = 1
+TRAIN_PHASE = 0
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or Inf; the weights were not updated and nothing was snapshotted."""
+
+
+class SolverConfigError(ValueError):
+    """A solver field that this solver does not support or that is missing."""
+
+
+@dataclass
+class NetOverrides:
+    """Explicit changes to the train net's prototxt, applied before the net is built.
+
+    batch_size/source/root_folder/image_size (new_height = new_width) go to every ImageData
+    layer; python_params maps a Python layer class name (e.g. 'AnnotationLayer') to keys merged
+    into its YAML/JSON param_str.
+    """
+    batch_size: int | None = None
+    source: str | None = None
+    root_folder: str | None = None
+    image_size: int | None = None
+    python_params: dict | None = None
+
+    def any(self):
+        return any(v is not None for v in (self.batch_size, self.source, self.root_folder, self.image_size,
+                                           self.python_params))
+
+
+def apply_net_overrides(netparam, overrides):
+    """Return a copy of `netparam` (NetParameter) with `overrides` applied."""
+    netparam = type(netparam).FromString(netparam.SerializeToString())
+    python_params = dict(overrides.python_params or {})
+    for layer in netparam.layer:
+        if layer.type == "ImageData":
+            if overrides.batch_size is not None:
+                layer.image_data_param.batch_size = overrides.batch_size
+            if overrides.source is not None:
+                layer.image_data_param.source = overrides.source
+            if overrides.root_folder is not None:
+                layer.image_data_param.root_folder = overrides.root_folder
+            if overrides.image_size is not None:
+                layer.image_data_param.new_height = overrides.image_size
+                layer.image_data_param.new_width = overrides.image_size
+        elif layer.type == "Python" and layer.python_param.layer in python_params:
+            current = yaml.safe_load(layer.python_param.param_str) if layer.python_param.param_str else {}
+            if not isinstance(current, dict):
+                raise SolverConfigError(f"layer '{layer.name}': param_str is not a mapping: "
+                                        f"{layer.python_param.param_str!r}")
+            current.update(python_params.pop(layer.python_param.layer))
+            layer.python_param.param_str = yaml.safe_dump(current, default_flow_style=True).strip()
+    if python_params:
+        raise SolverConfigError(f"net '{netparam.name}' has no Python layer {sorted(python_params)} to override")
+    return netparam
+
+
+def learning_rate(param, iteration, current_step=0):
+    """Caffe's SGDSolver::GetLearningRate. Returns (rate, current_step); current_step only moves for multistep."""
+    policy = param.lr_policy
+    base = param.base_lr
+    if policy == "fixed":
+        return base, current_step
+    if policy == "step":
+        _require_positive(param, "stepsize")
+        return base * param.gamma ** (iteration // param.stepsize), current_step
+    if policy == "exp":
+        return base * param.gamma ** iteration, current_step
+    if policy == "inv":
+        return base * (1.0 + param.gamma * iteration) ** (-param.power), current_step
+    if policy == "multistep":
+        while current_step < len(param.stepvalue) and iteration >= param.stepvalue[current_step]:
+            current_step += 1
+            log.info("MultiStep Status: Iteration %d, step = %d", iteration, current_step)
+        return base * param.gamma ** current_step, current_step
+    if policy == "poly":
+        _require_positive(param, "max_iter")
+        return base * (1.0 - iteration / param.max_iter) ** param.power, current_step
+    if policy == "sigmoid":
+        return base / (1.0 + math.exp(-param.gamma * (iteration - param.stepsize))), current_step
+    raise SolverConfigError(f"lr_policy '{policy}' is not one of fixed, step, exp, inv, multistep, poly, sigmoid")
+
+
+def _require_positive(param, field):
+    if getattr(param, field) <= 0:
+        raise SolverConfigError(f"lr_policy '{param.lr_policy}' needs a positive '{field}', got {getattr(param, field)}")
+
+
+def snapshot_paths(prefix, iteration):
+    """(caffemodel, solverstate, sidecar) paths of the snapshot at `iteration`, Caffe's naming."""
+    stem = f"{prefix}_iter_{iteration}"
+    state = stem + ".solverstate"
+    return stem + ".caffemodel", state, state + SIDECAR_SUFFIX
+
+
+class SGDSolver:
+    """pycaffe's SGDSolver: `.net`, `.iter`, `.step(n)`, `.solve()`, `.restore(path)`, `.snapshot()`.
+
+    Overrides (each None keeps the solver prototxt's value): `net` (train prototxt path),
+    `max_iter`, `snapshot_prefix`, `random_seed`, `net_overrides` (NetOverrides: batch size, list, root,
+    Python layer params), `device` (torch device; default CPU), `rank_weight` (this rank's
+    share of the global batch under torch.distributed; default 1/world_size).
+    `net_factory(prototxt_path, phase)` builds the net; default `sec.caffe.Net`.
+    Callables in `on_iteration_end` are called with the solver after every iteration
+    (after its update and snapshot); `last_outputs` then holds the iteration's loss values
+    and `last_timings` its forward/backward/update seconds.
+    """
+
+    def __init__(self, solver_prototxt, *, net=None, max_iter=None, snapshot_prefix=None,
+                 net_overrides=None, device=None, random_seed=None, rank_weight=None, net_factory=None):
+        self.param = caffe_io.read_solver_prototxt(str(solver_prototxt))
+        self.source = str(solver_prototxt)
+        self._check_param()
+        if max_iter is not None:
+            self.param.max_iter = max_iter
+        if snapshot_prefix is not None:
+            self.param.snapshot_prefix = str(snapshot_prefix)
+        if random_seed is not None:
+            self.param.random_seed = random_seed
+        self.rank, self.world_size = _distributed_rank()
+        self.rank_weight = (1.0 / self.world_size) if rank_weight is None else float(rank_weight)
+        self.device = torch.device(device or "cpu")
+
+        net_path = str(net or self.param.net or self.param.train_net)
+        if not net_path:
+            raise SolverConfigError(f"{self.source}: no 'net' (or 'train_net') and no net given")
+        if not Path(net_path).is_file():
+            raise FileNotFoundError(f"{self.source}: train net '{net_path}' not found (relative to {os.getcwd()})")
+        netparam = caffe_io.read_net_prototxt(net_path)
+        if net_overrides is not None and net_overrides.any():
+            netparam = apply_net_overrides(netparam, net_overrides)
+            net_path = self._write_derived_net(netparam)
+        self.net_name = netparam.name
+        self.net_path = net_path
+
+        if self.param.random_seed >= 0:
+            seed_everything(self.param.random_seed + self.rank)
+        if net_factory is None:
+            from sec.caffe import Net as net_factory  # the engine package imports this module
+        self.net = net_factory(net_path, TRAIN_PHASE)
+        self.net.to(self.device)
+        self.params = list(self.net.learnable_params())
+        if self.world_size > 1:
+            with torch.no_grad():
+                for info in self.params:
+                    dist.broadcast(info.param.data, src=0)
+        self.history = [torch.zeros_like(info.param) for info in self.params]
+        self.iter = 0
+        self.current_step = 0
+        self.lr = learning_rate(self.param, 0)[0]
+        self.losses = []
+        self.smoothed_loss = 0.0
+        self.last_outputs = {}
+        self.last_timings = {}
+        self.last_snapshot = None
+        self.test_nets = []
+        self._output_names = None
+        self.on_iteration_end = []
+
+    # ----- configuration -------------------------------------------------------------------
+    def _check_param(self):
+        p = self.param
+        kind = p.type if p.HasField("type") else "SGD"
+        if kind != "SGD" or (p.HasField("solver_type") and p.solver_type != 0):
+            raise SolverConfigError(f"{self.source}: solver type '{kind}' (solver_type {p.solver_type}) "
+                                    "is not supported; only SGD")
+        if p.HasField("net_param") or p.HasField("train_net_param"):
+            raise SolverConfigError(f"{self.source}: inline net_param is not supported; use 'net: <path>'")
+        if p.regularization_type not in ("L1", "L2"):
+            raise SolverConfigError(f"{self.source}: regularization_type '{p.regularization_type}' is not L1 or L2")
+        if p.iter_size < 1:
+            raise SolverConfigError(f"{self.source}: iter_size must be >= 1, got {p.iter_size}")
+        learning_rate(p, 0)  # fails early on an unknown policy or a missing stepsize
+
+    def _write_derived_net(self, netparam):
+        suffix = f"_rank{self.rank}" if self.world_size > 1 else ""
+        path = Path(f"{self.param.snapshot_prefix}_train{suffix}.prototxt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        caffe_io.atomic_write_bytes(str(path), text_format.MessageToString(netparam).encode())
+        return str(path)
+
+    # ----- training --------------------------------------------------------------------------
+    def solve(self, resume_file=None):
+        """Caffe's Solver::Solve: optionally restore, step to max_iter, snapshot after training."""
+        if resume_file is not None:
+            self.restore(resume_file)
+        log.info("Solving %s", self.net_name)
+        self.step(self.param.max_iter - self.iter)
+        p = self.param
+        if p.snapshot_after_train and (p.snapshot == 0 or self.iter % p.snapshot != 0):
+            self.snapshot()
+        log.info("Optimization Done.")
+
+    def step(self, iters):
+        """Run `iters` iterations (forward/backward x iter_size, update, display, snapshot)."""
+        stop = self.iter + iters
+        start_iter = self.iter
+        tick, tick_iter = time.perf_counter(), self.iter
+        while self.iter < stop:
+            values = self._forward_backward()
+            loss = values.pop("__total__")
+            self._update_smoothed_loss(loss, start_iter)
+            display = self.param.display and self.iter % self.param.display == 0
+            if display and self.rank == 0:
+                now = time.perf_counter()
+                done = self.iter - tick_iter
+                rate = f"{done / (now - tick):.3g} iter/s, {now - tick:.3g}s/{done} iters" if done else ""
+                log.info("Iteration %d%s, loss = %.6g", self.iter, f" ({rate})" if rate else "", self.smoothed_loss)
+                tick, tick_iter = now, self.iter
+                for k, (name, value) in enumerate(values.items()):
+                    weight = self.net.loss_weights.get(name, 0.0)
+                    extra = f" (* {weight:g} = {weight * value:.6g} loss)" if weight else ""
+                    log.info("    Train net output #%d: %s = %.6g%s", k, name, value, extra)
+            started = time.perf_counter()
+            self.apply_update(display)
+            self.last_timings["update"] = time.perf_counter() - started
+            self.last_outputs = dict(values, loss=loss)
+            self.iter += 1
+            if self.param.snapshot and self.iter % self.param.snapshot == 0:
+                self.snapshot()
+            for callback in self.on_iteration_end:
+                callback(self)
+
+    def _forward_backward(self):
+        """Zero the diffs, run iter_size forward/backward passes; returns mean output values."""
+        for info in self.params:
+            info.param.grad = None
+        iter_size = self.param.iter_size
+        sums = {}
+        forward = backward = 0.0
+        for _ in range(iter_size):
+            t0 = time.perf_counter()
+            outputs = self.net.run()
+            total = self.net.total_loss(outputs)
+            t1 = time.perf_counter()
+            total.backward()
+            t2 = time.perf_counter()
+            forward, backward = forward + t1 - t0, backward + t2 - t1
+            names = self._scalar_outputs(outputs)
+            for name in names:
+                sums[name] = sums.get(name, 0.0) + float(outputs[name].detach().reshape(-1)[0])
+            sums["__total__"] = sums.get("__total__", 0.0) + float(total.detach())
+        values = {name: value / iter_size for name, value in sums.items()}
+        if self.world_size > 1:
+            values = self._allreduce_values(values)
+        self.last_timings = {"forward": forward, "backward": backward}
+        self._check_finite(values)
+        return values
+
+    def _scalar_outputs(self, outputs):
+        if self._output_names is None:
+            names = list(getattr(self.net, "outputs", [])) or list(self.net.loss_weights)
+            self._output_names = [n for n in names if n in outputs and outputs[n].numel() == 1]
+        return self._output_names
+
+    def _check_finite(self, values):
+        for name, value in values.items():
+            if not math.isfinite(value):
+                blob = "total loss" if name == "__total__" else f"loss blob '{name}'"
+                kept = self.last_snapshot or "none written yet"
+                raise NonFiniteLossError(
+                    f"iteration {self.iter}: {blob} is {value}; stopped before the update "
+                    f"(weights are those of iteration {self.iter}; last good snapshot: {kept})")
+
+    def _allreduce_values(self, values):
+        names = list(values)
+        vec = torch.tensor([values[n] * self.rank_weight for n in names], dtype=torch.float64)
+        dist.all_reduce(vec)
+        return dict(zip(names, vec.tolist()))
+
+    def _update_smoothed_loss(self, loss, start_iter):
+        """Caffe's Solver::UpdateSmoothedLoss: running mean over the last average_loss iterations."""
+        window = max(1, self.param.average_loss)
+        if len(self.losses) < window:
+            self.losses.append(loss)
+            n = len(self.losses)
+            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
+        else:
+            idx = (self.iter - start_iter) % window
+            self.smoothed_loss += (loss - self.losses[idx]) / window
+            self.losses[idx] = loss
+
+    @torch.no_grad()
+    def apply_update(self, display=False):
+        """Caffe's SGDSolver::ApplyUpdate on the gradients in `param.grad`."""
+        p = self.param
+        rate, self.current_step = learning_rate(p, self.iter, self.current_step)
+        self.lr = rate
+        if display and self.rank == 0:
+            log.info("Iteration %d, lr = %.6g", self.iter, rate)
+        diffs = [info.param.grad if info.param.grad is not None else torch.zeros_like(info.param)
+                 for info in self.params]
+        if self.world_size > 1:
+            for d in diffs:
+                d.mul_(self.rank_weight)
+                dist.all_reduce(d)
+        self._clip(diffs)
+        for info, diff, history in zip(self.params, diffs, self.history):
+            w = info.param.data
+            if p.iter_size > 1:
+                diff.mul_(1.0 / p.iter_size)
+            local_decay = p.weight_decay * info.decay_mult
+            if local_decay:
+                diff.add_(w if p.regularization_type == "L2" else torch.sign(w), alpha=local_decay)
+            history.mul_(p.momentum).add_(diff, alpha=rate * info.lr_mult)
+            w.sub_(history)
+
+    def _clip(self, diffs):
+        limit = self.param.clip_gradients
+        if limit < 0:
+            return
+        norm = math.sqrt(sum(float(torch.sum(d.double() * d.double())) for d in diffs))
+        if norm > limit:
+            scale = limit / norm
+            if self.rank == 0:
+                log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
+                         norm, limit, scale)
+            for d in diffs:
+                d.mul_(scale)
+
+    # ----- snapshots -------------------------------------------------------------------------
+    def snapshot(self):
+        """Write `<prefix>_iter_<N>` .caffemodel, .solverstate and the .rng sidecar (rank 0 only)."""
+        if self.rank != 0:
+            return None
+        model, state, sidecar = snapshot_paths(self.param.snapshot_prefix, self.iter)
+        Path(model).parent.mkdir(parents=True, exist_ok=True)
+        caffe_io.atomic_write_bytes(sidecar, pickle.dumps(self._rng_state(), protocol=pickle.HIGHEST_PROTOCOL))
+        layers = [(name, kind, [t.detach().cpu().numpy() for t in blobs])
+                  for name, kind, blobs in self.net.layer_params()]
+        log.info("Snapshotting to binary proto file %s", model)
+        caffe_io.write_caffemodel(model, self.net_name, layers)
+        log.info("Snapshotting solver state to binary proto file %s", state)
+        caffe_io.write_solverstate(state, self.iter, model, [h.cpu().numpy() for h in self.history],
+                                   self.current_step)
+        self.last_snapshot = state
+        return state
+
+    def _rng_state(self):
+        return {
+            "format": SIDECAR_FORMAT,
+            "iter": self.iter,
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "data_sources": [src.state_dict() for src in self.net.data_layers()],
+            "losses": list(self.losses),
+            "smoothed_loss": self.smoothed_loss,
+        }
+
+    def restore(self, state_path):
+        """Caffe's Solver::Restore from a .solverstate (+ the .rng sidecar when present)."""
+        state_path = str(state_path)
+        state = caffe_io.read_solverstate(state_path)
+        self.load_weights(_resolve_learned_net(state["learned_net"], state_path))
+        history = state["history"]
+        if len(history) != len(self.history):
+            raise ValueError(f"{state_path}: {len(history)} history blobs, the net has {len(self.history)} "
+                             "learnable parameters")
+        for info, saved, buf in zip(self.params, history, self.history):
+            if tuple(np.shape(saved)) != tuple(buf.shape):
+                raise ValueError(f"{state_path}: history of layer '{info.layer}' param {info.index} has shape "
+                                 f"{tuple(np.shape(saved))}, expected {tuple(buf.shape)}")
+            buf.copy_(torch.as_tensor(np.asarray(saved, dtype=np.float32)).to(buf.device))
+        self.iter = state["iter"]
+        self.current_step = state.get("current_step", 0)
+        sidecar = state_path + SIDECAR_SUFFIX
+        if os.path.isfile(sidecar):
+            self._load_rng_state(sidecar)
+        else:
+            log.warning("%s: no sidecar %s; RNG and data order restart, so the resumed run will not "
+                        "match an uninterrupted one bitwise", state_path, sidecar)
+        log.info("Restored %s at iteration %d", state_path, self.iter)
+
+    def _load_rng_state(self, path):
+        with open(path, "rb") as f:
+            extra = pickle.load(f)
+        if extra.get("format") != SIDECAR_FORMAT:
+            raise ValueError(f"{path}: sidecar format {extra.get('format')}, expected {SIDECAR_FORMAT}")
+        torch.set_rng_state(extra["torch"])
+        if extra["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(extra["cuda"])
+        np.random.set_state(extra["numpy"])
+        random.setstate(extra["python"])
+        sources = list(self.net.data_layers())
+        if len(sources) != len(extra["data_sources"]):
+            raise ValueError(f"{path}: {len(extra['data_sources'])} data source states, "
+                             f"the net has {len(sources)} ImageData layers")
+        for src, sd in zip(sources, extra["data_sources"]):
+            src.load_state_dict(sd)
+        self.losses = list(extra["losses"])
+        self.smoothed_loss = extra["smoothed_loss"]
+
+    def load_weights(self, path):
+        """Copy layer weights by name from a .caffemodel into the net (shapes checked, in place)."""
+        path = str(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"weights file '{path}' not found")
+        layers = {name: blobs for name, _, blobs in self.net.layer_params()}
+        expected = {name: [tuple(b.shape) for b in blobs] for name, blobs in layers.items()}
+        found = caffe_io.match_weights(caffe_io.read_caffemodel(path), expected, source=path)
+        with torch.no_grad():
+            for name, arrays in found.items():
+                for tensor, array in zip(layers[name], arrays):
+                    tensor.copy_(torch.as_tensor(np.asarray(array, dtype=np.float32)).to(tensor.device))
+        log.info("Copied weights of %d layers from %s", len(found), path)
+        return sorted(found)
+
+
+def _resolve_learned_net(learned_net, state_path):
+    """Caffe opens learned_net relative to the current directory; fall back to the state's folder."""
+    if os.path.isfile(learned_net):
+        return learned_net
+    beside = os.path.join(os.path.dirname(state_path), os.path.basename(learned_net))
+    if os.path.isfile(beside):
+        return beside
+    raise FileNotFoundError(f"{state_path}: learned_net '{learned_net}' not found (nor {beside})")
+
+
+def _distributed_rank():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def seed_everything(seed):
+    """Seed torch, numpy and python RNGs (Caffe's random_seed; + rank under torch.distributed)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    random.seed(seed)

@@ -1,0 +1,388 @@
+"""The SEC training run around `sec.caffe.SGDSolver`: run folder, loss log, plot, evaluation.
+
+A run lives in `runs/<name>/`:
+- `<name>_train.prototxt`: the train net actually used (the model's prototxt with the run's
+  list, root folder, cues and batch size written in), `<name>_iter_<N>.caffemodel/.solverstate`
+  (+ `.solverstate.rng`, see sec.caffe.solver) snapshots;
+- `train.log` (Caffe-style solver log), `losses.csv` (one row per iteration: lr, total loss,
+  smoothed loss, each loss blob, forward/backward/update seconds) and `losses.png`;
+- `eval.json` and `panels.png` (image | ground truth | prediction) after evaluation.
+After a finished run `runs/latest.json` names the final weights and the deploy prototxt
+(read by deploy/deploy.py).
+"""
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from tqdm import tqdm
+
+from sec import data, metrics, visualize
+from sec.caffe import io as caffe_io
+from sec.caffe.solver import NetOverrides, SGDSolver, snapshot_paths
+
+log = logging.getLogger(__name__)
+
+TIMING_FIELDS = ("forward", "backward", "update")
+EVAL_BATCH = 16
+NUM_PANELS = 6
+LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s] %(message)s"
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; None fields keep the prototxt's value."""
+    name: str
+    solver: Path
+    net: Path
+    deploy: Path
+    runs_root: Path
+    classes: str                    # "synthetic" or "voc" (for runs/latest.json)
+    num_classes: int
+    dataset: Path
+    source: Path | None = None      # image list `<image> <id>`
+    root_folder: str | None = None
+    cues: Path | None = None
+    weights: Path | None = None     # initialisation (.caffemodel, copied by layer name)
+    batch: int | None = None        # global batch size
+    iters: int | None = None
+    seed: int | None = None
+    device: str = "cpu"
+    resume: bool = False
+
+    @property
+    def run_dir(self):
+        return Path(self.runs_root) / self.name
+
+    @property
+    def prefix(self):
+        return self.run_dir / self.name
+
+
+# ----- run folder ---------------------------------------------------------------------------------
+def latest_snapshot(run_dir, name):
+    """The .solverstate with the highest iteration in run_dir, or None."""
+    found = []
+    for path in Path(run_dir).glob(f"{name}_iter_*.solverstate"):
+        number = path.name[len(f"{name}_iter_"):-len(".solverstate")]
+        if number.isdigit():
+            found.append((int(number), path))
+    return max(found)[1] if found else None
+
+
+def clear_snapshots(run_dir, name):
+    """Remove a previous run's snapshots so that a later --resume cannot pick up stale ones."""
+    for pattern in (f"{name}_iter_*.caffemodel", f"{name}_iter_*.solverstate", f"{name}_iter_*.solverstate.rng"):
+        for path in Path(run_dir).glob(pattern):
+            path.unlink()
+
+
+def write_latest(runs_root, weights, deploy, classes, num_classes, dataset):
+    """runs/latest.json as the contract describes it (absolute paths)."""
+    info = {"weights": str(Path(weights).resolve()), "deploy_prototxt": str(Path(deploy).resolve()),
+            "classes": classes, "num_classes": int(num_classes), "dataset": str(Path(dataset).resolve())}
+    Path(runs_root).mkdir(parents=True, exist_ok=True)
+    caffe_io.atomic_write_bytes(str(Path(runs_root) / "latest.json"), (json.dumps(info, indent=1) + "\n").encode())
+    return info
+
+
+def attach_log_file(path):
+    """Send the solver's Caffe-style log lines to `path` (the console keeps the progress bar)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    for name in ("sec", "pylayers"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+    return handler
+
+
+# ----- distributed --------------------------------------------------------------------------------
+def rank_batch(global_batch, rank, world_size):
+    """This rank's share of the global batch: sizes differ by at most one, lower ranks first."""
+    if global_batch < world_size:
+        raise ValueError(f"global batch {global_batch} is smaller than the {world_size} processes")
+    return global_batch // world_size + (1 if rank < global_batch % world_size else 0)
+
+
+def shard_list(source, out_path, rank, world_size):
+    """Write every world_size-th line of the image list (from line `rank`) to out_path."""
+    entries = data.read_image_list(source)
+    shard = [(image, image_id) for image, image_id, _ in entries[rank::world_size]]
+    data.write_image_list(out_path, shard)
+    return out_path
+
+
+def global_batch_of(net_path):
+    """batch_size of the (first) ImageData layer of a train prototxt."""
+    for layer in caffe_io.read_net_prototxt(str(net_path)).layer:
+        if layer.type == "ImageData":
+            return layer.image_data_param.batch_size
+    raise ValueError(f"{net_path}: no ImageData layer")
+
+
+# ----- loss log -----------------------------------------------------------------------------------
+class LossLog:
+    """losses.csv: one row per iteration; on resume, rows from the resumed iteration on are dropped."""
+
+    def __init__(self, path, resume_iter=None):
+        self.path = Path(path)
+        self.fields = None
+        self.rows = []
+        if resume_iter is not None and self.path.is_file():
+            with open(self.path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                self.fields = reader.fieldnames
+                self.rows = [row for row in reader if int(row["iter"]) < resume_iter]
+        self._handle = None
+        self._writer = None
+
+    def append(self, solver):
+        outputs = dict(solver.last_outputs)
+        row = {"iter": solver.iter - 1, "lr": solver.lr, "loss": outputs.pop("loss"),
+               "smoothed_loss": solver.smoothed_loss}
+        row.update(outputs)
+        row.update({f"{k}_s": solver.last_timings.get(k, float("nan")) for k in TIMING_FIELDS})
+        if self._writer is None:
+            self._open(list(row))
+        self._writer.writerow(row)
+        self._handle.flush()
+
+    def _open(self, fields):
+        self.fields = self.fields or fields
+        self._handle = open(self.path, "w", newline="")
+        self._writer = csv.DictWriter(self._handle, fieldnames=self.fields)
+        self._writer.writeheader()
+        self._writer.writerows(self.rows)
+
+    def close(self):
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def plot_losses(csv_path, png_path):
+    """losses.png: every loss column against the iteration, smoothed total loss in black."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return None
+    skip = {"iter", "lr", "smoothed_loss", *(f"{k}_s" for k in TIMING_FIELDS)}
+    iters = [int(r["iter"]) for r in rows]
+    figure, axes = pyplot.subplots(figsize=(8, 4.5))
+    for name in rows[0]:
+        if name not in skip:
+            axes.plot(iters, [float(r[name]) for r in rows], label=name, linewidth=0.8)
+    axes.plot(iters, [float(r["smoothed_loss"]) for r in rows], color="black", label="smoothed total")
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("loss")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    pyplot.close(figure)
+    return png_path
+
+
+# ----- training -----------------------------------------------------------------------------------
+def build_solver(cfg, rank=0, world_size=1):
+    """The SGDSolver of a run: the model prototxts plus the run's paths and overrides."""
+    global_batch = cfg.batch or global_batch_of(cfg.net)
+    source = cfg.source
+    if world_size > 1 and source is not None:
+        source = shard_list(source, cfg.run_dir / f"list_rank{rank}.txt", rank, world_size)
+    local_batch = rank_batch(global_batch, rank, world_size)
+    overrides = NetOverrides(
+        batch_size=local_batch if (cfg.batch or world_size > 1) else None,
+        source=str(source) if source is not None else None,
+        root_folder=cfg.root_folder,
+        python_params={"AnnotationLayer": {"cues": str(cfg.cues)}} if cfg.cues else None)
+    return SGDSolver(cfg.solver, net=cfg.net, max_iter=cfg.iters, snapshot_prefix=cfg.prefix,
+                     net_overrides=overrides, device=cfg.device, random_seed=cfg.seed,
+                     rank_weight=local_batch / global_batch)
+
+
+def train(cfg):
+    """Train (or resume) one run; returns the final .caffemodel path (on every rank)."""
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    handler = attach_log_file(cfg.run_dir / ("train.log" if rank == 0 else f"train_rank{rank}.log"))
+    try:
+        state = latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
+        if cfg.resume and state is None:
+            raise FileNotFoundError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
+        if not cfg.resume and rank == 0:
+            clear_snapshots(cfg.run_dir, cfg.name)
+        if world_size > 1:
+            dist.barrier()
+        solver = build_solver(cfg, rank, world_size)
+        if state is not None:
+            solver.restore(str(state))
+        elif cfg.weights is not None:
+            solver.load_weights(cfg.weights)
+        run_loop(solver, cfg.run_dir, resume_iter=solver.iter if state is not None else None, show=rank == 0)
+        return snapshot_paths(cfg.prefix, solver.iter)[0]
+    finally:
+        for name in ("sec", "pylayers"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+
+
+def run_loop(solver, run_dir, resume_iter=None, show=True):
+    """solver.solve() with a tqdm bar (loss, ETA), losses.csv and losses.png."""
+    csv_path = Path(run_dir) / "losses.csv"
+    losses = LossLog(csv_path, resume_iter) if show else None
+    bar = tqdm(total=solver.param.max_iter, initial=solver.iter, desc="train", unit="it",
+               dynamic_ncols=True, disable=not show)
+
+    def on_iteration_end(s):
+        if losses is None:
+            return
+        losses.append(s)
+        values = {k.replace("loss-", ""): f"{v:.3f}" for k, v in s.last_outputs.items() if k != "loss"}
+        bar.set_postfix(loss=f"{s.smoothed_loss:.3f}", **values, refresh=False)
+        bar.update(1)
+
+    solver.on_iteration_end.append(on_iteration_end)
+    try:
+        solver.solve()
+    finally:
+        bar.close()
+        if losses is not None:
+            losses.close()
+            if csv_path.is_file():
+                plot_losses(csv_path, Path(run_dir) / "losses.png")
+
+
+# ----- evaluation ---------------------------------------------------------------------------------
+def evaluate(deploy, weights, image_list, root_folder, mask_folder, num_classes, device="cpu",
+             panels_path=None, num_panels=NUM_PANELS):
+    """Segment every image of a list with the deploy net (sec.deploy's pipeline, no CRF) and
+    score it against `<mask_folder>/<image stem>.png`; returns a sec.metrics.ConfusionMatrix.
+
+    panels_path: also write image | ground truth | prediction for the first num_panels images.
+    """
+    from sec import caffe
+    from sec.deploy import Segmenter
+
+    net = caffe.Net(str(deploy), str(weights), caffe.TEST)
+    net.to(torch.device(device))
+    net.eval()
+    segmenter = Segmenter(net, device=device)
+    height, width = segmenter.input_size
+    confusion = metrics.ConfusionMatrix(num_classes)
+    entries = data.read_image_list(image_list)
+    panels = []
+    for start in range(0, len(entries), EVAL_BATCH):
+        chunk = entries[start:start + EVAL_BATCH]
+        images = [data.load_image(Path(root_folder) / image) for image, _, _ in chunk]
+        inputs = np.stack([data.preprocess(image, height, width) for image in images])
+        predictions = segmenter.masks(images, segmenter.probabilities(inputs))
+        for (image_file, _, _), image, prediction in zip(chunk, images, predictions):
+            mask_path = Path(mask_folder) / (Path(image_file).stem + ".png")
+            if not mask_path.is_file():
+                raise FileNotFoundError(f"{image_list}: no ground truth {mask_path} for {image_file}")
+            gt = np.asarray(Image.open(mask_path))
+            confusion.update(gt, prediction, name=str(mask_path))
+            if len(panels) < num_panels:
+                panels.append([image, gt, prediction])
+    if panels_path is not None and panels:
+        visualize.save_panels(panels, panels_path)
+    return confusion
+
+
+def format_iou_table(confusion, class_names):
+    """Per-class IoU lines and the mIoU line, as printed by train.sh."""
+    lines = []
+    present = confusion.present()
+    for name, value, seen in zip(class_names, confusion.iou(), present):
+        lines.append(f"  {name:<12s} {100 * value:6.2f}" if seen else f"  {name:<12s}    n/a")
+    lines.append(f"  {'mIoU':<12s} {100 * confusion.miou():6.2f}")
+    return "\n".join(lines)
+
+
+def save_eval(path, confusion, class_names, extra=None):
+    summary = confusion.summary(list(class_names))
+    summary.update(extra or {})
+    caffe_io.atomic_write_bytes(str(path), (json.dumps(summary, indent=1) + "\n").encode())
+    return summary
+
+
+def pick_device(name):
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return name
+
+
+def environment_world():
+    """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(cfg, local_rank):
+    """torch.distributed for torchrun: NCCL on one GPU per process, gloo on CPU."""
+    if cfg.device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        cfg.device = f"cuda:{local_rank}"
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def write_caffe_files(cfg):
+    """For `caffe train`: the run's train net and a solver pointing at it; returns the solver path."""
+    from google.protobuf import text_format
+    from sec.caffe.solver import apply_net_overrides
+
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = NetOverrides(batch_size=cfg.batch, source=str(cfg.source) if cfg.source else None,
+                             root_folder=cfg.root_folder,
+                             python_params={"AnnotationLayer": {"cues": str(cfg.cues)}} if cfg.cues else None)
+    net = apply_net_overrides(caffe_io.read_net_prototxt(str(cfg.net)), overrides)
+    net_path = cfg.run_dir / f"{cfg.name}_train.prototxt"
+    caffe_io.atomic_write_bytes(str(net_path), text_format.MessageToString(net).encode())
+    solver = caffe_io.read_solver_prototxt(str(cfg.solver))
+    solver.net = str(net_path.resolve())
+    solver.snapshot_prefix = str(cfg.prefix.resolve())
+    if cfg.iters is not None:
+        solver.max_iter = cfg.iters
+    if cfg.seed is not None:
+        solver.random_seed = cfg.seed
+    solver.solver_mode = solver.GPU if cfg.device.startswith("cuda") else solver.CPU
+    solver_path = cfg.run_dir / f"{cfg.name}_solver.prototxt"
+    caffe_io.atomic_write_bytes(str(solver_path), text_format.MessageToString(solver).encode())
+    return solver_path
+
+
+def finish(cfg, weights, evaluate_after=True):
+    """Write runs/latest.json; on the synthetic set, evaluate on val and print the IoU table."""
+    info = write_latest(cfg.runs_root, weights, cfg.deploy, cfg.classes, cfg.num_classes, cfg.dataset)
+    print(f"wrote {Path(cfg.runs_root) / 'latest.json'}")
+    if cfg.classes != "synthetic":
+        print("evaluate on VOC val with deploy/deploy.py (runs/latest.json) and deploy/evaluate.py")
+        return info
+    if not evaluate_after:
+        return info
+    from sec import synthetic
+    dataset = Path(cfg.dataset)
+    confusion = evaluate(cfg.deploy, weights, dataset / "val.txt", dataset / "images", dataset / "masks",
+                         cfg.num_classes, device=cfg.device, panels_path=cfg.run_dir / "panels.png")
+    print(f"synthetic val ({confusion.num_images} images), IoU %:")
+    print(format_iou_table(confusion, synthetic.CLASSES))
+    save_eval(cfg.run_dir / "eval.json", confusion, synthetic.CLASSES, {"weights": str(weights)})
+    print(f"wrote {cfg.run_dir / 'eval.json'} and {cfg.run_dir / 'panels.png'}")
+    return info

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Train SEC. With no arguments: the synthetic set (generated when absent), the small synthetic
+# net, then evaluation on its val split. With --voc/--cues/--weights: the paper's recipe.
+# `bash training/train.sh --help` lists every flag.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+# The checkout's `sec` wins even when the package is not pip-installed (-e . installs it too).
+export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
+exec python3 "${repo}/training/train.py" "$@"
