@@ -252,8 +252,10 @@ def test_image_data_layer_uses_source_unless_fed(tmp_path, monkeypatch):
     class StandIn:
         made = []
 
-        def __init__(self, source, root_folder, batch_size, new_height, new_width, mean_values, shuffle):
-            StandIn.made.append((source, root_folder, batch_size, new_height, new_width, mean_values, shuffle))
+        def __init__(self, source, root_folder, batch_size, new_height, new_width, mean_values, shuffle,
+                     seed):
+            StandIn.made.append((source, root_folder, batch_size, new_height, new_width, mean_values, shuffle,
+                                 seed))
             self.calls = 0
 
         def next_batch(self):
@@ -268,8 +270,9 @@ def test_image_data_layer_uses_source_unless_fed(tmp_path, monkeypatch):
             'layer { name: "r" type: "ReLU" bottom: "images" top: "r" }\n')
     net = make_net(tmp_path, text, phase=caffe.TRAIN)
     assert StandIn.made == []  # created lazily
+    torch.manual_seed(1234)  # what the solver does with its random_seed
     out = net.run()
-    assert StandIn.made == [("list.txt", "img/", 2, 4, 5, (104.0, 117.0, 123.0), True)]
+    assert StandIn.made == [("list.txt", "img/", 2, 4, 5, (104.0, 117.0, 123.0), True, 1234)]
     assert float(out["r"][0, 0, 0, 0]) == 1.0 and out["ids"].tolist() == [7.0, 8.0]
     fed = net.run({"images": torch.zeros(2, 3, 4, 5), "ids": torch.zeros(2)})
     assert float(fed["r"].abs().sum()) == 0

@@ -164,10 +164,13 @@ class ImageData:
         return [(o["batch_size"], IMAGE_CHANNELS, o["new_height"], o["new_width"]), (o["batch_size"],)]
 
     def data_source(self):
-        """The ImageDataSource, created on first call (imports sec.data then)."""
+        """The ImageDataSource, created on first call (imports sec.data then).
+
+        Its shuffle is seeded from torch's seed, which the solver sets from `random_seed`
+        (+ rank), as Caffe seeds its ImageData shuffling from the solver's seed."""
         if self.source is None:
             from sec.data import ImageDataSource
-            self.source = ImageDataSource(**self.options)
+            self.source = ImageDataSource(**self.options, seed=torch.initial_seed() % 2 ** 32)
         return self.source
 
     def forward(self):
