@@ -1,5 +1,8 @@
 """krahenbuhl2013: the lattice CRF against an exact O(N^2) mean-field, API contracts,
 odd shapes and input checking."""
+import multiprocessing
+import os
+
 import numpy as np
 import pytest
 
@@ -235,3 +238,54 @@ def test_gaussian_lattice_reuse_does_not_change_results():
     CRF(scene(rng, 9, 8), scores(rng, 9, 8, 5))  # another size in between
     CRF(image, unary, scale_factor=2.0)  # same size, another kernel width
     np.testing.assert_array_equal(CRF(image, unary), first)
+
+
+def _core_settings(maxiter=4):
+    return dict(maxiter=maxiter, gaussian_sxy=3.0, gaussian_weight=3.0, bilateral_sxy=80.0, bilateral_srgb=13.0,
+                bilateral_weight=10.0, num_threads=1)
+
+
+def test_core_takes_float32_unaries_in_any_strides():
+    """The core copies non-C-order unaries itself (tiled, per thread); same answer as C order."""
+    from krahenbuhl2013 import _core
+
+    rng = np.random.default_rng(15)
+    image, unary = scene(rng, 19, 23), scores(rng, 19, 23, 6)
+    want = np.empty_like(unary)
+    _core.dense_crf_into([image], [unary], [want], **_core_settings())
+    layouts = [
+        np.ascontiguousarray(unary.transpose(2, 0, 1)).transpose(1, 2, 0),  # labels strided (C,H,W network output)
+        np.ascontiguousarray(unary.transpose(1, 0, 2)).transpose(1, 0, 2),  # columns outer, labels packed
+        np.ascontiguousarray(unary[::-1, ::-1])[::-1, ::-1],  # negative strides
+    ]
+    for layout in layouts:
+        assert not layout.flags.c_contiguous
+        got = np.empty_like(unary)
+        _core.dense_crf_into([image], [layout], [got], **_core_settings())
+        np.testing.assert_array_equal(got, want)
+
+
+def test_core_rejects_an_output_sharing_memory_with_the_unary():
+    """The kernels write the output while they still read the unary, so they must differ."""
+    from krahenbuhl2013 import _core
+
+    unary = scores(np.random.default_rng(16), 4, 5, 2)
+    with pytest.raises(ValueError, match="shares no memory"):
+        _core.dense_crf_into([GOOD_IMAGE], [unary], [unary], **_core_settings())
+
+
+def _batch_in_child(images, unaries):
+    return CRF_batch(images, unaries, scale_factor=12.0, num_threads=2)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
+def test_thread_pool_survives_fork():
+    """The worker pool lives across calls; a forked child (no threads) starts its own."""
+    rng = np.random.default_rng(17)
+    images = np.stack([scene(rng, 21, 21) for _ in range(4)])
+    unaries = np.stack([scores(rng, 21, 21, 5) for _ in range(4)])
+    parent = CRF_batch(images, unaries, scale_factor=12.0, num_threads=2)  # starts the pool here
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply_async(_batch_in_child, (images, unaries)).get(timeout=60)
+    np.testing.assert_array_equal(child, parent)
+    np.testing.assert_array_equal(CRF_batch(images, unaries, scale_factor=12.0, num_threads=2), parent)

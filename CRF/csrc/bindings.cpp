@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <exception>
 #include <new>
 #include <stdexcept>
@@ -15,6 +16,7 @@
 
 #include "lattice.hpp"
 #include "meanfield.hpp"
+#include "pool.hpp"
 
 namespace py = pybind11;
 
@@ -25,11 +27,49 @@ struct Job {
     const float* unary;
     float* out;
     int height, width, labels;
+    // A unary in any other layout than C order is copied, by the thread that runs the
+    // job, into a per-thread buffer: the strides in bytes of its three axes.
+    bool unary_in_c_order;
+    py::ssize_t unary_strides[3];
 };
+
+// Pixels per side of the tiles in which a strided unary is copied: a tile's source and
+// destination rows stay in cache whichever axis the source runs along (a transposed
+// network output, say).
+constexpr int kCopyTile = 16;
+
+// The unary in C order: the job's own array, or a copy in the calling thread's buffer.
+const float* unary_in_c_order(const Job& j) {
+    if (j.unary_in_c_order) return j.unary;
+    thread_local std::vector<float> staging;
+    staging.resize(static_cast<size_t>(j.height) * j.width * j.labels);
+    const char* base = reinterpret_cast<const char*>(j.unary);
+    const bool labels_packed = j.unary_strides[2] == static_cast<py::ssize_t>(sizeof(float));
+    for (int y0 = 0; y0 < j.height; y0 += kCopyTile)
+        for (int x0 = 0; x0 < j.width; x0 += kCopyTile)
+            for (int y = y0; y < std::min(y0 + kCopyTile, j.height); ++y)
+                for (int x = x0; x < std::min(x0 + kCopyTile, j.width); ++x) {
+                    const char* pixel = base + y * j.unary_strides[0] + x * j.unary_strides[1];
+                    float* dst = &staging[(static_cast<size_t>(y) * j.width + x) * j.labels];
+                    if (labels_packed) {
+                        std::memcpy(dst, pixel, sizeof(float) * j.labels);
+                        continue;
+                    }
+                    for (int l = 0; l < j.labels; ++l)
+                        std::memcpy(dst + l, pixel + l * j.unary_strides[2], sizeof(float));
+                }
+    return staging.data();
+}
+
+// dtype equivalence, not identity: an unpickled array carries its own dtype object.
+template <typename T>
+bool is_array_of(const py::array& a) {
+    return py::isinstance<py::array_t<T>>(a);
+}
 
 template <typename T>
 bool is_c_array_of(const py::array& a) {
-    return a.dtype().is(py::dtype::of<T>()) && (a.flags() & py::array::c_style);
+    return is_array_of<T>(a) && (a.flags() & py::array::c_style);
 }
 
 std::string shape_of(const py::array& a) {
@@ -38,13 +78,20 @@ std::string shape_of(const py::array& a) {
     return s + ")";
 }
 
+// The kernels write the output while still reading the unary.
+bool overlap(const py::array& a, const py::array& b) {
+    const char* a0 = static_cast<const char*>(a.data());
+    const char* b0 = static_cast<const char*>(b.data());
+    return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
 Job make_job(const py::array& image, const py::array& unary, py::array& out, size_t index) {
     const std::string where = "image " + std::to_string(index) + ": ";
     if (!is_c_array_of<uint8_t>(image) || image.ndim() != 3 || image.shape(2) != 3)
         throw py::value_error(where + "need a C-contiguous uint8 HxWx3 image, got dtype " +
                               std::string(py::str(image.dtype())) + " shape " + shape_of(image));
-    if (!is_c_array_of<float>(unary) || unary.ndim() != 3)
-        throw py::value_error(where + "need a C-contiguous float32 HxWxL unary, got dtype " +
+    if (!is_array_of<float>(unary) || unary.ndim() != 3)
+        throw py::value_error(where + "need a float32 HxWxL unary, got dtype " +
                               std::string(py::str(unary.dtype())) + " shape " + shape_of(unary));
     if (!is_c_array_of<float>(out) || !out.writeable() || out.ndim() != 3)
         throw py::value_error(where + "need a writeable C-contiguous float32 HxWxL output");
@@ -54,44 +101,45 @@ Job make_job(const py::array& image, const py::array& unary, py::array& out, siz
                                   shape_of(image) + ", " + shape_of(unary) + ", " + shape_of(out));
     if (out.shape(2) != unary.shape(2))
         throw py::value_error(where + "need an output with as many labels as the unary");
+    const bool in_c_order = is_c_array_of<float>(unary);
+    if ((in_c_order && overlap(out, unary)) || overlap(out, image))
+        throw py::value_error(where + "need an output that shares no memory with the image or unary");
     if (image.shape(0) > INT32_MAX || image.shape(1) > INT32_MAX || unary.shape(2) > INT32_MAX)
         throw py::value_error(where + "image too large");
     return Job{static_cast<const uint8_t*>(image.data()), static_cast<const float*>(unary.data()),
                static_cast<float*>(out.mutable_data()), static_cast<int>(image.shape(0)),
-               static_cast<int>(image.shape(1)), static_cast<int>(unary.shape(2))};
+               static_cast<int>(image.shape(1)), static_cast<int>(unary.shape(2)), in_c_order,
+               {unary.strides(0), unary.strides(1), unary.strides(2)}};
 }
 
-// Runs every job on `num_threads` threads (0: all cores).  Each image is computed by
-// exactly the same code as a single call, so results do not depend on the thread count.
+// Runs every job on `num_threads` threads (0: all cores) of the process-wide pool.  Each
+// image is computed by exactly the same code as a single call, so results do not depend
+// on the thread count.  The largest images are handed out first, so that the threads
+// finish close together when sizes differ.
 void run_jobs(const std::vector<Job>& jobs, const crf::KernelParams& params, int num_threads) {
     if (num_threads < 0) throw py::value_error("need num_threads >= 0, got " + std::to_string(num_threads));
-    size_t workers = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
-    workers = std::min(workers, jobs.size());
+    const size_t workers = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
+    std::vector<size_t> order(jobs.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    auto work_of = [&](size_t i) { return static_cast<int64_t>(jobs[i].height) * jobs[i].width * jobs[i].labels; };
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return work_of(a) > work_of(b); });
     std::vector<std::string> errors(jobs.size());
-    std::atomic<size_t> next{0};
     std::atomic<bool> out_of_memory{false};
-    auto work = [&]() {
-        for (size_t i = next++; i < jobs.size(); i = next++) {
-            const Job& j = jobs[i];
-            try {
-                crf::dense_crf(j.image, j.unary, j.height, j.width, j.labels, params, j.out);
-            } catch (const std::bad_alloc&) {
-                out_of_memory = true;
-                errors[i] = "out of memory";
-            } catch (const std::exception& e) {
-                errors[i] = e.what();
-            }
+    auto work = [&](size_t k) {
+        const size_t i = order[k];
+        const Job& j = jobs[i];
+        try {
+            crf::dense_crf(j.image, unary_in_c_order(j), j.height, j.width, j.labels, params, j.out);
+        } catch (const std::bad_alloc&) {
+            out_of_memory = true;
+            errors[i] = "out of memory";
+        } catch (const std::exception& e) {
+            errors[i] = e.what();
         }
     };
     {
         py::gil_scoped_release release;
-        if (workers <= 1) {
-            work();
-        } else {
-            std::vector<std::thread> pool;
-            for (size_t t = 0; t < workers; ++t) pool.emplace_back(work);
-            for (auto& t : pool) t.join();
-        }
+        crf::run_in_pool(jobs.size(), workers, work);
     }
     if (out_of_memory) throw std::bad_alloc();  // pybind11 turns it into MemoryError
     for (size_t i = 0; i < jobs.size(); ++i)
@@ -143,7 +191,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("maxiter"), py::arg("gaussian_sxy"), py::arg("gaussian_weight"), py::arg("bilateral_sxy"),
           py::arg("bilateral_srgb"), py::arg("bilateral_weight"), py::arg("num_threads"),
           "Writes the CRF marginals of images[i] (HxWx3 uint8, C order) and unaries[i] (HxWxL float32, "
-          "C order) into outputs[i] (HxWxL float32, C order), num_threads threads (0: all cores).");
+          "any strides) into outputs[i] (HxWxL float32, C order), num_threads threads (0: all cores).");
     m.def("instruction_set", &crf::kernel_instruction_set,
           "Which compiled mean-field kernels run on this CPU: 'avx2' or 'baseline'.");
     m.def("use_baseline_kernels", &crf::force_baseline_kernels, py::arg("force"),

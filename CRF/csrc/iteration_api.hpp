@@ -13,8 +13,11 @@ constexpr int kMaxChunks = 8;
 
 struct IterationInput {
     int n_points, labels, n_chunks, maxiter, n_kernels;
-    const float* scores;  // n_points x n_chunks*kChunk unary scores, padding 0
-    float* q;             // n_points x n_chunks*kChunk: out, the marginals
+    // Floats from one row of scores (and of q) to the next: labels or more; exactly
+    // n_chunks*kChunk (rows padded with zeros) when n_chunks > kMaxChunks.
+    int stride;
+    const float* scores;  // n_points x stride unary scores
+    float* q;             // n_points x stride: out, the marginals (labels only)
     float* energy;        // n_points x n_chunks*kChunk work rows, used when n_chunks > kMaxChunks
     LatticeView kernels[kMaxKernels];
 };

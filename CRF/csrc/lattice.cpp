@@ -4,13 +4,13 @@
 #include "lattice.hpp"
 
 #include <algorithm>
+#include <memory>
 #include <cmath>
 #include <stdexcept>
 #include <string>
 #include <utility>
 
 namespace crf {
-namespace {
 
 // Scaled features must stay where float arithmetic still resolves single lattice
 // steps and the int32 keys cannot overflow.
@@ -18,6 +18,7 @@ constexpr float kMaxCoordinate = 1 << 20;
 // Added to K*1 before the inverse square root, as densecrf does.
 constexpr float kNormEpsilon = 1e-20f;
 constexpr int kMaxDim = 16;
+// First capacity estimate, in vertices: later builds start from the last vertex count.
 constexpr size_t kInitialVertices = 4096;
 // densecrf scales the sliced result by 1/(1 + 2^-d).
 float slice_scale(int dim) { return 1.0f / (1.0f + std::pow(2.0f, -static_cast<float>(dim))); }
@@ -27,15 +28,20 @@ float slice_scale(int dim) { return 1.0f / (1.0f + std::pow(2.0f, -static_cast<f
 // vertex index.  When every coordinate fits in 64/dim bits, keys are packed into one
 // 64-bit word stored in the slot itself, so a lookup is one multiply and usually one
 // cache line; otherwise the slot points at the full key.
+// The table is kept by its Lattice and reset per build, so that its storage is reused.
 class VertexTable {
   public:
-    // bound: no coordinate of any key looked up exceeds it in magnitude.
-    VertexTable(int dim, size_t expected, int64_t bound) : dim_(dim) {
+    // Empties the table for keys of `dim` coordinates. bound: no coordinate of any key
+    // looked up exceeds it in magnitude; expected: about how many vertices will come.
+    void reset(int dim, size_t expected, int64_t bound) {
+        dim_ = dim;
         bits_ = 64 / dim;
         packed_ = bits_ < 64 && bound < (int64_t(1) << (bits_ - 1));
+        size_ = 0;
         size_t capacity = 16;
         while (capacity < 2 * expected) capacity *= 2;
         resize_slots(capacity);
+        keys_.clear();
         keys_.reserve(expected * dim);
     }
 
@@ -54,7 +60,11 @@ class VertexTable {
         return slot.index;
     }
 
-    int find(const int32_t* key) const { return slots_[locate(key, encode(key))].index; }
+    // Index of `key`, or -1.
+    template <int D>
+    int find_as(const int32_t* key) const {
+        return slots_[locate(key, encode_as<D>(key))].index;
+    }
 
     bool same_key(int index, const int32_t* key) const {
         if (packed_) return true;  // equal codes are equal keys
@@ -116,7 +126,7 @@ class VertexTable {
     }
 
     void resize_slots(size_t capacity) {
-        slots_.assign(capacity, Slot{0, -1});
+        slots_.assign(capacity, Slot{0, -1});  // keeps the storage when it is large enough
         shift_ = 64;
         for (size_t c = capacity; c > 1; c >>= 1) --shift_;
     }
@@ -134,33 +144,39 @@ class VertexTable {
         }
     }
 
-    int dim_;
-    int bits_;
-    bool packed_;
+    int dim_ = 1;
+    int bits_ = 64;
+    bool packed_ = false;
     int shift_ = 64;
     int size_ = 0;
     std::vector<Slot> slots_;
     std::vector<int32_t> keys_;
 };
 
+namespace {
+
+struct RecentVertex {
+    uint64_t code;
+    int32_t vertex;  // 1-based, 0: empty
+};
+constexpr int kRecentBits = 10;  // 1024 entries, 16 KiB: stays in L1
+constexpr int kRecentVertices = 1 << kRecentBits;
+constexpr uint64_t kRecentHash = 0xd6e8feb86659fd93ull;  // odd, a different mix than the table's
+
 // Finds each point's enclosing simplex: its d+1 corner vertices (1-based, inserted into
 // `table`) and barycentric weights.  D is the dimension when known at compile time (the
 // two kernels of the CRF), 0 otherwise.
 template <int D>
-void place_points(const float* features, int n_points, int runtime_dim, const float* scale, int row_length,
-                  VertexTable& table, int32_t* vertex, float* barycentric) {
+void place_points(const float* features, int n_points, int runtime_dim, const float* scale, VertexTable& table,
+                  int32_t* vertex, float* barycentric) {
     const int dim = D > 0 ? D : runtime_dim;
     const int corners = dim + 1;
     float elevated[kMaxDim + 1], rem0[kMaxDim + 1], bary[kMaxDim + 2];
     int rank[kMaxDim + 1];
-    // Ring buffer of the last row's corner codes and vertices (row_length points, or
-    // just the previous point when the features have no row structure).
-    const int ring_points = row_length > 1 ? row_length : 1;
-    std::vector<uint64_t> ring_code(static_cast<size_t>(ring_points) * corners, 0);
-    std::vector<int32_t> ring_vertex(static_cast<size_t>(ring_points) * corners, 0);
-    size_t previous_at = 0;
-    int ring_index = 0;  // p % ring_points
-    uint64_t point_code[kMaxDim + 1];
+    // Neighbouring points mostly share simplex corners, so a corner is first looked for
+    // in a small direct-mapped cache of recently used vertices (one compare, in L1),
+    // and only on a miss in the table.  Vertex 0 marks an empty entry.
+    RecentVertex recent[kRecentVertices] = {};
     const float down = 1.0f / corners;
     const float up = static_cast<float>(corners);
 
@@ -223,48 +239,65 @@ void place_points(const float* features, int n_points, int runtime_dim, const fl
         bary[0] += 1.0f + bary[dim + 1];
 
         // The simplex corner with remainder r is rem0 plus the canonical simplex vertex r,
-        // permuted by rank.  Neighbouring pixels mostly share simplex corners, so a corner
-        // is first looked for among the corners of the previous point and of the point one
-        // row up (codes kept in a ring buffer of one row), without touching the table.
-        const size_t ring_at = static_cast<size_t>(ring_index) * corners;
+        // permuted by rank.
         for (int r = 0; r <= dim; ++r) {
             int32_t key[kMaxDim];
             for (int i = 0; i < dim; ++i)
                 key[i] = static_cast<int32_t>(rem0[i]) + (rank[i] <= dim - r ? r : r - corners);
             const uint64_t code = table.encode_as<D>(key);
-            int found = 0;
-            if (p > 0)
-                for (int c = 0; c < corners && found == 0; ++c)
-                    if (ring_code[previous_at + c] == code && table.same_key(ring_vertex[previous_at + c] - 1, key))
-                        found = ring_vertex[previous_at + c];
-            if (p >= ring_points)
-                for (int c = 0; c < corners && found == 0; ++c)
-                    if (ring_code[ring_at + c] == code && table.same_key(ring_vertex[ring_at + c] - 1, key))
-                        found = ring_vertex[ring_at + c];
+            RecentVertex& cached = recent[(code * kRecentHash) >> (64 - kRecentBits)];
             const size_t idx = static_cast<size_t>(p) * corners + r;
-            vertex[idx] = found > 0 ? found : table.find_or_insert(key, code) + 1;
+            if (cached.vertex != 0 && cached.code == code && table.same_key(cached.vertex - 1, key)) {
+                vertex[idx] = cached.vertex;
+            } else {
+                vertex[idx] = table.find_or_insert(key, code) + 1;
+                cached.code = code;
+                cached.vertex = vertex[idx];
+            }
             barycentric[idx] = bary[r];
-            point_code[r] = code;
         }
-        for (int r = 0; r <= dim; ++r) {
-            ring_code[ring_at + r] = point_code[r];
-            ring_vertex[ring_at + r] = vertex[static_cast<size_t>(p) * corners + r];
-        }
-        previous_at = ring_at;
-        if (++ring_index == ring_points) ring_index = 0;
     }
+}
 
+// Per axis and vertex, the rows (1-based, 0: absent) of the two neighbours along that axis.
+template <int D>
+void find_neighbours(const VertexTable& table, int runtime_dim, int n_vertices, int32_t* lo, int32_t* hi) {
+    const int dim = D > 0 ? D : runtime_dim;
+    int32_t lo_key[kMaxDim], hi_key[kMaxDim];
+    for (int axis = 0; axis <= dim; ++axis) {
+        for (int v = 0; v < n_vertices; ++v) {
+            const int32_t* k = table.key(v);
+            // Step along axis: +d on that coordinate and -1 on all others (and back).
+            for (int i = 0; i < dim; ++i) {
+                lo_key[i] = k[i] - 1;
+                hi_key[i] = k[i] + 1;
+            }
+            if (axis < dim) {
+                lo_key[axis] = k[axis] + dim;
+                hi_key[axis] = k[axis] - dim;
+            }
+            const size_t idx = static_cast<size_t>(axis) * n_vertices + v;
+            lo[idx] = table.find_as<D>(lo_key) + 1;
+            hi[idx] = table.find_as<D>(hi_key) + 1;
+        }
+    }
 }
 
 }  // namespace
 
-void Lattice::build(const float* features, int n_points, int dim, int row_length) {
+Lattice::Lattice() = default;
+Lattice::~Lattice() = default;
+Lattice::Lattice(Lattice&&) noexcept = default;
+Lattice& Lattice::operator=(Lattice&&) noexcept = default;
+
+void Lattice::build(const float* features, int n_points, int dim) {
     if (dim < 1 || dim > kMaxDim) throw std::invalid_argument("lattice dimension out of range");
     n_points_ = n_points;
     dim_ = dim;
     const int corners = dim + 1;
-    vertex_.assign(static_cast<size_t>(n_points) * corners, 0);
-    barycentric_.assign(static_cast<size_t>(n_points) * corners, 0.0f);
+    // every entry is written by place_points
+    vertex_.resize(static_cast<size_t>(n_points) * corners);
+    barycentric_.resize(static_cast<size_t>(n_points) * corners);
 
     // Diagonal of the elevation matrix E times the densecrf feature scaling
     // sqrt(2/3)*(d+1), which sets the effective width of the blurred kernel.
@@ -285,42 +318,36 @@ void Lattice::build(const float* features, int n_points, int dim, int row_length
     }
     const int64_t bound = static_cast<int64_t>(corners * scaled_sum) + 3 * corners + 1;
     // Start small and grow: natural images often have far fewer vertices than pixels,
-    // and a table that fits in cache makes every lookup cheaper.
-    VertexTable table(dim, kInitialVertices, bound);
+    // and a table that fits in cache makes every lookup cheaper.  Images that follow
+    // (a batch, a video) usually have about as many vertices as the last one.
+    if (!table_) table_ = std::make_unique<VertexTable>();
+    VertexTable& table = *table_;
+    const size_t expected = n_vertices_ > 0 ? n_vertices_ + n_vertices_ / 4 : kInitialVertices;
+    table.reset(dim, std::min(expected, static_cast<size_t>(n_points) * corners), bound);
     switch (dim) {
-        case 2: place_points<2>(features, n_points, dim, scale, row_length, table, vertex_.data(), barycentric_.data()); break;
-        case 5: place_points<5>(features, n_points, dim, scale, row_length, table, vertex_.data(), barycentric_.data()); break;
-        default: place_points<0>(features, n_points, dim, scale, row_length, table, vertex_.data(), barycentric_.data());
+        case 2: place_points<2>(features, n_points, dim, scale, table, vertex_.data(), barycentric_.data()); break;
+        case 5: place_points<5>(features, n_points, dim, scale, table, vertex_.data(), barycentric_.data()); break;
+        default: place_points<0>(features, n_points, dim, scale, table, vertex_.data(), barycentric_.data());
     }
 
     n_vertices_ = table.size();
     neighbour_lo_.assign(static_cast<size_t>(corners) * n_vertices_, 0);
     neighbour_hi_.assign(static_cast<size_t>(corners) * n_vertices_, 0);
-    int32_t lo_key[kMaxDim], hi_key[kMaxDim];
-    for (int axis = 0; axis <= dim; ++axis) {
-        for (int v = 0; v < n_vertices_; ++v) {
-            const int32_t* k = table.key(v);
-            // Step along axis: +d on that coordinate and -1 on all others (and back).
-            for (int i = 0; i < dim; ++i) {
-                lo_key[i] = k[i] - 1;
-                hi_key[i] = k[i] + 1;
-            }
-            if (axis < dim) {
-                lo_key[axis] = k[axis] + dim;
-                hi_key[axis] = k[axis] - dim;
-            }
-            const size_t idx = static_cast<size_t>(axis) * n_vertices_ + v;
-            neighbour_lo_[idx] = table.find(lo_key) + 1;
-            neighbour_hi_[idx] = table.find(hi_key) + 1;
-        }
+    switch (dim) {
+        case 2: find_neighbours<2>(table, dim, n_vertices_, neighbour_lo_.data(), neighbour_hi_.data()); break;
+        case 5: find_neighbours<5>(table, dim, n_vertices_, neighbour_lo_.data(), neighbour_hi_.data()); break;
+        default: find_neighbours<0>(table, dim, n_vertices_, neighbour_lo_.data(), neighbour_hi_.data());
     }
     build_chains();
 }
 
 // Along one axis the neighbour relation splits the vertices into chains (hi of a is b
-// exactly when lo of b is a).  Listing each chain of two or more vertices in order,
-// chains separated by 0, lets the blur update the values in place, carrying the previous
-// vertex's old value, and skip vertices without neighbours on that axis altogether.
+// exactly when lo of b is a).  Listing each chain of two or more vertices in order lets
+// the blur update the values in place, carrying the previous vertex's old value, and
+// skip vertices without neighbours on that axis altogether.  Chains follow one another
+// without separators; each entry says where the chain goes next and whether it continues
+// the previous entry, so the blur's inner loop has no branch at chain ends (chains are
+// mostly short: two or three vertices on the sparse lattices of small images).
 void Lattice::build_chains() {
     chains_.clear();
     chain_offsets_.assign(1, 0);
@@ -329,10 +356,12 @@ void Lattice::build_chains() {
         const int32_t* hi = &neighbour_hi_[static_cast<size_t>(axis) * n_vertices_];
         for (int v = 1; v <= n_vertices_; ++v) {
             if (lo[v - 1] != 0 || hi[v - 1] == 0) continue;  // not the start of a chain
-            for (int u = v; u != 0; u = hi[u - 1]) chains_.push_back(u);
-            chains_.push_back(0);
+            float linked = 0.0f;
+            for (int u = v; u != 0; u = hi[u - 1]) {
+                chains_.push_back(ChainLink{u, hi[u - 1], linked});
+                linked = 1.0f;
+            }
         }
-        chains_.push_back(0);  // so that the last entry's successor can always be read
         chain_offsets_.push_back(chains_.size());
     }
 }
@@ -368,26 +397,24 @@ void Lattice::set_symmetric_normalisation(float weight) {
     std::vector<float> ones(n_points_, 1.0f), density(n_points_);
     filter_scalar(density.data(), ones.data());
     const float alpha = slice_scale(dim_);
-    std::vector<float> norm(n_points_);
-    for (int i = 0; i < n_points_; ++i) norm[i] = 1.0f / std::sqrt(density[i] + kNormEpsilon);
-    slice_weight_.resize(barycentric_.size());
-    splat_weight_.resize(barycentric_.size());
-    for (int i = 0; i < n_points_; ++i)
+    weight_.resize(barycentric_.size());
+    for (int i = 0; i < n_points_; ++i) {
+        const float norm = 1.0f / std::sqrt(density[i] + kNormEpsilon);
         for (int c = 0; c < corners; ++c) {
             const size_t idx = static_cast<size_t>(i) * corners + c;
-            splat_weight_[idx] = barycentric_[idx] * norm[i];
-            slice_weight_[idx] = barycentric_[idx] * (alpha * norm[i] * weight);
+            weight_[idx] = barycentric_[idx] * norm;
         }
+    }
+    scale_ = alpha * weight;
 }
 
 LatticeView Lattice::view(int width) {
     const size_t floats = (static_cast<size_t>(n_vertices_) + 1) * width;
-    if (values_.size() < floats) values_.resize(floats);
-    // Row 0 is the all-zero sentinel that absent neighbours point to.
-    std::fill(values_.begin(), values_.begin() + width, 0.0f);
-    return LatticeView{n_points_,      n_vertices_,          dim_,
-                       vertex_.data(), splat_weight_.data(), slice_weight_.data(),
-                       chains_.data(), chain_offsets_.data(), values_.data()};
+    for (auto& buffer : values_)
+        if (buffer.size() < floats) buffer.resize(floats);
+    return LatticeView{n_points_,      n_vertices_,           dim_,
+                       vertex_.data(), weight_.data(),        scale_,
+                       chains_.data(), chain_offsets_.data(), {values_[0].data(), values_[1].data()}};
 }
 
 }  // namespace crf

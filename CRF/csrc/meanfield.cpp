@@ -72,7 +72,7 @@ void prepare_gaussian(Workspace& ws, int height, int width, const KernelParams& 
             fp[0] = x / params.gaussian_sxy;
             fp[1] = y / params.gaussian_sxy;
         }
-    ws.gaussian.build(ws.features.data(), n, kGaussianDim, width);
+    ws.gaussian.build(ws.features.data(), n, kGaussianDim);
     ws.gaussian.set_symmetric_normalisation(params.gaussian_weight);
     ws.gaussian_ready = true;
     ws.gaussian_height = height;
@@ -92,7 +92,7 @@ void prepare_bilateral(Workspace& ws, const uint8_t* image, int height, int widt
             fp[1] = y / params.bilateral_sxy;
             for (int c = 0; c < 3; ++c) fp[2 + c] = image[i * 3 + c] / params.bilateral_srgb;
         }
-    ws.bilateral.build(ws.features.data(), n, kBilateralDim, width);
+    ws.bilateral.build(ws.features.data(), n, kBilateralDim);
     ws.bilateral.set_symmetric_normalisation(params.bilateral_weight);
 }
 
@@ -110,14 +110,22 @@ void dense_crf(const uint8_t* image, const float* unary, int height, int width, 
     const int row = n_chunks * kChunk;
     const size_t floats = static_cast<size_t>(n) * row;
 
-    ws.scores.assign(floats, 0.0f);
-    for (int i = 0; i < n; ++i)
-        std::copy(unary + static_cast<size_t>(i) * labels, unary + static_cast<size_t>(i + 1) * labels,
-                  ws.scores.begin() + static_cast<size_t>(i) * row);
-    ws.q.resize(floats);
-    ws.energy.resize(n_chunks > kMaxChunks ? floats : 0);
-
-    IterationInput input{n, labels, n_chunks, params.maxiter, 0, ws.scores.data(), ws.q.data(), ws.energy.data(), {}};
+    // Up to kMaxChunks chunks the kernels read the unary and write the output in place,
+    // unpadded; wider rows are filtered in groups and need padded copies.
+    const bool padded = n_chunks > kMaxChunks;
+    IterationInput input{n, labels, n_chunks, params.maxiter, 0, labels, unary, out, nullptr, {}};
+    if (padded) {
+        ws.scores.assign(floats, 0.0f);
+        for (int i = 0; i < n; ++i)
+            std::copy(unary + static_cast<size_t>(i) * labels, unary + static_cast<size_t>(i + 1) * labels,
+                      ws.scores.begin() + static_cast<size_t>(i) * row);
+        ws.q.resize(floats);
+        ws.energy.resize(floats);
+        input.stride = row;
+        input.scores = ws.scores.data();
+        input.q = ws.q.data();
+        input.energy = ws.energy.data();
+    }
     const int view_width = std::min(n_chunks, kMaxChunks) * kChunk;
     if (params.maxiter > 0 && params.gaussian_weight != 0.0f) {
         prepare_gaussian(ws, height, width, params);
@@ -131,9 +139,10 @@ void dense_crf(const uint8_t* image, const float* unary, int height, int width, 
         avx2::run_mean_field(input);
     else
         base::run_mean_field(input);
-    for (int i = 0; i < n; ++i)
-        std::copy(ws.q.begin() + static_cast<size_t>(i) * row, ws.q.begin() + static_cast<size_t>(i) * row + labels,
-                  out + static_cast<size_t>(i) * labels);
+    if (padded)
+        for (int i = 0; i < n; ++i)
+            std::copy(ws.q.begin() + static_cast<size_t>(i) * row,
+                      ws.q.begin() + static_cast<size_t>(i) * row + labels, out + static_cast<size_t>(i) * labels);
 }
 
 }  // namespace crf

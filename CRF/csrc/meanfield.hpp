@@ -17,7 +17,7 @@ struct KernelParams {
 
 // image: height x width x 3 uint8 (row-major, channels last);
 // unary: height x width x labels float32 scores (energy = -unary);
-// out: height x width x labels float32 marginals.
+// out: height x width x labels float32 marginals; must not overlap the inputs.
 // Throws std::invalid_argument on bad sizes or kernel parameters.
 void dense_crf(const uint8_t* image, const float* unary, int height, int width, int labels,
                const KernelParams& params, float* out);

@@ -1,7 +1,7 @@
 """Validation and conversion of user input at the boundary of the C++ core.
 
 Everything the user passes is checked here and converted to what the core needs
-(C-contiguous uint8 HxWx3 images, C-contiguous float32 HxWxL unaries); a bad value is a
+(C-contiguous uint8 HxWx3 images, float32 HxWxL unaries in any layout); a bad value is a
 ValueError that says what was needed and what was given.
 """
 import math
@@ -37,7 +37,7 @@ def as_image(image, where=""):
         low, high = float(array.min()), float(array.max())
         if low <= FLOAT_PIXEL_LOW or high >= FLOAT_PIXEL_HIGH:
             raise ValueError(f"{where}need image values 0..255, got values in [{low}, {high}]")
-    elif array.dtype.kind in "iu":
+    elif array.dtype.kind in "iu" and array.dtype != np.uint8:  # uint8 is always 0..255
         low, high = int(array.min()), int(array.max())
         if low < 0 or high > PIXEL_MAX:
             raise ValueError(f"{where}need image values 0..255, got values in [{low}, {high}]")
@@ -45,7 +45,7 @@ def as_image(image, where=""):
 
 
 def as_unary(unary, image_shape, where=""):
-    """HxWxL scores (any numeric dtype) -> C-contiguous float32, checked against the image."""
+    """HxWxL scores (any numeric dtype) -> float32 (any memory layout), checked against the image."""
     array = np.asarray(unary)
     if array.dtype.kind not in NUMERIC_KINDS:
         raise ValueError(f"{where}need a numeric HxWxL unary, got {_describe(array)}")
@@ -58,8 +58,13 @@ def as_unary(unary, image_shape, where=""):
         )
     if array.shape[2] < 1:
         raise ValueError(f"{where}need at least one label in the unary, got shape {array.shape}")
-    with np.errstate(over="ignore"):  # overflow to inf is reported just below
-        converted = np.ascontiguousarray(array, dtype=np.float32)
+    # float32 in any layout goes to the core as it is: it copies other layouts into a
+    # reused per-thread buffer, which is cheaper than a fresh C-order array here.
+    if array.dtype == np.float32:
+        converted = array
+    else:
+        with np.errstate(over="ignore"):  # overflow to inf is reported just below
+            converted = array.astype(np.float32)
     largest = converted.max()  # NaN when any entry is NaN
     if np.isnan(largest) or largest == np.inf:
         raise ValueError(f"{where}need unary scores that are finite or -inf (as float32), got NaN or +inf")
