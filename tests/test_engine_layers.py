@@ -283,14 +283,16 @@ def softmax_loss_ref(x, labels, ignore, normalization):
     return total / max(1, divisor), p
 
 
-@pytest.mark.parametrize("normalization", ["FULL", "VALID", "BATCH_SIZE", "NONE"])
-def test_softmax_with_loss(tmp_path, normalization):
+@pytest.mark.parametrize("normalization, legacy", [("FULL", ""), ("VALID", ""), ("BATCH_SIZE", ""), ("NONE", ""),
+                                                   ("FULL", "normalize: true")])
+def test_softmax_with_loss(tmp_path, normalization, legacy):
+    """`normalization` wins over the legacy `normalize` when both are set (Caffe's rule)."""
     x = RNG.standard_normal((2, 4, 3, 2)).astype(np.float32)
     labels = RNG.integers(0, 4, (2, 1, 3, 2)).astype(np.float32)
     labels[0, 0, 1, 1] = labels[1, 0, 0, 0] = 255
     text = input_layer("x", x.shape) + input_layer("label", labels.shape)
     text += ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" top: "prob" '
-             f'loss_param {{ ignore_label: 255 normalization: {normalization} }} }}\n')
+             f'loss_param {{ ignore_label: 255 normalization: {normalization} {legacy} }} }}\n')
     net = make_net(tmp_path, text)
     out = net.forward(x=x, label=labels)
     ref, prob = softmax_loss_ref(x, labels, 255, normalization)
@@ -353,7 +355,7 @@ def test_scale_with_bias_and_two_bottom_form(tmp_path):
     gamma, beta = np.array([2., -1., .5]), np.array([.1, .2, .3])
     set_params(net, "sc", gamma, beta)
     out = net.forward(x=x, s=s)
-    np.testing.assert_allclose(out["y"], x * gamma[:, None, None] + beta[:, None, None], rtol=1e-6)
+    np.testing.assert_allclose(out["y"], x * gamma[:, None, None] + beta[:, None, None], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(out["z"], x * s[None, :, :, None], rtol=1e-6)
 
 
@@ -409,3 +411,158 @@ def test_fillers_follow_caffe_fan_rules(tmp_path):
     assert w["un"].min() >= 2 and w["un"].max() <= 3
     assert w["ga"].mean() == pytest.approx(1, abs=0.03) and w["ga"].std() == pytest.approx(0.5, rel=0.05)
     assert np.all(w["co"] == 0.25) and np.all(net.params["co"][1].data == 0.25)
+
+
+def test_scale_and_bias_with_num_axes_0_are_scalars(tmp_path):
+    x = RNG.standard_normal((2, 3, 2)).astype(np.float32)
+    net = one_layer_net(tmp_path, x.shape, "Scale", "scale_param { num_axes: 0 bias_term: true }")
+    assert [blob.data.shape for blob in net.params["l"]] == [(), ()]
+    set_params(net, "l", np.float32(-1.5), np.float32(0.25))
+    np.testing.assert_allclose(net.forward(x=x)["y"], x * -1.5 + 0.25, rtol=1e-6)
+    net = one_layer_net(tmp_path, x.shape, "Bias", "bias_param { num_axes: 0 }")
+    assert net.params["l"][0].data.shape == () and float(net.params["l"][0].data) == 0.0  # filler default 0
+    set_params(net, "l", np.float32(0.75))
+    np.testing.assert_allclose(net.forward(x=x)["y"], x + 0.75, rtol=1e-6)
+
+
+@pytest.mark.parametrize("param, bshape, view", [
+    ("", (3,), (1, 3, 1, 1)),                                   # Caffe's defaults: axis 1, num_axes 1
+    ("bias_param { axis: 1 num_axes: -1 }", (3, 4, 5), (1, 3, 4, 5)),
+    ("bias_param { axis: -2 num_axes: 2 }", (4, 5), (1, 1, 4, 5)),
+])
+def test_bias_axes(tmp_path, param, bshape, view):
+    x = RNG.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    net = one_layer_net(tmp_path, x.shape, "Bias", param)
+    b = RNG.standard_normal(bshape).astype(np.float32)
+    assert net.params["l"][0].data.shape == bshape
+    set_params(net, "l", b)
+    np.testing.assert_allclose(net.forward(x=x)["y"], x + b.reshape(view), rtol=1e-6)
+    two = one_layer_net(tmp_path, x.shape, "Bias", param.replace("num_axes: -1", "").replace("num_axes: 2", ""),
+                        bottom=["x", "b"], inputs=input_layer("b", bshape))
+    assert "l" not in two.params
+    np.testing.assert_allclose(two.forward(x=x, b=b)["y"], x + b.reshape(view), rtol=1e-6)
+
+
+def test_bias_shape_errors_name_the_layer(tmp_path):
+    with pytest.raises(ValueError, match="bias_param axis 1 \\+ num_axes 4"):
+        one_layer_net(tmp_path, (2, 3, 4), "Bias", "bias_param { num_axes: 4 }")
+    with pytest.raises(ValueError, match="'l'.*bias of shape \\(4,\\)"):
+        one_layer_net(tmp_path, (2, 3, 4), "Bias", "", bottom=["x", "b"], inputs=input_layer("b", (4,)))
+
+
+# ---------------------------------------------------------------- SigmoidCrossEntropyLoss
+
+def sigmoid_ce_ref(x, t, ignore):
+    """Caffe's definition, written naively in float64: (-sum(t log s + (1-t) log(1-s)) over the
+    positions whose target truncated to int is not `ignore`, number of those positions)."""
+    x, t = x.astype(np.float64).ravel(), t.astype(np.float64).ravel()
+    total, valid = 0.0, 0
+    for xi, ti in zip(x, t):
+        if ignore is not None and int(ti) == ignore:
+            continue
+        s = 1.0 / (1.0 + math.exp(-xi))
+        total -= ti * math.log(s) + (1 - ti) * math.log(1 - s)
+        valid += 1
+    return total, valid
+
+
+SCE_SHAPE = (3, 2, 2, 2)
+SCE_LOSS_PARAMS = {
+    "FULL": "normalization: FULL", "VALID": "normalization: VALID",
+    "BATCH_SIZE": "normalization: BATCH_SIZE", "NONE": "normalization: NONE",
+    "default": "", "normalize_true": "normalize: true", "normalize_false": "normalize: false",
+    "both": "normalization: FULL normalize: true",
+}
+# What each setting divides by (Caffe: unset means BATCH_SIZE for this layer; normalize maps to VALID /
+# BATCH_SIZE; normalization wins when both are set).
+SCE_DIVISORS = {
+    "FULL": lambda n, count, valid: count, "VALID": lambda n, count, valid: valid,
+    "BATCH_SIZE": lambda n, count, valid: n, "NONE": lambda n, count, valid: 1,
+    "default": lambda n, count, valid: n, "normalize_true": lambda n, count, valid: valid,
+    "normalize_false": lambda n, count, valid: n, "both": lambda n, count, valid: count,
+}
+IGNORE = -1
+
+
+def sigmoid_ce_net(tmp_path, mode, ignore, loss_weight=None):
+    param = SCE_LOSS_PARAMS[mode] + (f" ignore_label: {ignore}" if ignore is not None else "")
+    text = "force_backward: true\n" + input_layer("x", SCE_SHAPE)
+    text += input_layer("t", (SCE_SHAPE[0], math.prod(SCE_SHAPE[1:])))
+    weight = f"loss_weight: {loss_weight}" if loss_weight is not None else ""
+    text += ('layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top: "loss" '
+             f'loss_param {{ {param} }} {weight} }}\n')
+    return make_net(tmp_path, text, phase=caffe.TRAIN)
+
+
+def sigmoid_ce_inputs(ignored=True):
+    x = (RNG.standard_normal(SCE_SHAPE) * 2).astype(np.float32)
+    t = RNG.uniform(0, 1, (SCE_SHAPE[0], math.prod(SCE_SHAPE[1:]))).astype(np.float32)
+    t[0, :3] = (0, 1, 1)
+    if ignored:
+        t[1, 2] = t[2, 0] = t[2, 5] = IGNORE
+    return x, t
+
+
+@pytest.mark.parametrize("mode", list(SCE_LOSS_PARAMS))
+@pytest.mark.parametrize("ignore", [None, IGNORE])
+def test_sigmoid_cross_entropy_loss_values(tmp_path, mode, ignore):
+    x, t = sigmoid_ce_inputs(ignored=ignore is not None)
+    net = sigmoid_ce_net(tmp_path, mode, ignore)
+    assert net.loss_weights == {"loss": 1.0}
+    total, valid = sigmoid_ce_ref(x, t, ignore)
+    assert valid == x.size - (3 if ignore is not None else 0)
+    divisor = SCE_DIVISORS[mode](SCE_SHAPE[0], x.size, valid)
+    out = net.forward(x=x, t=t)
+    assert out["loss"].shape == ()
+    np.testing.assert_allclose(float(out["loss"]), total / divisor, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["FULL", "VALID", "BATCH_SIZE", "NONE"])
+def test_sigmoid_cross_entropy_gradient_by_finite_differences(tmp_path, mode):
+    weight, eps = 2.5, 1e-2
+    x, t = sigmoid_ce_inputs()
+    net = sigmoid_ce_net(tmp_path, mode, IGNORE, loss_weight=weight)
+    net.forward(x=x, t=t)
+    net.backward()
+    got = net.blobs["x"].diff.copy()
+    numeric = np.zeros(x.size)
+    flat = x.ravel()
+    for i in range(x.size):
+        losses = []
+        for step in (eps, -eps):
+            probe = flat.copy()
+            probe[i] += step
+            with torch.no_grad():
+                losses.append(float(net.forward(x=probe.reshape(x.shape), t=t)["loss"]))
+        numeric[i] = weight * (losses[0] - losses[1]) / (2 * eps)
+    np.testing.assert_allclose(got.ravel(), numeric, rtol=2e-2, atol=2e-4)
+    # the closed form: loss_weight x (sigmoid(x) - t) / normaliser, zero where ignored
+    _, valid = sigmoid_ce_ref(x, t, IGNORE)
+    divisor = SCE_DIVISORS[mode](SCE_SHAPE[0], x.size, valid)
+    tt = t.reshape(x.shape)
+    closed = np.where(tt == IGNORE, 0.0, weight * (1 / (1 + np.exp(-x.astype(np.float64))) - tt) / divisor)
+    np.testing.assert_allclose(got, closed, rtol=1e-5, atol=1e-7)
+
+
+def test_sigmoid_cross_entropy_is_stable_and_ignores_by_truncated_target(tmp_path):
+    x = np.zeros(SCE_SHAPE, np.float32)
+    t = np.zeros((SCE_SHAPE[0], math.prod(SCE_SHAPE[1:])), np.float32)
+    x.ravel()[:2] = (100.0, -100.0)       # confidently wrong: loss 100 each, no overflow
+    t[0, 1] = 1.0
+    t[2, :] = 0.7                          # int(0.7) == 0 == ignore_label: Caffe skips these
+    net = sigmoid_ce_net(tmp_path, "NONE", 0)
+    loss = float(net.forward(x=x, t=t)["loss"])
+    # ignored: every target truncating to 0 (all but t[0, 1]); kept: x = -100 against t = 1
+    assert loss == pytest.approx(100.0, rel=1e-6)
+    net = sigmoid_ce_net(tmp_path, "NONE", None)
+    per_zero = math.log(2.0)
+    expected = 100.0 + 100.0 + (x.size - 2) * per_zero
+    assert float(net.forward(x=x, t=t)["loss"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sigmoid_cross_entropy_needs_equal_counts(tmp_path):
+    text = input_layer("x", (2, 3)) + input_layer("t", (2, 4))
+    text += 'layer { name: "bad" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top: "loss" }\n'
+    with pytest.raises(ValueError) as err:
+        make_net(tmp_path, text)
+    assert "bad" in str(err.value) and "same count" in str(err.value)

@@ -332,3 +332,78 @@ def test_shared_param_with_different_lr_mult_is_an_error(tmp_path):
               'inner_product_param { num_output: 4 bias_term: false } }\n')
     with pytest.raises(caffe.NetError, match="layer 'q'.*shared param 'w'"):
         make_net(tmp_path, text)
+
+
+SCALAR_SCALE = (input_layer("x", (2, 3))
+                + 'layer { name: "s" type: "Scale" bottom: "x" top: "y" scale_param { num_axes: 0 bias_term: true '
+                  'filler { type: "uniform" min: 1 max: 2 } bias_filler { type: "uniform" min: -1 max: 0 } } }\n'
+                + 'layer { name: "b" type: "Bias" bottom: "y" top: "z" bias_param { num_axes: 0 '
+                  'filler { type: "uniform" min: 3 max: 4 } } }\n')
+
+
+def test_zero_dim_params_survive_save_and_load(tmp_path):
+    """Scale and Bias with num_axes: 0 have shape-() blobs: saved as Caffe does (shape {} and one value) and
+    read back by copy_from and by Net(prototxt, weights, phase)."""
+    from sec.caffe import io as caffe_io
+    torch.manual_seed(0)
+    a = make_net(tmp_path, SCALAR_SCALE)
+    path = tmp_path / "scalar.caffemodel"
+    a.save(str(path))
+    stored = [layer for layer in caffe_io.read_caffemodel(str(path)).layer if layer.name == "s"][0]
+    assert [(tuple(b.shape.dim), len(b.data)) for b in stored.blobs] == [((), 1), ((), 1)]
+    gamma, beta = (float(b.data) for b in a.params["s"])
+    shift = float(a.params["b"][0].data)
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(a.forward(x=x)["z"], x * gamma + beta + shift, rtol=1e-6)
+    torch.manual_seed(1)
+    b = make_net(tmp_path, SCALAR_SCALE)
+    assert float(b.params["s"][0].data) != gamma
+    b.copy_from(str(path))
+    assert [blob.data.shape for blob in b.params["s"]] == [(), ()]
+    assert (float(b.params["s"][0].data), float(b.params["s"][1].data)) == (gamma, beta)
+    assert b.params["b"][0].data.shape == () and float(b.params["b"][0].data) == shift
+    c = caffe.Net(str(tmp_path / "net.prototxt"), str(path), caffe.TEST)
+    np.testing.assert_allclose(c.forward(x=x)["z"], x * gamma + beta + shift, rtol=1e-6)
+
+
+@pytest.mark.parametrize("legacy, loads", [((1, 1, 1, 1), True), ((1, 1, 1, 2), False)])
+def test_zero_dim_params_from_legacy_blobs(tmp_path, legacy, loads):
+    """A legacy blob (num/channels/height/width) fills a 0-d parameter when it is 1x1x1x1."""
+    from sec.caffe import io as caffe_io
+    from sec.proto import caffe_pb2
+    model = caffe_pb2.NetParameter(name="legacy")
+    layer = model.layer.add(name="s", type="Scale")
+    count = int(np.prod(legacy))
+    for value in (3.0, -0.5):
+        blob = layer.blobs.add(num=legacy[0], channels=legacy[1], height=legacy[2], width=legacy[3])
+        blob.data.extend([value] * count)
+    path = tmp_path / "legacy.caffemodel"
+    caffe_io.atomic_write_bytes(path, model.SerializeToString())
+    net = make_net(tmp_path, SCALAR_SCALE)
+    if not loads:
+        with pytest.raises(ValueError) as err:
+            net.copy_from(str(path))
+        assert "legacy.caffemodel" in str(err.value) and "'s'" in str(err.value)
+        return
+    net.copy_from(str(path))
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    net.forward(x=x)
+    np.testing.assert_allclose(net.blobs["y"].data, x * 3.0 - 0.5, rtol=1e-6, atol=1e-7)
+
+
+def test_split_tops_get_their_own_diffs(tmp_path):
+    """As Caffe: each Split top's diff is the gradient from its own consumer; the bottom gets the sum."""
+    text = ("force_backward: true\n" + input_layer("x", (2, 3))
+            + 'layer { name: "split" type: "Split" bottom: "x" top: "x1" top: "x2" }\n'
+            + 'layer { name: "a" type: "Eltwise" bottom: "x1" bottom: "x1" top: "a" eltwise_param { operation: PROD } '
+              'loss_weight: 1 }\n'
+            + 'layer { name: "b" type: "ReLU" bottom: "x2" top: "b" }\n'
+            + 'layer { name: "c" type: "Eltwise" bottom: "b" bottom: "b" top: "c" eltwise_param { coeff: 1.5 coeff: 1.5 } '
+              'loss_weight: 1 }\n')
+    net = make_net(tmp_path, text)
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    net.forward(x=x)
+    net.backward()
+    np.testing.assert_allclose(net.blobs["x1"].diff, 2 * x, rtol=1e-6)           # d(x^2)/dx
+    np.testing.assert_allclose(net.blobs["x2"].diff, 3.0 * (x > 0), rtol=1e-6)   # d(3 relu(x))/dx
+    np.testing.assert_allclose(net.blobs["x"].diff, 2 * x + 3.0 * (x > 0), rtol=1e-6)

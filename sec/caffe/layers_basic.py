@@ -1,5 +1,5 @@
 """Shape-preserving and blob-plumbing layers: Input, ReLU, Sigmoid, TanH, Dropout, BatchNorm,
-Scale, Softmax, Concat, Eltwise, Split, Flatten, Reshape, Silence."""
+Scale, Bias, Softmax, Concat, Eltwise, Split, Flatten, Reshape, Silence."""
 import math
 
 import torch
@@ -126,17 +126,10 @@ class Scale:
         need_bottoms(lp, shapes, 1, 2)
         p = lp.scale_param
         x = shapes[0]
-        self.axis = canonical_axis(p.axis, len(x), "scale_param.axis") if len(x) else 0
+        self.axis, sshape = _broadcast_blob(p, shapes, "scale_param")
         if len(shapes) == 2:
-            sshape = tuple(shapes[1])
             self.scale = None
         else:
-            if p.num_axes < -1:
-                raise ValueError(f"scale_param.num_axes must be >= -1, got {p.num_axes}")
-            end = len(x) if p.num_axes == -1 else self.axis + p.num_axes
-            if end > len(x):
-                raise ValueError(f"scale_param axis {p.axis} + num_axes {p.num_axes} exceed the {len(x)}-axis input")
-            sshape = tuple(x[self.axis:end])
             filler = p.filler if p.HasField("filler") else _constant_one()
             self.scale = ctx.param(lp, 0, sshape, filler)
         self.sshape = sshape
@@ -161,6 +154,49 @@ class Scale:
         if self.bias is not None:
             y = y + self.bias.reshape(self.bshape)
         return (y,)
+
+
+class Bias:
+    """y = x + bias, the bias broadcast over axes [axis, axis + its ndim): a learned blob of shape
+    x.shape[axis:axis + num_axes] (num_axes -1: to the end, 0: a scalar; filler default constant 0)
+    or, with two bottoms, bottom[1]."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1, 2)
+        p = lp.bias_param
+        self.axis, bshape = _broadcast_blob(p, shapes, "bias_param")
+        self.bias = None
+        if len(shapes) == 1:
+            self.bias = ctx.param(lp, 0, bshape, p.filler if p.HasField("filler") else None)
+        self.given = bshape
+        self.params = [self.bias] if self.bias is not None else []
+        self.trailing = (1,) * (len(shapes[0]) - self.axis - len(bshape))
+
+    def shapes(self, shapes):
+        x = tuple(shapes[0])
+        given = tuple(shapes[1]) if len(shapes) == 2 else self.given
+        if x[self.axis:self.axis + len(given)] != given or len(x) - self.axis - len(given) != len(self.trailing):
+            raise ValueError(f"bias of shape {given} does not match input {x} at axis {self.axis}")
+        return [x]
+
+    def forward(self, x, bias=None):
+        bias = self.bias if bias is None else bias
+        return (x + bias.reshape(tuple(bias.shape) + self.trailing),)
+
+
+def _broadcast_blob(p, shapes, field):
+    """(axis, shape) of a Scale/Bias operand: bottom[1]'s shape, or x.shape[axis:axis + num_axes]
+    from `p` (a ScaleParameter or BiasParameter; num_axes -1 = to the end, 0 = a scalar)."""
+    x = shapes[0]
+    axis = canonical_axis(p.axis, len(x), f"{field}.axis") if len(x) else 0
+    if len(shapes) == 2:
+        return axis, tuple(shapes[1])
+    if p.num_axes < -1:
+        raise ValueError(f"{field}.num_axes must be >= -1, got {p.num_axes}")
+    end = len(x) if p.num_axes == -1 else axis + p.num_axes
+    if end > len(x):
+        raise ValueError(f"{field} axis {p.axis} + num_axes {p.num_axes} exceed the {len(x)}-axis input")
+    return axis, tuple(x[axis:end])
 
 
 def _constant_one():
@@ -247,7 +283,8 @@ class Eltwise:
 
 
 class Split:
-    """The same blob under several names; autograd sums the gradients as Caffe's Split does."""
+    """The same data under several names; autograd sums the gradients into the bottom as Caffe's
+    Split does. Each top is its own view, so pycaffe's backward gives each top blob its own diff."""
 
     def __init__(self, lp, shapes, ctx):
         need_bottoms(lp, shapes, 1)
@@ -258,7 +295,7 @@ class Split:
         return [tuple(shapes[0])] * self.ntop
 
     def forward(self, x):
-        return (x,) * self.ntop
+        return tuple(x.view_as(x) for _ in range(self.ntop))
 
 
 class Flatten:

@@ -1,4 +1,4 @@
-"""SoftmaxWithLoss, Accuracy and the ImageData input layer."""
+"""SoftmaxWithLoss, SigmoidCrossEntropyLoss, Accuracy and the ImageData input layer."""
 import math
 
 import torch
@@ -28,7 +28,7 @@ class SoftmaxWithLoss:
 
     Normalization as Caffe: VALID (default) divides by the non-ignored count, FULL by all
     positions, BATCH_SIZE by the outer count, NONE by 1; the legacy `normalize` flag maps to
-    VALID/BATCH_SIZE. The divisor is at least 1.
+    VALID/BATCH_SIZE when `normalization` is not set. The divisor is at least 1.
     """
 
     def __init__(self, lp, shapes, ctx):
@@ -38,7 +38,7 @@ class SoftmaxWithLoss:
         self.axis = canonical_axis(lp.softmax_param.axis, len(shapes[0]), "softmax_param.axis")
         lparam = lp.loss_param
         self.ignore = lparam.ignore_label if lparam.HasField("ignore_label") else None
-        if lparam.HasField("normalize"):
+        if lparam.HasField("normalize") and not lparam.HasField("normalization"):
             self.norm = NORM_VALID if lparam.normalize else NORM_BATCH_SIZE
         else:
             self.norm = lparam.normalization
@@ -72,6 +72,64 @@ class SoftmaxWithLoss:
             return valid.sum().clamp(min=1).to(torch.float32)
         if self.norm in (NORM_FULL, NORM_VALID):
             return float(max(1, outer * inner))
+        if self.norm == NORM_BATCH_SIZE:
+            return float(max(1, outer))
+        return 1.0
+
+
+class SigmoidCrossEntropyLoss:
+    """Logistic loss of sigmoid(bottom[0]) against targets bottom[1] (same count, values in [0, 1]):
+    -sum(t log s(x) + (1 - t) log(1 - s(x))), in the stable form max(x, 0) - x t + log(1 + e^-|x|).
+    Top: loss (shape ()). The gradient (s(x) - t) / normalizer goes to the scores only.
+
+    As Caffe's layer: a position whose target, truncated to int, equals `ignore_label` adds nothing
+    (and gets no gradient); normalization FULL/VALID/BATCH_SIZE/NONE with outer = shape[0] and
+    inner = count / shape[0]; when neither `normalization` nor the legacy `normalize` is set the
+    default is BATCH_SIZE (this layer's own default, unlike SoftmaxWithLoss's VALID). The divisor
+    is at least 1.
+    """
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 2)
+        if len(lp.top) != 1:
+            raise ValueError(f"needs 1 top (loss), got {len(lp.top)}")
+        lparam = lp.loss_param
+        self.ignore = lparam.ignore_label if lparam.HasField("ignore_label") else None
+        if lparam.HasField("normalization"):
+            self.norm = lparam.normalization
+        elif lparam.HasField("normalize"):
+            self.norm = NORM_VALID if lparam.normalize else NORM_BATCH_SIZE
+        else:
+            self.norm = NORM_BATCH_SIZE
+        self.params = []
+
+    def shapes(self, shapes):
+        scores, targets = tuple(shapes[0]), tuple(shapes[1])
+        if not scores:
+            raise ValueError("scores must have at least one axis (the batch)")
+        if math.prod(scores) != math.prod(targets):
+            raise ValueError(f"scores {scores} and targets {targets} must have the same count "
+                             f"({math.prod(scores)} vs {math.prod(targets)})")
+        return [()]
+
+    def forward(self, scores, targets):
+        t = targets.detach().reshape(scores.shape).to(scores.dtype)
+        terms = F.binary_cross_entropy_with_logits(scores, t, reduction="none")
+        outer = scores.shape[0]
+        count = scores.numel()
+        if self.ignore is None:
+            return (terms.sum() / self._normalizer(outer, count, count),)
+        valid = t.trunc() != self.ignore
+        loss_sum = torch.where(valid, terms, torch.zeros_like(terms)).sum()
+        return (loss_sum / self._normalizer(outer, count, valid.sum()),)
+
+    def _normalizer(self, outer, count, valid_count):
+        if self.norm == NORM_VALID:
+            if isinstance(valid_count, torch.Tensor):
+                return valid_count.clamp(min=1).to(torch.float32)
+            return float(max(1, valid_count))
+        if self.norm == NORM_FULL:
+            return float(max(1, count))
         if self.norm == NORM_BATCH_SIZE:
             return float(max(1, outer))
         return 1.0

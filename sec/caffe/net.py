@@ -417,7 +417,8 @@ class Net(torch.nn.Module):
         with torch.no_grad():
             for name, values in arrays.items():
                 for param, value in zip(by_name[name], values):
-                    param.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+                    # not np.ascontiguousarray: it turns a 0-d array (Scale num_axes: 0) into shape (1,)
+                    param.copy_(torch.as_tensor(np.asarray(value, dtype=np.float32)))
 
     def save(self, path):
         """Write every layer's parameters as a .caffemodel (current format)."""
