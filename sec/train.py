@@ -9,8 +9,11 @@ A run lives in `runs/<name>/`:
 - `eval.json` and `panels.png` (image | ground truth | prediction) after evaluation.
 After a finished run `runs/latest.json` names the final weights and the deploy prototxt
 (read by deploy/deploy.py).
+The synthetic recipe first runs a classification pre-training stage as its own run
+`runs/<name>_pretrain/` (pretrain_config); its final weights initialise the SEC run by layer name.
 """
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +28,7 @@ from tqdm import tqdm
 
 from sec import data, metrics, visualize
 from sec.caffe import io as caffe_io
-from sec.caffe.solver import NetOverrides, SGDSolver, snapshot_paths
+from sec.caffe.solver import NetOverrides, make_solver, snapshot_paths
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +199,7 @@ def plot_losses(csv_path, png_path):
 
 # ----- training -----------------------------------------------------------------------------------
 def build_solver(cfg, rank=0, world_size=1):
-    """The SGDSolver of a run: the model prototxts plus the run's paths and overrides."""
+    """The solver (SGD, or Adam by the solver's type) of a run: the model prototxts plus the run's paths and overrides."""
     global_batch = cfg.batch or global_batch_of(cfg.net)
     source = cfg.source
     if world_size > 1 and source is not None:
@@ -207,7 +210,7 @@ def build_solver(cfg, rank=0, world_size=1):
         source=str(source) if source is not None else None,
         root_folder=cfg.root_folder,
         python_params={"AnnotationLayer": {"cues": str(cfg.cues)}} if cfg.cues else None)
-    return SGDSolver(cfg.solver, net=cfg.net, max_iter=cfg.iters, snapshot_prefix=cfg.prefix,
+    return make_solver(cfg.solver, net=cfg.net, max_iter=cfg.iters, snapshot_prefix=cfg.prefix,
                      net_overrides=overrides, device=cfg.device, random_seed=cfg.seed,
                      rank_weight=local_batch / global_batch)
 
@@ -236,6 +239,14 @@ def train(cfg):
         for name in ("sec", "pylayers"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
+
+
+def pretrain_config(cfg, solver, net, iters=None):
+    """The classification pre-training stage of a run (the synthetic analogue of SEC's ImageNet
+    initialisation): run `<name>_pretrain` with its own solver and net, the run's data and cues,
+    no initial weights, the net's own batch size. Its final weights initialise the run by layer name."""
+    return dataclasses.replace(cfg, name=f"{cfg.name}_pretrain", solver=Path(solver), net=Path(net),
+                               weights=None, batch=None, iters=iters, resume=False)
 
 
 def run_loop(solver, run_dir, resume_iter=None, show=True):

@@ -41,7 +41,7 @@ def output_side(path, side, last="fc8-SEC"):
             if p.pad and (out - 1) * p.stride >= h + p.pad:
                 out -= 1
             sizes[layer.top[0]] = out
-        elif layer.type in ("ReLU", "Dropout") and layer.bottom[0] in sizes:
+        elif layer.type in ("ReLU", "Dropout", "BatchNorm", "Scale") and layer.bottom[0] in sizes:
             sizes[layer.top[0]] = sizes[layer.bottom[0]]
     return sizes[last]
 
@@ -311,3 +311,69 @@ def test_train_run_writes_the_run_folder_and_evaluates(tiny_set, tmp_path, capsy
     assert Path(weights).name == "t_iter_5.caffemodel"
     with open(run / "losses.csv", newline="") as handle:
         assert [int(r["iter"]) for r in csv.DictReader(handle)] == [0, 1, 2, 3, 4]
+
+
+# ----- classification pre-training and the Adam solver --------------------------------------------
+def test_pretrain_net_shares_the_sec_body():
+    train = layers_by_name(MODELS / "synthetic" / "train.prototxt")
+    pretrain = layers_by_name(MODELS / "synthetic" / "pretrain.prototxt")
+    body = [n for n, layer in train.items() if layer.type in ("Convolution", "BatchNorm", "Scale")
+            and n != "fc8-SEC"]
+    assert "conv1_1" in body and "bn5_1" in body and "fc7" in body
+    for name in body:       # copied by name: same type and the same learnable shapes
+        assert pretrain[name].type == train[name].type, name
+        assert pretrain[name].convolution_param == train[name].convolution_param, name
+        assert list(pretrain[name].param) == list(train[name].param), name
+    assert "fc8-SEC" not in pretrain                    # the SEC head starts from its filler
+    assert pretrain["pool_gap"].pooling_param.global_pooling
+    assert pretrain["fc8-cls"].inner_product_param.num_output == train["fc8-SEC"].convolution_param.num_output
+    assert list(pretrain["loss-cls"].bottom) == ["fc8-cls", "labels"]
+    solver = caffe_io.read_solver_prototxt(str(MODELS / "synthetic" / "pretrain_solver.prototxt"))
+    assert solver.type == "Adam" and solver.net == "models/synthetic/pretrain.prototxt"
+
+
+def test_pretrain_config_is_a_separate_run(tmp_path):
+    from sec.train import pretrain_config
+    cfg = RunConfig(name="synthetic", solver=Path("s"), net=Path("n"), deploy=Path("d"), runs_root=tmp_path,
+                    classes="synthetic", num_classes=7, dataset=tmp_path, cues=Path("c.pickle"), batch=4,
+                    iters=9, weights=Path("w"), resume=True)
+    stage = pretrain_config(cfg, "ps", "pn", iters=3)
+    assert stage.run_dir == tmp_path / "synthetic_pretrain" and stage.cues == cfg.cues
+    assert (stage.solver, stage.net, stage.iters, stage.batch, stage.weights, stage.resume) == \
+           (Path("ps"), Path("pn"), 3, None, None, False)
+    assert (cfg.name, cfg.iters, cfg.resume) == ("synthetic", 9, True)      # the SEC run is untouched
+
+
+def test_adam_solver_follows_caffes_update(tmp_path):
+    from sec.caffe.solver import AdamSolver, SGDSolver, make_solver
+    from test_solver import LinearNet, TinyNet, write_solver
+    coefs = [(np.arange(8, dtype=np.float32).reshape(2, 4) / 8 - 0.3, np.array([0.5, -1.0], np.float32)),
+             (np.full((2, 4), 0.2, np.float32), np.array([-0.25, 2.0], np.float32))]
+    path = write_solver(tmp_path, type="Adam", base_lr=0.01, momentum=0.9, momentum2=0.99, delta=1e-6,
+                        weight_decay=0.1)
+    net = LinearNet(coefs)
+    solver = make_solver(path, net_factory=lambda *_: net)
+    assert isinstance(solver, AdamSolver)
+    w, b = net.weight.detach().double().numpy().copy(), net.bias.detach().double().numpy().copy()
+    moments = {"w": [np.zeros_like(w), np.zeros_like(w)], "b": [np.zeros_like(b), np.zeros_like(b)]}
+    for t in range(1, 5):                               # by hand: (lr_mult, decay_mult) 1/1 and 2/0
+        cw, cb = coefs[(t - 1) % 2]
+        for key, value, grad, lr_mult in (("w", w, cw + 0.1 * w, 1.0), ("b", b, cb.astype(np.float64), 2.0)):
+            m, v = moments[key]
+            m[:] = 0.9 * m + 0.1 * grad
+            v[:] = 0.99 * v + 0.01 * grad * grad
+            value -= 0.01 * lr_mult * np.sqrt(1 - 0.99 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-6)
+    solver.step(4)
+    np.testing.assert_allclose(net.weight.detach().numpy(), w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.bias.detach().numpy(), b, rtol=1e-5, atol=1e-6)
+    state = solver.snapshot()                           # m and v travel through the .solverstate
+    again = AdamSolver(path, net_factory=lambda *_: LinearNet(coefs))
+    again.restore(state)
+    for saved, restored in zip(solver.history, again.history):
+        assert restored.equal(saved)
+    assert len(again.history) == 2 * len(again.params)
+    (tmp_path / "sgd").mkdir()
+    sgd = write_solver(tmp_path / "sgd")
+    assert type(make_solver(sgd, net_factory=TinyNet)) is SGDSolver
+    with pytest.raises(ValueError, match="Adam"):
+        AdamSolver(sgd, net_factory=TinyNet)

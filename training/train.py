@@ -1,22 +1,28 @@
 """Train SEC: `bash training/train.sh [flags]` (this script is what train.sh runs).
 
-No flags: the built-in synthetic dataset (generated into generated/synthetic if absent), the
-small synthetic net (models/synthetic/), CPU or the GPU when there is one, then evaluation on
-the synthetic val split (per-class IoU, mIoU, panels). With --voc/--cues/--weights: the paper's
+No flags: the built-in synthetic dataset (generated into generated/synthetic if absent), a short
+classification pre-training of the small synthetic net on the image-level labels
+(models/synthetic/pretrain.prototxt, run runs/synthetic_pretrain/; the synthetic analogue of SEC's
+ImageNet initialisation), SEC training from those weights (models/synthetic/), CPU or the GPU when
+there is one, then evaluation on the synthetic val split (per-class IoU, mIoU, panels). With --voc/--cues/--weights: the paper's
 recipe with models/sec/ (DeepLab-LargeFOV, 8000 iterations at batch 15).
 Everything not given by a flag comes from the prototxts. Runs go to runs/<name>/ and, once
 finished, runs/latest.json names the weights for deploy/deploy.py.
 """
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = REPO_ROOT / "models"
 SYNTHETIC_DIR = REPO_ROOT / "generated" / "synthetic"
+PRETRAIN_NET = MODELS / "synthetic" / "pretrain.prototxt"
+PRETRAIN_SOLVER = MODELS / "synthetic" / "pretrain_solver.prototxt"
 SYNTHETIC_TRAIN_IMAGES = 1000
 SYNTHETIC_VAL_IMAGES = 200
 SYNTHETIC_IMAGE_SIZE = 160
@@ -57,6 +63,13 @@ def build_parser():
     parser.add_argument("--batch", type=int, help="override the global batch size of the ImageData layer")
     parser.add_argument("--seed", type=int, help="override random_seed of the solver")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    parser.add_argument("--no-pretrain", action="store_true", help="synthetic recipe: skip the classification "
+                        "pre-training and train SEC from the fillers (pre-training is also skipped with "
+                        "--weights, --resume and --engine caffe)")
+    parser.add_argument("--pretrain-iters", type=int, help="override max_iter of the pre-training solver "
+                        "(models/synthetic/pretrain_solver.prototxt)")
+    parser.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's, one per "
+                        "core)")
     return parser
 
 
@@ -161,7 +174,16 @@ def main(args, argv=()):
     rank, world_size, local_rank = sec_train.environment_world()
     if world_size > 1:
         sec_train.init_distributed(cfg, local_rank)
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
     try:
+        if wants_pretraining(args, cfg):
+            stage = sec_train.pretrain_config(cfg, PRETRAIN_SOLVER, PRETRAIN_NET, args.pretrain_iters)
+            cfg.weights = sec_train.train(stage)
+            if rank == 0:
+                print(f"pre-trained weights: {cfg.weights}", flush=True)
         weights = sec_train.train(cfg)
     except NonFiniteLossError as err:
         print(f"train.py: {err}", file=sys.stderr)
@@ -173,7 +195,19 @@ def main(args, argv=()):
         return 0
     print(f"weights: {weights}")
     sec_train.finish(cfg, weights, evaluate_after=not args.no_eval)
+    print(f"time: {time.perf_counter() - started:.0f} s wall, {cpu_seconds():.0f} s CPU "
+          f"(this process, data generation excluded)")
     return 0
+
+
+def wants_pretraining(args, cfg):
+    """The synthetic recipe pre-trains unless told not to or given weights or resuming."""
+    return cfg.classes == "synthetic" and cfg.weights is None and not cfg.resume and not args.no_pretrain
+
+
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

@@ -6,4 +6,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 # The checkout's `sec` wins even when the package is not pip-installed (-e . installs it too).
 export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
+# OpenMP threads that sleep instead of spinning while they wait: on a machine whose cores are
+# busy with other work, spinning threads make each iteration several times slower.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 exec python3 "${repo}/training/train.py" "$@"

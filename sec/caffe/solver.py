@@ -5,6 +5,8 @@ device: clip the accumulated gradients (`clip_gradients`), normalise by `iter_si
 regularise (`diff += weight_decay * decay_mult * w`, L2 or L1), then
 `history = momentum * history + lr * lr_mult * diff` and `w -= history`.
 Learning-rate policies and the smoothed display loss follow `caffe/solver.cpp`.
+`AdamSolver` (`type: "Adam"`) is Caffe's AdamSolver on the same machinery; `make_solver` picks
+the class after the solver prototxt's type, as pycaffe's `caffe.get_solver` does.
 
 Snapshots are Caffe's pair `<prefix>_iter_<N>.caffemodel` + `<prefix>_iter_<N>.solverstate`
 (history = momentum buffers in `net.learnable_params()` order), plus a sidecar
@@ -400,7 +402,8 @@ class SGDSolver:
         if len(history) != len(self.history):
             raise ValueError(f"{state_path}: {len(history)} history blobs, the net has {len(self.history)} "
                              "learnable parameters")
-        for info, saved, buf in zip(self.params, history, self.history):
+        infos = self.params * (len(self.history) // max(1, len(self.params)))  # Adam: m then v
+        for info, saved, buf in zip(infos, history, self.history):
             if tuple(np.shape(saved)) != tuple(buf.shape):
                 raise ValueError(f"{state_path}: history of layer '{info.layer}' param {info.index} has shape "
                                  f"{tuple(np.shape(saved))}, expected {tuple(buf.shape)}")
@@ -448,6 +451,63 @@ class SGDSolver:
                     tensor.copy_(torch.as_tensor(np.asarray(array, dtype=np.float32)).to(tensor.device))
         log.info("Copied weights of %d layers from %s", len(found), path)
         return sorted(found)
+
+
+class AdamSolver(SGDSolver):
+    """Caffe's AdamSolver (`type: "Adam"`; pycaffe's caffe.AdamSolver): the SGD solver's clipping,
+    iter_size normalisation and regularisation, then with t = iter + 1,
+    `m = momentum * m + (1 - momentum) * diff`, `v = momentum2 * v + (1 - momentum2) * diff^2`,
+    `w -= lr * lr_mult * sqrt(1 - momentum2^t) / (1 - momentum^t) * m / (sqrt(v) + delta)`.
+    The solverstate's history holds every m, then every v (Caffe's order)."""
+
+    def __init__(self, solver_prototxt, **kwargs):
+        super().__init__(solver_prototxt, **kwargs)
+        self.history = self.history + [torch.zeros_like(info.param) for info in self.params]
+
+    def _check_param(self):
+        p = self.param
+        kind = p.type if p.HasField("type") else "SGD"
+        if kind != "Adam":
+            raise SolverConfigError(f"{self.source}: AdamSolver needs type \"Adam\", got '{kind}'")
+        p.type = "SGD"      # the shared checks, then back
+        try:
+            super()._check_param()
+        finally:
+            p.type = "Adam"
+
+    def apply_update(self, display=False):
+        p = self.param
+        rate, self.current_step = learning_rate(p, self.iter, self.current_step)
+        self.lr = rate
+        if display and self.rank == 0:
+            log.info("Iteration %d, lr = %.6g", self.iter, rate)
+        diffs = [info.param.grad if info.param.grad is not None else torch.zeros_like(info.param)
+                 for info in self.params]
+        if self.world_size > 1:
+            for d in diffs:
+                d.mul_(self.rank_weight)
+                dist.all_reduce(d)
+        self._clip(diffs)
+        t = self.iter + 1
+        correction = math.sqrt(1.0 - p.momentum2 ** t) / (1.0 - p.momentum ** t)
+        count = len(self.params)
+        for info, diff, m, v in zip(self.params, diffs, self.history[:count], self.history[count:]):
+            w = info.param.data
+            if p.iter_size > 1:
+                diff.mul_(1.0 / p.iter_size)
+            local_decay = p.weight_decay * info.decay_mult
+            if local_decay:
+                diff.add_(w if p.regularization_type == "L2" else torch.sign(w), alpha=local_decay)
+            m.mul_(p.momentum).add_(diff, alpha=1.0 - p.momentum)
+            v.mul_(p.momentum2).addcmul_(diff, diff, value=1.0 - p.momentum2)
+            w.addcdiv_(m, v.sqrt().add_(p.delta), value=-rate * info.lr_mult * correction)
+
+
+def make_solver(solver_prototxt, **kwargs):
+    """SGDSolver or AdamSolver after the solver prototxt's `type` (pycaffe's caffe.get_solver)."""
+    param = caffe_io.read_solver_prototxt(str(solver_prototxt))
+    kind = param.type if param.HasField("type") else "SGD"
+    return (AdamSolver if kind == "Adam" else SGDSolver)(solver_prototxt, **kwargs)
 
 
 def _resolve_learned_net(learned_net, state_path):
