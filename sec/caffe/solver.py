@@ -327,6 +327,16 @@ class SGDSolver:
     @torch.no_grad()
     def apply_update(self, display=False):
         """Caffe's SGDSolver::ApplyUpdate on the gradients in `param.grad`."""
+        rate, diffs = self._regularized_gradients(display)
+        momentum = self.param.momentum
+        for info, diff, history in zip(self.params, diffs, self.history):
+            history.mul_(momentum).add_(diff, alpha=rate * info.lr_mult)
+            info.param.data.sub_(history)
+
+    def _regularized_gradients(self, display):
+        """(learning rate, gradients) after the steps every Caffe solver takes before its own
+        update rule: the rate of this iteration, the all-reduce across ranks, clipping, division
+        by iter_size and weight decay (L2 or L1) scaled by decay_mult."""
         p = self.param
         rate, self.current_step = learning_rate(p, self.iter, self.current_step)
         self.lr = rate
@@ -339,15 +349,14 @@ class SGDSolver:
                 d.mul_(self.rank_weight)
                 dist.all_reduce(d)
         self._clip(diffs)
-        for info, diff, history in zip(self.params, diffs, self.history):
+        for info, diff in zip(self.params, diffs):
             w = info.param.data
             if p.iter_size > 1:
                 diff.mul_(1.0 / p.iter_size)
             local_decay = p.weight_decay * info.decay_mult
             if local_decay:
                 diff.add_(w if p.regularization_type == "L2" else torch.sign(w), alpha=local_decay)
-            history.mul_(p.momentum).add_(diff, alpha=rate * info.lr_mult)
-            w.sub_(history)
+        return rate, diffs
 
     def _clip(self, diffs):
         limit = self.param.clip_gradients
@@ -475,32 +484,18 @@ class AdamSolver(SGDSolver):
         finally:
             p.type = "Adam"
 
+    @torch.no_grad()
     def apply_update(self, display=False):
+        """Caffe's AdamSolver::ComputeUpdateValue (bias-corrected step) after the shared steps."""
+        rate, diffs = self._regularized_gradients(display)
         p = self.param
-        rate, self.current_step = learning_rate(p, self.iter, self.current_step)
-        self.lr = rate
-        if display and self.rank == 0:
-            log.info("Iteration %d, lr = %.6g", self.iter, rate)
-        diffs = [info.param.grad if info.param.grad is not None else torch.zeros_like(info.param)
-                 for info in self.params]
-        if self.world_size > 1:
-            for d in diffs:
-                d.mul_(self.rank_weight)
-                dist.all_reduce(d)
-        self._clip(diffs)
         t = self.iter + 1
         correction = math.sqrt(1.0 - p.momentum2 ** t) / (1.0 - p.momentum ** t)
         count = len(self.params)
         for info, diff, m, v in zip(self.params, diffs, self.history[:count], self.history[count:]):
-            w = info.param.data
-            if p.iter_size > 1:
-                diff.mul_(1.0 / p.iter_size)
-            local_decay = p.weight_decay * info.decay_mult
-            if local_decay:
-                diff.add_(w if p.regularization_type == "L2" else torch.sign(w), alpha=local_decay)
             m.mul_(p.momentum).add_(diff, alpha=1.0 - p.momentum)
             v.mul_(p.momentum2).addcmul_(diff, diff, value=1.0 - p.momentum2)
-            w.addcdiv_(m, v.sqrt().add_(p.delta), value=-rate * info.lr_mult * correction)
+            info.param.data.addcdiv_(m, v.sqrt().add_(p.delta), value=-rate * info.lr_mult * correction)
 
 
 def make_solver(solver_prototxt, **kwargs):
