@@ -45,6 +45,16 @@ class BuildContext:
         self.infos = []
         self.layer_name = ""
 
+    def weight_and_bias(self, lp, p, weight_shape, num_output):
+        """Blob 0 (weight, `p.weight_filler`) and, when `p.bias_term`, blob 1 (bias of
+        `num_output`, `p.bias_filler`) of a Convolution-like or InnerProduct layer whose
+        parameter message is `p`; returns (weight, bias or None, params list)."""
+        weight = self.param(lp, 0, weight_shape, p.weight_filler if p.HasField("weight_filler") else None)
+        bias = None
+        if p.bias_term:
+            bias = self.param(lp, 1, (num_output,), p.bias_filler if p.HasField("bias_filler") else None)
+        return weight, bias, [weight] + ([bias] if bias is not None else [])
+
     def param(self, lp, index, shape, filler, learnable=True):
         """The Parameter of blob `index` of layer `lp`: new and filled, or a shared one.
 

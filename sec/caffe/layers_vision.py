@@ -64,12 +64,7 @@ class Convolution:
             wshape = (self.channels, self.num_output // self.group) + self.kernel
         else:
             wshape = (self.num_output, self.channels // self.group) + self.kernel
-        self.weight = ctx.param(lp, 0, wshape, p.weight_filler if p.HasField("weight_filler") else None)
-        self.bias = None
-        if p.bias_term:
-            self.bias = ctx.param(lp, 1, (self.num_output,),
-                                  p.bias_filler if p.HasField("bias_filler") else None)
-        self.params = [self.weight] + ([self.bias] if self.bias is not None else [])
+        self.weight, self.bias, self.params = ctx.weight_and_bias(lp, p, wshape, self.num_output)
         self.out_size = deconv_out_size if self.transposed else conv_out_size
 
     def shapes(self, shapes):
@@ -246,12 +241,7 @@ class InnerProduct:
         self.num_output = int(p.num_output)
         self.transpose = p.transpose
         wshape = (self.num_input, self.num_output) if self.transpose else (self.num_output, self.num_input)
-        self.weight = ctx.param(lp, 0, wshape, p.weight_filler if p.HasField("weight_filler") else None)
-        self.bias = None
-        if p.bias_term:
-            self.bias = ctx.param(lp, 1, (self.num_output,),
-                                  p.bias_filler if p.HasField("bias_filler") else None)
-        self.params = [self.weight] + ([self.bias] if self.bias is not None else [])
+        self.weight, self.bias, self.params = ctx.weight_and_bias(lp, p, wshape, self.num_output)
 
     def shapes(self, shapes):
         shape = tuple(shapes[0])
