@@ -14,7 +14,7 @@ PIXEL_MAX = 255
 # Float images are truncated to uint8 as the original wrapper's `astype('ubyte')` did;
 # that conversion is only defined for values in (-1, 256).
 FLOAT_PIXEL_LOW, FLOAT_PIXEL_HIGH = -1.0, 256.0
-MAX_ITERATIONS = 2**31 - 1
+INT32_MAX = 2**31 - 1
 NUMERIC_KINDS = "biuf"
 
 
@@ -76,24 +76,23 @@ def as_pair(image, unary, where=""):
     return checked_image, as_unary(unary, checked_image.shape, where)
 
 
-def as_iterations(maxiter):
+def _count(value, name, requirement):
+    """`value` as a Python int in 0..INT32_MAX (what the C++ core takes), else ValueError."""
     try:
-        value = operator.index(maxiter)
+        value = operator.index(value)
     except TypeError:
-        raise ValueError(f"need an integer maxiter, got {maxiter!r}") from None
-    if not 0 <= value <= MAX_ITERATIONS:
-        raise ValueError(f"need 0 <= maxiter < 2**31, got {value}")
+        raise ValueError(f"need an integer {name}, got {value!r}") from None
+    if not 0 <= value <= INT32_MAX:
+        raise ValueError(f"need {requirement}, got {value}")
     return value
+
+
+def as_iterations(maxiter):
+    return _count(maxiter, "maxiter", "0 <= maxiter < 2**31")
 
 
 def as_threads(num_threads):
-    try:
-        value = operator.index(num_threads)
-    except TypeError:
-        raise ValueError(f"need an integer num_threads, got {num_threads!r}") from None
-    if not 0 <= value <= MAX_ITERATIONS:
-        raise ValueError(f"need num_threads >= 0 (0: all cores), got {value}")
-    return value
+    return _count(num_threads, "num_threads", "num_threads >= 0 (0: all cores)")
 
 
 def as_width(value, name):
