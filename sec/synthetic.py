@@ -1,9 +1,13 @@
 """A deterministic synthetic segmentation dataset, and a simulator of SEC-style localization cues.
 
 Images: image_size x image_size RGB (JPEG, quality JPEG_QUALITY) with 1-3 objects of 6 classes on
-a cluttered background. A class is told apart by its shape and its texture, never by colour:
-every object takes two colours from the same range COLOR_RANGE as the background. Objects have
-varied scales and rotations, may overlap (later ones occlude earlier ones) and may be cut by the
+a cluttered background. A class has its own shape, texture and hue: an object's two colours are
+saturated (OBJECT_SATURATION) with the class hue (CLASS_HUES, jittered by up to HUE_JITTER degrees)
+and differ in brightness; the background is washed-out (saturation below BG_SATURATION) with
+faint blobs and stripes. Version 1 drew every colour from one range, so that only shape and
+texture told classes apart; the small CPU nets then needed ~10 minutes of pre-training to classify
+it at all, and CAM cues from them were far from the paper's quality (see models/README.md).
+Objects have varied scales and rotations, may overlap (later ones occlude earlier ones) and may be cut by the
 image border; a layout is redrawn until every object keeps MIN_VISIBLE_FRACTION of its area.
 
 Ground truth: palette PNG masks with class indices 0..6 (0 background). The ignore label 255 is
@@ -44,19 +48,25 @@ from sec.visualize import save_palette_png
 CLASSES = ("background", "disk", "square", "triangle", "ring", "cross", "star")
 # Texture of each foreground class, in CLASSES order (shape and texture together identify it).
 TEXTURES = ("checks", "dots", "stripes", "grid", "noise", "waves")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLITS = {"train": 0, "val": 1}
 
-COLOR_RANGE = (40.0, 215.0)          # every colour channel, objects and background alike
-MIN_TEXTURE_CONTRAST = 60.0          # mean |a - b| over channels of an object's two colours
+CLASS_HUES = (0.0, 60.0, 120.0, 180.0, 240.0, 300.0)  # degrees, foreground classes in CLASSES order
+HUE_JITTER = 15.0                    # degrees, uniform, per object colour
+OBJECT_SATURATION = (0.55, 0.9)
+OBJECT_VALUE_DARK = (0.4, 0.6)       # HSV value of an object's darker colour ...
+OBJECT_VALUE_LIGHT = (0.75, 0.95)    # ... and of its lighter one (the texture contrast)
+BG_SATURATION = 0.3                  # background base colour: any hue, saturation below this
+BG_VALUE = (0.3, 0.85)
 BG_BLOBS = (3, 7)                    # number of low-contrast background blobs
-BG_CONTRAST = 35.0                   # max per-channel amplitude of blobs and stripes
+BG_CONTRAST = 35.0                   # max amplitude of blobs and stripes (grey levels)
+BG_CHROMA = 0.25                     # per-channel share of that amplitude (the rest is grey)
 BG_BLOB_SIGMA = (0.08, 0.25)         # blob width as a fraction of the image size
 BG_STRIPE_PERIOD = (8.0, 30.0)       # pixels
 BG_STRIPE_WEIGHT = 0.5               # stripes are fainter than blobs
 PIXEL_NOISE = 4.0                    # std of per-pixel Gaussian noise
 OBJECTS_PER_IMAGE = (1, 3)
-RADIUS_RANGE = (0.12, 0.30)          # object radius as a fraction of the image size
+RADIUS_RANGE = (0.2, 0.36)           # object radius as a fraction of the image size
 TEXTURE_PERIOD = (5.0, 12.0)         # pixels
 MIN_VISIBLE_FRACTION = 0.4
 BORDER_OVERHANG = 0.5                # centres at least this many radii inside the image
@@ -81,9 +91,9 @@ class CueParams:
 # Shape geometry in units of the object radius.
 SQUARE_HALF_SIDE = 0.8
 TRIANGLE_INRADIUS = 0.55
-RING_INNER = 0.55
-CROSS_HALF_WIDTH = 0.33
-STAR_POINTS, STAR_MEAN, STAR_DEPTH = 5, 0.6, 0.4
+RING_INNER = 0.45
+CROSS_HALF_WIDTH = 0.4
+STAR_POINTS, STAR_MEAN, STAR_DEPTH = 5, 0.7, 0.3
 # Texture geometry in units of the texture period.
 DOT_RADIUS = 0.3
 GRID_LINE = 0.25
@@ -133,24 +143,40 @@ def _texture(texture, u, v, period, rng):
     raise ValueError(f"unknown texture {texture!r}")
 
 
-def _two_colours(rng):
-    while True:
-        a, b = rng.uniform(*COLOR_RANGE, size=(2, 3))
-        if np.abs(a - b).mean() >= MIN_TEXTURE_CONTRAST:
-            return a.astype(np.float32), b.astype(np.float32)
+def hsv_to_rgb(hue, saturation, value):
+    """One colour: hue in degrees, saturation and value in [0, 1] -> float32 RGB in [0, 255]."""
+    sector = (hue % 360.0) / 60.0
+    chroma = value * saturation
+    second = chroma * (1 - abs(sector % 2 - 1))
+    rgb = [(chroma, second, 0), (second, chroma, 0), (0, chroma, second),
+           (0, second, chroma), (second, 0, chroma), (chroma, 0, second)][int(sector) % 6]
+    return (255.0 * (np.array(rgb) + value - chroma)).astype(np.float32)
+
+
+def _two_colours(rng, label):
+    """An object's darker and lighter colour, both near its class hue."""
+    hue = CLASS_HUES[label - 1]
+    return tuple(hsv_to_rgb(hue + rng.uniform(-HUE_JITTER, HUE_JITTER), rng.uniform(*OBJECT_SATURATION),
+                            rng.uniform(*values)) for values in (OBJECT_VALUE_DARK, OBJECT_VALUE_LIGHT))
+
+
+def _faint(rng):
+    """Amplitude of a background blob or stripe: mostly grey, a little colour."""
+    grey = rng.uniform(-BG_CONTRAST, BG_CONTRAST)
+    return grey * (1 - BG_CHROMA) + BG_CHROMA * rng.uniform(-BG_CONTRAST, BG_CONTRAST, size=3)
 
 
 def _background(rng, yy, xx, size):
     image = np.empty((size, size, 3), np.float32)
-    image[:] = rng.uniform(*COLOR_RANGE, size=3)
+    image[:] = hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0, BG_SATURATION), rng.uniform(*BG_VALUE))
     for _ in range(rng.integers(BG_BLOBS[0], BG_BLOBS[1] + 1)):
         cy, cx = rng.uniform(0, size, size=2)
         sigma = rng.uniform(*BG_BLOB_SIGMA) * size
         weight = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma * sigma))
-        image += weight[:, :, None] * rng.uniform(-BG_CONTRAST, BG_CONTRAST, size=3)
+        image += weight[:, :, None] * _faint(rng)
     angle, period = rng.uniform(0, np.pi), rng.uniform(*BG_STRIPE_PERIOD)
     wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
-    image += BG_STRIPE_WEIGHT * wave[:, :, None] * rng.uniform(-BG_CONTRAST, BG_CONTRAST, size=3)
+    image += BG_STRIPE_WEIGHT * wave[:, :, None] * _faint(rng)
     return image
 
 
@@ -183,7 +209,7 @@ def render(rng, size):
     mask = np.zeros((size, size), np.uint8)
     for j, (label, u, v, _) in enumerate(objects):
         where = index_map == j
-        a, b = _two_colours(rng)
+        a, b = _two_colours(rng, label)
         pattern = _texture(TEXTURES[label - 1], u, v, rng.uniform(*TEXTURE_PERIOD), rng)
         image[where] = a + (b - a) * pattern[where][:, None]
         mask[where] = label
@@ -196,11 +222,17 @@ def image_labels(mask):
     return np.array([c for c in np.unique(mask) if 0 < c < len(CLASSES)], dtype=np.int64)
 
 
+def grid_positions(length, cue_size):
+    """Pixel index of each of cue_size cells along an axis of `length` pixels, corners aligned:
+    cell 0 on the first pixel, the last cell on the last one. This is how SEC's 41 x 41 maps
+    meet 321 x 321 images (cell i at pixel 8 i), how deploy upsamples scores and how the CRF
+    layer shrinks images (scipy.ndimage.zoom, order 1)."""
+    return np.rint(np.arange(cue_size) * (length - 1) / max(cue_size - 1, 1)).astype(int)
+
+
 def grid_sample(mask, cue_size):
-    """The mask sampled at the centres of a cue_size x cue_size grid."""
-    rows = ((np.arange(cue_size) + 0.5) * mask.shape[0] / cue_size).astype(int)
-    cols = ((np.arange(cue_size) + 0.5) * mask.shape[1] / cue_size).astype(int)
-    return mask[np.ix_(rows, cols)]
+    """The mask sampled on a cue_size x cue_size grid with corners aligned (grid_positions)."""
+    return mask[np.ix_(grid_positions(mask.shape[0], cue_size), grid_positions(mask.shape[1], cue_size))]
 
 
 def simulate_cues(mask, cue_size, rng, params=CueParams()):
@@ -284,6 +316,20 @@ def is_complete(out_dir, parameters):
     names += [stem("val", i) for i in range(parameters["n_val"])]
     return all((out_dir / "images" / f"{n}.jpg").is_file() and (out_dir / "masks" / f"{n}.png").is_file()
                for n in names) and (out_dir / "cues.pickle").is_file()
+
+
+def existing_set(out_dir, image_size, cue_size):
+    """The manifest of a complete set in out_dir made by this generator version with this image
+    and cue size (any image counts, seed and cue parameters), or None."""
+    manifest = Path(out_dir) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    found = json.loads(manifest.read_text())
+    parameters = found.get("parameters", {})
+    wanted = {"version": GENERATOR_VERSION, "image_size": image_size, "cue_size": cue_size}
+    if any(parameters.get(key) != value for key, value in wanted.items()):
+        return None
+    return found if is_complete(out_dir, parameters) else None
 
 
 def generate(out_dir, n_train, n_val, seed=0, image_size=160, cue_size=21, workers=1,
