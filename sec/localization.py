@@ -18,15 +18,14 @@ S x S int64 array holding the class (0 = background) or UNSEEDED; cues are the p
 (3, K) arrays (class, row, column), row-major order. Images fed to the nets are float32
 N x 3 x H x W, BGR, mean-subtracted (sec.data.preprocess).
 
-Also here: the two Python layers of the classification nets (`ImageLabelsLayer`,
-`MultiLabelLossLayer`) and the labels file (JSON {"<id>": [foreground classes]}).
+Also here: the Python data layer of the classification nets (`ImageLabelsLayer`; their loss is
+the engine's SigmoidCrossEntropyLoss) and the labels file (JSON {"<id>": [foreground classes]}).
 """
 import json
 from pathlib import Path
 
 import numpy as np
 import scipy.ndimage
-import scipy.special
 from pylayers.base import Layer, float_param, layer_label, parse_param_str
 
 FG_THRESHOLD = 0.2          # seeds of a class: heat > FG_THRESHOLD x max heat of that class
@@ -171,42 +170,6 @@ class ImageLabelsLayer(Layer):
 
     def backward(self, top, propagate_down, bottom):
         """Data layer: nothing to propagate."""
-
-
-def sigmoid_cross_entropy(scores, targets):
-    """Caffe's SigmoidCrossEntropyLoss: -sum(t log s(x) + (1-t) log(1-s(x))) / N (stable form)."""
-    x = scores.astype(np.float64)
-    terms = np.maximum(x, 0) - x * targets + np.log1p(np.exp(-np.abs(x)))
-    return float(terms.sum() / scores.shape[0])
-
-
-class MultiLabelLossLayer(Layer):
-    """Multi-label logistic loss, Caffe's SigmoidCrossEntropyLoss semantics (normalised by the batch
-    size N): bottoms scores (N, K) and targets (N, K) in [0, 1]; top the loss (1,). The gradient
-    (sigmoid(x) - t) / N goes to the scores only, scaled by top[0].diff[0] (the loss_weight)."""
-
-    def setup(self, bottom, top):
-        if len(bottom) != 2 or len(top) != 1:
-            raise ValueError(f"{layer_label(self)}: need 2 bottoms (scores, labels) and 1 top, "
-                             f"got {len(bottom)} and {len(top)}")
-
-    def reshape(self, bottom, top):
-        scores, targets = bottom[0].data, bottom[1].data
-        if scores.shape[0] != targets.shape[0] or scores.size != targets.size:
-            raise ValueError(f"{layer_label(self)}: scores {scores.shape} and labels {targets.shape} "
-                             "need the same number of values per image")
-        top[0].reshape(1)
-
-    def forward(self, bottom, top):
-        scores = bottom[0].data.reshape(bottom[0].data.shape[0], -1)
-        top[0].data[0] = sigmoid_cross_entropy(scores, bottom[1].data.reshape(scores.shape))
-
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            scores = bottom[0].data
-            probs = scipy.special.expit(scores.astype(np.float64))
-            grad = (probs - bottom[1].data.reshape(scores.shape)) * (top[0].diff[0] / scores.shape[0])
-            bottom[0].diff[...] = grad.astype(np.float32)
 
 
 # ----- heat maps, saliency, seeds -----------------------------------------------------------------

@@ -9,11 +9,9 @@ A run lives in `runs/<name>/`:
 - `eval.json` and `panels.png` (image | ground truth | prediction) after evaluation.
 After a finished run `runs/latest.json` names the final weights and the deploy prototxt
 (read by deploy/deploy.py).
-The synthetic recipe first runs a classification pre-training stage as its own run
-`runs/<name>_pretrain/` (pretrain_config); its final weights initialise the SEC run by layer name.
+The synthetic recipe's earlier stages (localization nets and cues) are training/train.py's.
 """
 import csv
-import dataclasses
 import json
 import logging
 import os
@@ -241,14 +239,6 @@ def train(cfg):
         handler.close()
 
 
-def pretrain_config(cfg, solver, net, iters=None):
-    """The classification pre-training stage of a run (the synthetic analogue of SEC's ImageNet
-    initialisation): run `<name>_pretrain` with its own solver and net, the run's data and cues,
-    no initial weights, the net's own batch size. Its final weights initialise the run by layer name."""
-    return dataclasses.replace(cfg, name=f"{cfg.name}_pretrain", solver=Path(solver), net=Path(net),
-                               weights=None, batch=None, iters=iters, resume=False)
-
-
 def run_loop(solver, run_dir, resume_iter=None, show=True):
     """solver.solve() with a tqdm bar (loss, ETA), losses.csv and losses.png."""
     csv_path = Path(run_dir) / "losses.csv"
@@ -277,9 +267,10 @@ def run_loop(solver, run_dir, resume_iter=None, show=True):
 
 # ----- evaluation ---------------------------------------------------------------------------------
 def evaluate(deploy, weights, image_list, root_folder, mask_folder, num_classes, device="cpu",
-             panels_path=None, num_panels=NUM_PANELS):
-    """Segment every image of a list with the deploy net (sec.deploy's pipeline, no CRF) and
-    score it against `<mask_folder>/<image stem>.png`; returns a sec.metrics.ConfusionMatrix.
+             panels_path=None, num_panels=NUM_PANELS, crf=False):
+    """Segment every image of a list with the deploy net (sec.deploy's pipeline; crf: with its
+    dense CRF post-processing) and score it against `<mask_folder>/<image stem>.png`; returns a
+    sec.metrics.ConfusionMatrix.
 
     panels_path: also write image | ground truth | prediction for the first num_panels images.
     """
@@ -289,7 +280,7 @@ def evaluate(deploy, weights, image_list, root_folder, mask_folder, num_classes,
     net = caffe.Net(str(deploy), str(weights), caffe.TEST)
     net.to(torch.device(device))
     net.eval()
-    segmenter = Segmenter(net, device=device)
+    segmenter = Segmenter(net, device=device, crf=crf)
     height, width = segmenter.input_size
     confusion = metrics.ConfusionMatrix(num_classes)
     entries = data.read_image_list(image_list)

@@ -1,7 +1,9 @@
 """models/ prototxts, sec.train helpers, training/train.sh, and a short end-to-end run."""
 import csv
+import importlib.util
 import json
 import math
+import os
 import pickle
 import subprocess
 import sys
@@ -356,35 +358,72 @@ def test_train_run_writes_the_run_folder_and_evaluates(tiny_set, tmp_path, capsy
         assert [int(r["iter"]) for r in csv.DictReader(handle)] == [0, 1, 2, 3, 4]
 
 
-# ----- classification pre-training and the Adam solver --------------------------------------------
-def test_pretrain_net_shares_the_sec_body():
+# ----- the synthetic pipeline: shared trunk, stages --------------------------------------------
+TRUNK_TYPES = ("Convolution", "BatchNorm", "Scale")
+
+
+def test_synthetic_sec_net_shares_the_localization_trunk():
+    """SEC starts from the fg net's weights copied by layer name: every learnable layer of the
+    SEC body must exist in the fg (and bg) net with the same type and shapes; the heads differ."""
     train = layers_by_name(MODELS / "synthetic" / "train.prototxt")
-    pretrain = layers_by_name(MODELS / "synthetic" / "pretrain.prototxt")
-    body = [n for n, layer in train.items() if layer.type in ("Convolution", "BatchNorm", "Scale")
-            and n != "fc8-SEC"]
-    assert "conv1_1" in body and "bn5_1" in body and "fc7" in body
-    for name in body:       # copied by name: same type and the same learnable shapes
-        assert pretrain[name].type == train[name].type, name
-        assert pretrain[name].convolution_param == train[name].convolution_param, name
-        assert list(pretrain[name].param) == list(train[name].param), name
-    assert "fc8-SEC" not in pretrain                    # the SEC head starts from its filler
-    assert pretrain["pool_gap"].pooling_param.global_pooling
-    assert pretrain["fc8-cls"].inner_product_param.num_output == train["fc8-SEC"].convolution_param.num_output
-    assert list(pretrain["loss-cls"].bottom) == ["fc8-cls", "labels"]
-    solver = caffe_io.read_solver_prototxt(str(MODELS / "synthetic" / "pretrain_solver.prototxt"))
-    assert solver.type == "Adam" and solver.net == "models/synthetic/pretrain.prototxt"
+    trunk = [n for n, layer in train.items() if layer.type in TRUNK_TYPES and not n.startswith("fc")]
+    assert trunk[0] == "input_scale" and "conv4_1" in trunk and "bn4_1" in trunk
+    for which in ("fg", "bg"):
+        net = layers_by_name(MODELS / "localization" / "synthetic" / f"{which}.prototxt")
+        for name in trunk:
+            assert net[name].type == train[name].type, (which, name)
+            assert net[name].convolution_param == train[name].convolution_param, (which, name)
+            assert list(net[name].param) == list(train[name].param), (which, name)
+        assert not {"fc6", "fc7", "fc8-SEC"} & {n for n in net if n.startswith("fc") and which == "fg"}
+        assert output_side(MODELS / "localization" / "synthetic" / f"{which}.prototxt", 161, "conv4_1") == 21
 
 
-def test_pretrain_config_is_a_separate_run(tmp_path):
-    from sec.train import pretrain_config
-    cfg = RunConfig(name="synthetic", solver=Path("s"), net=Path("n"), deploy=Path("d"), runs_root=tmp_path,
-                    classes="synthetic", num_classes=7, dataset=tmp_path, cues=Path("c.pickle"), batch=4,
-                    iters=9, weights=Path("w"), resume=True)
-    stage = pretrain_config(cfg, "ps", "pn", iters=3)
-    assert stage.run_dir == tmp_path / "synthetic_pretrain" and stage.cues == cfg.cues
-    assert (stage.solver, stage.net, stage.iters, stage.batch, stage.weights, stage.resume) == \
-           (Path("ps"), Path("pn"), 3, None, None, False)
-    assert (cfg.name, cfg.iters, cfg.resume) == ("synthetic", 9, True)      # the SEC run is untouched
+def _train_script():
+    spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "training" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pipeline_runs_only_missing_or_stale_stages(tmp_path, monkeypatch):
+    script = _train_script()
+    ran = []
+
+    def fake_stage(name, command):      # what the real stage leaves behind: its --out file
+        ran.append(name)
+        out = Path(command[command.index("--out") + 1])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"x")
+
+    monkeypatch.setattr(script, "run_stage", fake_stage)
+    dataset = tmp_path / "syn"
+    dataset.mkdir()
+    (dataset / "manifest.json").write_text("{}")
+
+    def stages(*flags):
+        ran.clear()
+        args = script.build_parser().parse_args(["--synthetic-dir", str(dataset), "--runs", str(tmp_path / "runs"),
+                                                 *flags])
+        files = script.localization_stages(args, script.needed_stages(args))
+        return list(ran), files
+
+    done, files = stages()
+    assert done == ["fg", "bg", "cues"] and files["cues"] == tmp_path / "runs" / "localization" / "synthetic" / "cues.pickle"
+    assert stages()[0] == []                                    # everything kept
+    assert stages("--cues", "c.pickle")[0] == []                # fg kept; bg and cues not needed
+    files["fg"].unlink()
+    assert stages("--cues", "c.pickle")[0] == ["fg"]            # fg for the initial weights only
+    assert stages("--cues", "c.pickle", "--weights", "w")[0] == []
+    assert stages("--redo-localization")[0] == ["fg", "bg", "cues"]
+    files["bg"].unlink()
+    assert stages()[0] == ["bg", "cues"]                        # cues are redone after a new bg net
+    later = files["cues"].stat().st_mtime + 5
+    os.utime(files["fg"], (later, later))                       # fg retrained by hand after the cues
+    assert stages()[0] == ["cues"]
+    later += 5
+    os.utime(dataset / "manifest.json", (later, later))         # a regenerated dataset: all stale
+    assert stages("--localization-only")[0] == ["fg", "bg", "cues"]
+    assert script.needed_stages(script.build_parser().parse_args(["--list", "l.txt"])) == set()
 
 
 def test_adam_solver_follows_caffes_update(tmp_path):

@@ -1,13 +1,19 @@
 """Train SEC: `bash training/train.sh [flags]` (this script is what train.sh runs).
 
-No flags: the built-in synthetic dataset (generated into generated/synthetic if absent), a short
-classification pre-training of the small synthetic net on the image-level labels
-(models/synthetic/pretrain.prototxt, run runs/synthetic_pretrain/; the synthetic analogue of SEC's
-ImageNet initialisation), SEC training from those weights (models/synthetic/), CPU or the GPU when
-there is one, then evaluation on the synthetic val split (per-class IoU, mIoU, panels). With --voc/--cues/--weights: the paper's
-recipe with models/sec/ (DeepLab-LargeFOV, 8000 iterations at batch 15).
-Everything not given by a flag comes from the prototxts. Runs go to runs/<name>/ and, once
-finished, runs/latest.json names the weights for deploy/deploy.py.
+No flags: the whole weakly supervised pipeline on the built-in synthetic dataset, every stage a
+file that the next one reads and that can be rerun alone (the command of each stage is printed):
+  0. the dataset            generated/synthetic/                  (python -m sec.synthetic)
+  1. foreground CAM net     runs/localization/synthetic/fg.caffemodel  (training/train_localization.py --net fg)
+  2. background saliency net runs/localization/synthetic/bg.caffemodel (training/train_localization.py --net bg)
+  3. localization cues      runs/localization/synthetic/cues.pickle    (training/make_cues.py, + report)
+  4. SEC                    runs/synthetic/synthetic_iter_600.caffemodel (models/synthetic/, initialised
+                            from the fg net's trunk, the synthetic stand-in for ImageNet weights)
+  5. evaluation on the synthetic val split (per-class IoU, mIoU, panels)
+A stage whose file exists (and is newer than the dataset) is kept; delete the file, or pass
+--redo-localization, to redo it. --cues FILE skips stages 2-3, --cues and --weights skip 1-3.
+With --voc/--cues/--weights: the paper's recipe with models/sec/ (DeepLab-LargeFOV, 8000 iterations
+at batch 15). Everything not given by a flag comes from the prototxts. Runs go to runs/<name>/ and,
+once finished, runs/latest.json names the weights for deploy/deploy.py.
 """
 import argparse
 import os
@@ -21,8 +27,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = REPO_ROOT / "models"
 SYNTHETIC_DIR = REPO_ROOT / "generated" / "synthetic"
-PRETRAIN_NET = MODELS / "synthetic" / "pretrain.prototxt"
-PRETRAIN_SOLVER = MODELS / "synthetic" / "pretrain_solver.prototxt"
+TRAIN_LOCALIZATION = REPO_ROOT / "training" / "train_localization.py"
+MAKE_CUES = REPO_ROOT / "training" / "make_cues.py"
+LOCALIZATION_PRESET = "synthetic"
 SYNTHETIC_TRAIN_IMAGES = 1000
 SYNTHETIC_VAL_IMAGES = 200
 SYNTHETIC_IMAGE_SIZE = 160
@@ -31,6 +38,7 @@ VOC_NUM_CLASSES = 21
 VOC_TRAIN_SPLIT = "trainaug"
 EXIT_MISSING_INPUT = 2
 EXIT_NONFINITE = 3
+EXIT_STAGE_FAILED = 4
 
 
 def build_parser():
@@ -63,11 +71,12 @@ def build_parser():
     parser.add_argument("--batch", type=int, help="override the global batch size of the ImageData layer")
     parser.add_argument("--seed", type=int, help="override random_seed of the solver")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
-    parser.add_argument("--no-pretrain", action="store_true", help="synthetic recipe: skip the classification "
-                        "pre-training and train SEC from the fillers (pre-training is also skipped with "
-                        "--weights, --resume and --engine caffe)")
-    parser.add_argument("--pretrain-iters", type=int, help="override max_iter of the pre-training solver "
-                        "(models/synthetic/pretrain_solver.prototxt)")
+    parser.add_argument("--localization-only", action="store_true", help="synthetic recipe: stop after the "
+                        "localization stages (fg net, bg net, cues)")
+    parser.add_argument("--redo-localization", action="store_true", help="synthetic recipe: redo the "
+                        "localization stages even when their files exist")
+    parser.add_argument("--loc-iters", type=int, help="override max_iter of the two localization solvers "
+                        "(models/localization/synthetic/{fg,bg}_solver.prototxt)")
     parser.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's, one per "
                         "core)")
     return parser
@@ -96,7 +105,7 @@ def recipe(args):
         return RunConfig(num_classes=len(synthetic.CLASSES), dataset=args.synthetic_dir,
                          source=args.list or args.synthetic_dir / "train.txt",
                          root_folder=str(args.synthetic_dir / "images") + "/",
-                         cues=args.cues or args.synthetic_dir / "cues.pickle", **common)
+                         cues=args.cues or localization_files(args.runs)["cues"], **common)
     if not args.voc.is_dir():
         raise FileNotFoundError(f"--voc: folder {args.voc} not found")
     if args.cues is None or not args.cues.is_file():
@@ -115,11 +124,88 @@ def recipe(args):
 
 
 def prepare_synthetic(folder):
+    """The synthetic set in `folder`: a complete one of this generator version and geometry is
+    used as it is (whatever its image counts); otherwise the default one is generated."""
     from sec import synthetic
-    manifest = synthetic.generate(folder, SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_VAL_IMAGES, seed=0,
-                                  image_size=SYNTHETIC_IMAGE_SIZE, cue_size=SYNTHETIC_CUE_SIZE,
-                                  workers=min(2, os.cpu_count() or 1), progress=True)
-    return manifest
+    manifest = synthetic.existing_set(folder, SYNTHETIC_IMAGE_SIZE, SYNTHETIC_CUE_SIZE)
+    if manifest is not None:
+        return manifest
+    return synthetic.generate(folder, SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_VAL_IMAGES, seed=0,
+                              image_size=SYNTHETIC_IMAGE_SIZE, cue_size=SYNTHETIC_CUE_SIZE,
+                              workers=min(2, os.cpu_count() or 1), progress=True)
+
+
+class StageError(RuntimeError):
+    """A pipeline stage (a subprocess) failed; its own message is already on stderr."""
+
+
+def localization_files(runs):
+    """Files of the synthetic localization stages under a runs root."""
+    folder = Path(runs) / "localization" / LOCALIZATION_PRESET
+    return {"folder": folder, "fg": folder / "fg.caffemodel", "bg": folder / "bg.caffemodel",
+            "cues": folder / "cues.pickle"}
+
+
+def is_fresh(path, dataset):
+    """`path` exists and is newer than the dataset's manifest (so it was made from this set)."""
+    manifest = Path(dataset) / "manifest.json"
+    return path.is_file() and (not manifest.is_file() or path.stat().st_mtime >= manifest.stat().st_mtime)
+
+
+def run_stage(name, command):
+    command = [str(part) for part in command]
+    print(f"== {name}: {' '.join(command)}", flush=True)
+    started = time.perf_counter()
+    status = subprocess.call(command)
+    if status != 0:
+        raise StageError(f"stage '{name}' failed with exit status {status}")
+    print(f"== {name}: done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def localization_stages(args, stages):
+    """Run the synthetic localization stages named in `stages` (fg, bg, cues) whose files are
+    missing or stale; returns localization_files(args.runs)."""
+    files = localization_files(args.runs)
+    dataset = Path(args.synthetic_dir)
+    inputs = ["--list", dataset / "train.txt", "--root", dataset / "images",
+              "--labels", dataset / "train_labels.json", "--device", args.device]
+    iters = [] if args.loc_iters is None else ["--iters", args.loc_iters]
+    commands = {
+        net: [sys.executable, TRAIN_LOCALIZATION, "--net", net, "--preset", LOCALIZATION_PRESET, *inputs,
+              "--run-dir", files["folder"] / net, "--out", files[net], *iters]
+        for net in ("fg", "bg")}
+    commands["cues"] = [sys.executable, MAKE_CUES, "--preset", LOCALIZATION_PRESET, *inputs,
+                        "--masks", dataset / "masks", "--fg-weights", files["fg"], "--bg-weights", files["bg"],
+                        "--out", files["cues"], "--restart"]
+    new_net = False                      # the cues depend on both nets
+    for stage in ("fg", "bg", "cues"):
+        if stage not in stages:
+            continue
+        stale = args.redo_localization or not is_fresh(files[stage], dataset)
+        if stage == "cues" and not stale:   # a net retrained since (here or by hand) makes them stale
+            stale = new_net or any(files[net].is_file() and files[net].stat().st_mtime > files[stage].stat().st_mtime
+                                   for net in ("fg", "bg"))
+        if not stale:
+            print(f"== {stage}: {files[stage]} exists, kept (delete it or pass --redo-localization to redo)")
+            continue
+        run_stage(stage, commands[stage])
+        new_net = new_net or stage != "cues"
+    return files
+
+
+def needed_stages(args):
+    """Localization stages the synthetic recipe needs: fg for the initial weights (unless
+    --weights or --resume), all three for the cues (unless --cues)."""
+    if args.voc is not None or args.list is not None:
+        return set()
+    if args.localization_only:
+        return {"fg", "bg", "cues"}
+    stages = set()
+    if args.cues is None:
+        stages |= {"fg", "bg", "cues"}
+    if args.weights is None and not args.resume:
+        stages.add("fg")
+    return stages
 
 
 def relaunch_with_torchrun(args, argv):
@@ -157,18 +243,26 @@ def main(args, argv=()):
     from sec.caffe.solver import NonFiniteLossError
     from sec import train as sec_train
 
-    if args.gpus > 1 and "WORLD_SIZE" not in os.environ and args.engine == "torch":
-        return relaunch_with_torchrun(args, argv)
+    under_torchrun = "WORLD_SIZE" in os.environ
+    started = time.perf_counter()
     try:
+        if not under_torchrun:
+            prepare_inputs(args)
+            if args.localization_only:
+                print(f"localization stages done: {localization_files(args.runs)['folder']}")
+                return 0
+        if args.gpus > 1 and not under_torchrun and args.engine == "torch":
+            return relaunch_with_torchrun(args, [*argv, *resolved_flags(args, argv)])
         cfg = recipe(args)
-        if cfg.classes == "synthetic" and args.list is None:
-            prepare_synthetic(args.synthetic_dir)
         for path in (cfg.source, cfg.cues):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path} not found")
     except FileNotFoundError as err:
         print(f"train.py: {err}", file=sys.stderr)
         return EXIT_MISSING_INPUT
+    except StageError as err:
+        print(f"train.py: {err}", file=sys.stderr)
+        return EXIT_STAGE_FAILED
     if args.engine == "caffe":
         return run_with_caffe(cfg)
     rank, world_size, local_rank = sec_train.environment_world()
@@ -177,13 +271,7 @@ def main(args, argv=()):
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
     try:
-        if wants_pretraining(args, cfg):
-            stage = sec_train.pretrain_config(cfg, PRETRAIN_SOLVER, PRETRAIN_NET, args.pretrain_iters)
-            cfg.weights = sec_train.train(stage)
-            if rank == 0:
-                print(f"pre-trained weights: {cfg.weights}", flush=True)
         weights = sec_train.train(cfg)
     except NonFiniteLossError as err:
         print(f"train.py: {err}", file=sys.stderr)
@@ -195,14 +283,35 @@ def main(args, argv=()):
         return 0
     print(f"weights: {weights}")
     sec_train.finish(cfg, weights, evaluate_after=not args.no_eval)
-    print(f"time: {time.perf_counter() - started:.0f} s wall, {cpu_seconds():.0f} s CPU "
-          f"(this process, data generation excluded)")
+    print(f"time: {time.perf_counter() - started:.0f} s wall (all stages), {cpu_seconds():.0f} s CPU "
+          f"(this process: SEC training and evaluation)")
     return 0
 
 
-def wants_pretraining(args, cfg):
-    """The synthetic recipe pre-trains unless told not to or given weights or resuming."""
-    return cfg.classes == "synthetic" and cfg.weights is None and not cfg.resume and not args.no_pretrain
+def prepare_inputs(args):
+    """Synthetic recipe: the dataset, then the localization stages it needs; fills args.cues and
+    args.weights with their files when the flags left them open."""
+    if args.voc is not None or args.list is not None:
+        return
+    prepare_synthetic(args.synthetic_dir)
+    stages = needed_stages(args)
+    if not stages:
+        return
+    files = localization_stages(args, stages)
+    if args.cues is None:
+        args.cues = files["cues"]
+    if args.weights is None and not args.resume:
+        args.weights = files["fg"]
+        print(f"SEC starts from the foreground net's trunk: {files['fg']}")
+
+
+def resolved_flags(args, argv):
+    """--cues/--weights that prepare_inputs chose, for the torchrun workers (they skip it)."""
+    extra = []
+    for flag, value in (("--cues", args.cues), ("--weights", args.weights)):
+        if value is not None and flag not in argv:
+            extra += [flag, str(value)]
+    return extra
 
 
 def cpu_seconds():
