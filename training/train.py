@@ -283,8 +283,8 @@ def main(args, argv=()):
         return 0
     print(f"weights: {weights}")
     sec_train.finish(cfg, weights, evaluate_after=not args.no_eval)
-    print(f"time: {time.perf_counter() - started:.0f} s wall (all stages), {cpu_seconds():.0f} s CPU "
-          f"(this process: SEC training and evaluation)")
+    print(f"time: {time.perf_counter() - started:.0f} s wall (the stages this process ran), "
+          f"{cpu_seconds():.0f} s CPU (this process: SEC training and evaluation)")
     return 0
 
 
