@@ -43,6 +43,7 @@ def build_parser():
     parser.add_argument("--out", type=Path, help="final weights (default: runs/localization/<preset>/<net>.caffemodel)")
     parser.add_argument("--iters", type=int, help="override max_iter of the solver")
     parser.add_argument("--seed", type=int, help="override random_seed of the solver")
+    parser.add_argument("--batch", type=int, help="override batch_size of the net's ImageData layer")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     parser.add_argument("--resume", action="store_true", help="continue from the run's last .solverstate")
     return parser
@@ -67,6 +68,8 @@ def resolve(args):
         raise FileNotFoundError(f"--preset {args.preset} needs --list and --root")
     if args.labels is None and args.voc is None:
         raise FileNotFoundError("need --labels or --voc (labels from the segmentation ground truth)")
+    if args.batch is not None and args.batch < 1:
+        raise ValueError(f"--batch: need at least 1, got {args.batch}")
     for flag, path in (("--list", args.list), ("--labels", args.labels), ("--solver", args.solver),
                        ("--weights", args.weights)):
         if path is not None and not Path(path).is_file():
@@ -95,7 +98,7 @@ def write_run_labels(args):
 
 def build_solver(args, labels_path, device):
     from sec.caffe.solver import NetOverrides, SGDSolver
-    overrides = NetOverrides(source=str(args.list), root_folder=str(args.root) + "/",
+    overrides = NetOverrides(source=str(args.list), root_folder=str(args.root) + "/", batch_size=args.batch,
                              python_params={"ImageLabelsLayer": {"labels": str(labels_path)}})
     return SGDSolver(args.solver, max_iter=args.iters, snapshot_prefix=args.run_dir / args.net,
                      net_overrides=overrides, device=device, random_seed=args.seed)
