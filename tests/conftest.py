@@ -5,6 +5,7 @@ Real SEC data (the original localization cues, the training list, a photograph) 
 the `shared_data` fixture and are skipped, with the reason, when it is absent.
 Set SEC_SHARED_DATA to point somewhere else.
 """
+import importlib.util
 import os
 from pathlib import Path
 
@@ -28,3 +29,13 @@ def shared_file(name):
     if not path.is_file():
         pytest.skip(f"{path} not found: real SEC data is not committed (set SEC_SHARED_DATA)")
     return path
+
+
+def load_script(relative_path):
+    """A script of the checkout (e.g. "training/train.py", not a package module) imported as a
+    module, so tests can call its functions and main(args)."""
+    path = REPO_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,7 +4,6 @@ Most tests run the pipeline with `ColourNet`, a stand-in net whose answer is kno
 image (class from the red channel), so a wrong size, orientation or palette shows. The end-to-end
 tests run the real script on a small prototxt through the sec.caffe engine.
 """
-import importlib.util
 import io
 import json
 import os
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from conftest import shared_file
+from conftest import load_script, shared_file
 from sec import caffe
 from sec import deploy as pipeline
 
@@ -28,10 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "deploy" / "deploy.py"
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("deploy_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("deploy/deploy.py")
 
 
 deploy_script = _load_script()

@@ -1,5 +1,4 @@
 """deploy/evaluate.py end to end on tiny folders (synthetic-style and VOC-shaped); sec.visualize."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,21 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_script
 from sec.visualize import overlay, palette_array, save_palette_png, save_panels, voc_palette
 
 SCRIPT = REPO_ROOT / "deploy" / "evaluate.py"
 IGNORE = 255
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate = load_script()
+evaluate = load_script("deploy/evaluate.py")
 
 
 def run(*argv):

@@ -1,5 +1,4 @@
 """Weak localization (issue 7): CAM heat maps, saliency, seed rules, the cue pickle, the scripts."""
-import importlib.util
 import json
 import pickle
 import time
@@ -8,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_file
+from conftest import load_script, shared_file
 
 from sec import caffe
 from sec import localization as loc
@@ -273,10 +272,7 @@ def test_report_counts_precision_and_recall():
 
 # ----- scripts ------------------------------------------------------------------------------------
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "training" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"training/{name}.py")
 
 
 def test_make_cues_is_resumable_and_writes_the_original_format(tmp_path):

@@ -1,6 +1,5 @@
 """models/ prototxts, sec.train helpers, training/train.sh, and a short end-to-end run."""
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import load_script
 
 from sec.caffe import io as caffe_io
 from sec.train import (LossLog, RunConfig, clear_snapshots, latest_snapshot, plot_losses, rank_batch,
@@ -379,10 +379,7 @@ def test_synthetic_sec_net_shares_the_localization_trunk():
 
 
 def _train_script():
-    spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "training" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("training/train.py")
 
 
 def test_pipeline_runs_only_missing_or_stale_stages(tmp_path, monkeypatch):
