@@ -176,7 +176,7 @@ def localization_stages(args, stages):
         for net in ("fg", "bg")}
     commands["cues"] = [sys.executable, MAKE_CUES, "--preset", LOCALIZATION_PRESET, *inputs,
                         "--masks", dataset / "masks", "--fg-weights", files["fg"], "--bg-weights", files["bg"],
-                        "--out", files["cues"], "--restart"]
+                        "--out", files["cues"]]   # an interrupted run resumes (make_cues checks the nets)
     new_net = False                      # the cues depend on both nets
     for stage in ("fg", "bg", "cues"):
         if stage not in stages:
