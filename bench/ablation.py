@@ -184,12 +184,6 @@ def seed_map(points, cue_size, source):
     return grid
 
 
-def upsample_nearest(grid, shape):
-    """S x S map -> H x W by the nearest cell, corners aligned (inverse of grid_positions)."""
-    rows, cols = (np.rint(np.arange(n) * (s - 1) / max(n - 1, 1)).astype(int) for n, s in zip(shape, grid.shape))
-    return grid[np.ix_(rows, cols)]
-
-
 def score_cues(cues, image_list, mask_folder, num_classes=NUM_CLASSES, cue_size=CUE_SIZE):
     """Cues alone against the masks: (seeded pixels only, unseeded as background) confusion
     matrices and the fraction of non-ignored pixels that carry a seed."""
@@ -200,7 +194,7 @@ def score_cues(cues, image_list, mask_folder, num_classes=NUM_CLASSES, cue_size=
         key = f"{image_id}_cues"
         if key not in cues:
             raise KeyError(f"{image_list}: image id {image_id} has no {key!r} in the cues")
-        seeds = upsample_nearest(seed_map(cues[key], cue_size, f"image id {image_id}"), mask.shape)
+        seeds = synthetic.grid_upsample(seed_map(cues[key], cue_size, f"image id {image_id}"), mask.shape)
         unseeded = seeds == UNSEEDED
         prediction = np.where(unseeded, 0, seeds)
         as_background.update(mask, prediction, name=str(path))

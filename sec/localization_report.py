@@ -2,15 +2,15 @@
 ground truth exists, seed precision (fraction of seeds whose class is right) and recall per class
 (fraction of a class's ground-truth cells that hold a seed of that class).
 
-Ground truth is compared on the cue grid: the mask sampled at the centres of the cue_size x
-cue_size cells (sec.synthetic.grid_sample); cells whose truth is `ignore` (255) count for neither.
+Ground truth is compared on the cue grid: the mask sampled at the pixels of the cue_size x
+cue_size cells, corners aligned (sec.synthetic.grid_sample); cells whose truth is `ignore` (255) count for neither.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sec.localization import UNSEEDED, cues_to_seeds
-from sec.synthetic import grid_sample
+from sec.synthetic import grid_sample, grid_upsample
 
 IGNORE_LABEL = 255
 NUM_EXAMPLES = 6
@@ -164,7 +164,7 @@ def save_report_figure(path, stats, class_names, examples=()):
     for row, (title, image, seeds, truth) in enumerate(examples, start=1):
         height, width_px = image.shape[:2]
         cells = [(f"{title}", image),
-                 ("seeds (pale: none)", visualize.colorize(_upsample(seeds, height, width_px)))]
+                 ("seeds (pale: none)", visualize.colorize(grid_upsample(seeds, (height, width_px))))]
         if truth is not None:
             cells.append(("ground truth", visualize.colorize(np.asarray(truth))))
         for col, (name, picture) in enumerate(cells):
@@ -176,10 +176,3 @@ def save_report_figure(path, stats, class_names, examples=()):
     figure.savefig(path, dpi=FIGURE_DPI)
     pyplot.close(figure)
     return path
-
-
-def _upsample(mask, height, width):
-    """Nearest-neighbour resize of a cue-grid mask to the image size (cell centres as in grid_sample)."""
-    rows = np.minimum((np.arange(height) * mask.shape[0] / height).astype(int), mask.shape[0] - 1)
-    cols = np.minimum((np.arange(width) * mask.shape[1] / width).astype(int), mask.shape[1] - 1)
-    return mask[np.ix_(rows, cols)]

@@ -14,7 +14,8 @@ Ground truth: palette PNG masks with class indices 0..6 (0 background). The igno
 never used: edges are hard (no anti-aliasing), so every pixel has one true class.
 Image-level labels: the foreground classes present in the mask.
 
-Cues (simulate_cues): on a cue_size x cue_size grid, the mask is sampled at cell centres; each
+Cues (simulate_cues): on a cue_size x cue_size grid, the mask is sampled at the cells' pixels
+(grid_positions: corners aligned); each
 present class gets a contiguous blob of its eroded core (fraction fg_keep, around a random
 anchor, like the peak of a class activation map); background seeds are the cells farther than
 bg_distance cells from every object; then wrong seeds are added on free cells within
@@ -233,6 +234,13 @@ def grid_positions(length, cue_size):
 def grid_sample(mask, cue_size):
     """The mask sampled on a cue_size x cue_size grid with corners aligned (grid_positions)."""
     return mask[np.ix_(grid_positions(mask.shape[0], cue_size), grid_positions(mask.shape[1], cue_size))]
+
+
+def grid_upsample(grid, shape):
+    """An S x S cue-grid map -> H x W by the nearest cell, corners aligned (grid_positions'
+    inverse: grid_sample(grid_upsample(g, shape), S) == g)."""
+    rows, cols = (np.rint(np.arange(n) * (s - 1) / max(n - 1, 1)).astype(int) for n, s in zip(shape, grid.shape))
+    return grid[np.ix_(rows, cols)]
 
 
 def simulate_cues(mask, cue_size, rng, params=CueParams()):

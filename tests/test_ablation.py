@@ -149,13 +149,6 @@ def test_cue_scoring_errors(tmp_path):
         ablation.score_cues({}, image_list, mask_folder, 3, 2)
 
 
-def test_nearest_upsampling_inverts_grid_sampling():
-    from sec import synthetic
-    grid = np.random.default_rng(0).integers(0, 7, size=(21, 21))
-    up = ablation.upsample_nearest(grid, (160, 160))
-    assert up.shape == (160, 160) and (synthetic.grid_sample(up, 21) == grid).all()
-
-
 def test_mean_std_and_aggregation():
     mean, std, count = ablation.mean_std([60.0, 62.0, 67.0])
     assert (mean, count) == (63.0, 3) and math.isclose(std, math.sqrt((9 + 1 + 16) / 2))

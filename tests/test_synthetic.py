@@ -180,3 +180,16 @@ def test_cli(tmp_path):
     assert "3 images" in done.stdout
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["parameters"]["seed"] == 3 and manifest["parameters"]["n_train"] == 2
+
+
+def test_grid_upsampling_inverts_grid_sampling():
+    grid = np.random.default_rng(0).integers(0, 7, size=(21, 21))
+    up = synthetic.grid_upsample(grid, (160, 160))
+    assert up.shape == (160, 160) and (synthetic.grid_sample(up, 21) == grid).all()
+    # corners aligned: the first and last rows and columns are the grid's edges
+    assert (up[0, 0], up[-1, -1], up[0, -1]) == (grid[0, 0], grid[-1, -1], grid[0, -1])
+    # each pixel takes the cell whose pixel (grid_positions) is nearest
+    positions = synthetic.grid_positions(160, 21)
+    for pixel in (0, 3, 4, 77, 159):
+        nearest = int(np.argmin(np.abs(positions - pixel)))
+        assert up[pixel, 0] == grid[nearest, 0]
