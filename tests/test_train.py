@@ -424,6 +424,16 @@ def test_pipeline_runs_only_missing_or_stale_stages(tmp_path, monkeypatch):
     assert script.needed_stages(script.build_parser().parse_args(["--list", "l.txt"])) == set()
 
 
+def test_a_failed_stage_stops_the_pipeline_with_its_status(tmp_path, monkeypatch, capsys):
+    script = _train_script()
+    monkeypatch.setattr(script, "prepare_synthetic", lambda folder: None)
+    monkeypatch.setattr(script.subprocess, "call", lambda command: 1)     # every stage fails
+    args = script.build_parser().parse_args(["--synthetic-dir", str(tmp_path), "--runs", str(tmp_path / "runs")])
+    assert script.main(args) == script.EXIT_STAGE_FAILED
+    assert "stage 'fg' failed with exit status 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "localization" / "synthetic" / "bg.caffemodel").exists()
+
+
 def test_adam_solver_follows_caffes_update(tmp_path):
     from sec.caffe.solver import AdamSolver, SGDSolver, make_solver
     from test_solver import LinearNet, TinyNet, write_solver

@@ -257,12 +257,8 @@ def main(args, argv=()):
         for path in (cfg.source, cfg.cues):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path} not found")
-    except FileNotFoundError as err:
-        print(f"train.py: {err}", file=sys.stderr)
-        return EXIT_MISSING_INPUT
-    except StageError as err:
-        print(f"train.py: {err}", file=sys.stderr)
-        return EXIT_STAGE_FAILED
+    except (FileNotFoundError, StageError) as err:
+        return report_failure(err)
     if args.engine == "caffe":
         return run_with_caffe(cfg)
     rank, world_size, local_rank = sec_train.environment_world()
@@ -273,12 +269,8 @@ def main(args, argv=()):
         torch.set_num_threads(args.threads)
     try:
         weights = sec_train.train(cfg)
-    except NonFiniteLossError as err:
-        print(f"train.py: {err}", file=sys.stderr)
-        return EXIT_NONFINITE
-    except FileNotFoundError as err:
-        print(f"train.py: {err}", file=sys.stderr)
-        return EXIT_MISSING_INPUT
+    except (NonFiniteLossError, FileNotFoundError) as err:
+        return report_failure(err)
     if rank != 0:
         return 0
     print(f"weights: {weights}")
@@ -286,6 +278,17 @@ def main(args, argv=()):
     print(f"time: {time.perf_counter() - started:.0f} s wall (the stages this process ran), "
           f"{cpu_seconds():.0f} s CPU (this process: SEC training and evaluation)")
     return 0
+
+
+def report_failure(err):
+    """Print an expected failure and return its exit status (missing input, failed stage, NaN loss)."""
+    from sec.caffe.solver import NonFiniteLossError
+    print(f"train.py: {err}", file=sys.stderr)
+    for kind, status in ((FileNotFoundError, EXIT_MISSING_INPUT), (StageError, EXIT_STAGE_FAILED),
+                         (NonFiniteLossError, EXIT_NONFINITE)):
+        if isinstance(err, kind):
+            return status
+    raise err
 
 
 def prepare_inputs(args):
