@@ -40,7 +40,8 @@ from google.protobuf import text_format  # noqa: E402
 from PIL import Image  # noqa: E402
 from pylayers import functions as loss_functions, load_cues  # noqa: E402
 
-from sec import data, metrics, synthetic  # noqa: E402
+from sec import data, localization, metrics, synthetic  # noqa: E402
+from sec.localization import UNSEEDED  # noqa: E402
 from sec.caffe import io as caffe_io  # noqa: E402
 from sec.proto import caffe_pb2  # noqa: E402
 
@@ -55,7 +56,6 @@ LOCALIZATION = Path("localization") / "synthetic"     # under <out>/runs, as tra
 CUE_SIZE = 21
 NUM_CLASSES = len(synthetic.CLASSES)
 IGNORE = metrics.IGNORE_LABEL
-UNSEEDED = -1
 PICKLE_PROTOCOL = 2                                     # the original cue pickles' protocol
 QUICK_TRAIN_IMAGES, QUICK_VAL_IMAGES = 48, 24
 QUICK_LOC_ITERS, QUICK_SEC_ITERS = 30, 20
@@ -157,13 +157,12 @@ def ground_truth_cues(image_list, mask_folder, cue_size=CUE_SIZE, num_classes=NU
     for image_file, image_id, _ in data.read_image_list(image_list):
         mask, path = read_mask(mask_folder, image_file)
         grid = synthetic.grid_sample(mask, cue_size).astype(np.int64)
-        rows, cols = np.nonzero(grid != IGNORE)
-        classes = grid[rows, cols]
-        if classes.size and classes.max() >= num_classes:
-            raise ValueError(f"{path}: class {int(classes.max())} outside 0..{num_classes - 1}")
+        seeds = np.where(grid == IGNORE, UNSEEDED, grid)
+        if seeds.max() >= num_classes:
+            raise ValueError(f"{path}: class {int(seeds.max())} outside 0..{num_classes - 1}")
         present = np.unique(mask[(mask > 0) & (mask != IGNORE)]).astype(np.int64)
         cues[f"{image_id}_labels"] = present
-        cues[f"{image_id}_cues"] = np.stack([classes, rows, cols]).astype(np.int64)
+        cues[f"{image_id}_cues"] = localization.seeds_to_cues(seeds)
     return cues
 
 
@@ -174,14 +173,12 @@ def write_cues(cues, path):
 
 
 def seed_map(points, cue_size, source):
-    """(3, K) cues -> cue_size x cue_size int64 map of classes, UNSEEDED where no seed."""
-    grid = np.full((cue_size, cue_size), UNSEEDED, np.int64)
-    points = np.asarray(points, dtype=np.int64).reshape(3, -1)
-    cells = points[1] * cue_size + points[2]
-    if len(np.unique(cells)) != len(cells):
-        raise ValueError(f"{source}: a cell carries two seeds; cue scoring needs one class per cell")
-    grid[points[1], points[2]] = points[0]
-    return grid
+    """(3, K) cues -> cue_size x cue_size map of classes, UNSEEDED where no seed
+    (sec.localization.cues_to_seeds, with the image named when a cell holds two seeds)."""
+    try:
+        return localization.cues_to_seeds(points, cue_size)
+    except ValueError as err:
+        raise ValueError(f"{source}: a cell carries two seeds; cue scoring needs one class per cell") from err
 
 
 def score_cues(cues, image_list, mask_folder, num_classes=NUM_CLASSES, cue_size=CUE_SIZE):
