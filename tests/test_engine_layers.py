@@ -81,22 +81,25 @@ def deconv_ref(x, w, b, stride, pad):
     return out + b[None, :, None, None]
 
 
-def caffe_pooled(size, k, s, p):
+def caffe_pooled(size, k, s, p, padded=None):
+    """Caffe's pooled size along one axis; the clip rule applies when either axis is padded."""
     pooled = int(math.ceil(float(size + 2 * p - k) / s)) + 1
-    if p and (pooled - 1) * s >= size + p:
+    if (p if padded is None else padded) and (pooled - 1) * s >= size + p:
         pooled -= 1
     return pooled
 
 
 def pool_ref(x, k, s, p, method):
-    """Caffe's PoolingLayer::Forward_cpu, loop for loop."""
+    """Caffe's PoolingLayer::Forward_cpu, loop for loop; k, s, p are ints or (h, w) pairs."""
+    (kh, kw), (sh, sw), (ph_, pw_) = [v if isinstance(v, tuple) else (v, v) for v in (k, s, p)]
     n, c, h, w = x.shape
-    ph, pw = caffe_pooled(h, k, s, p), caffe_pooled(w, k, s, p)
+    padded = bool(ph_ or pw_)
+    ph, pw = caffe_pooled(h, kh, sh, ph_, padded), caffe_pooled(w, kw, sw, pw_, padded)
     out = np.zeros((n, c, ph, pw))
     for i in range(ph):
         for j in range(pw):
-            hs, ws = i * s - p, j * s - p
-            he, we = min(hs + k, h + p), min(ws + k, w + p)
+            hs, ws = i * sh - ph_, j * sw - pw_
+            he, we = min(hs + kh, h + ph_), min(ws + kw, w + pw_)
             size = (he - hs) * (we - ws)
             hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
             window = x[:, :, hs:he, ws:we]
@@ -197,6 +200,23 @@ def test_pooling_clip_rule_drops_window_in_padding(tmp_path):
     net = one_layer_net(tmp_path, (1, 1, 4, 4), "Pooling",
                         "pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 }")
     assert net.blobs["y"].shape == (1, 1, 3, 3)
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("kernel,stride,pad", [((3, 2), (2, 4), (1, 0)), ((2, 3), (4, 2), (0, 1)),
+                                               ((3, 3), (2, 3), (0, 2))])
+def test_pooling_clip_rule_applies_to_both_axes_when_one_is_padded(tmp_path, method, kernel, stride, pad):
+    """Caffe clips the last window on both axes when pad_h or pad_w is non-zero: kernel 3x2, stride
+    2x4, pad 1x0 on 7x7 gives 4x2 (the unpadded axis loses its window starting at 8 >= 7)."""
+    x = RNG.standard_normal((2, 3, 7, 7)).astype(np.float32)
+    net = one_layer_net(tmp_path, x.shape, "Pooling",
+                        f"pooling_param {{ pool: {method} kernel_h: {kernel[0]} kernel_w: {kernel[1]} "
+                        f"stride_h: {stride[0]} stride_w: {stride[1]} pad_h: {pad[0]} pad_w: {pad[1]} }}")
+    ref = pool_ref(x.astype(np.float64), kernel, stride, pad, method)
+    if kernel == (3, 2):
+        assert ref.shape == (2, 3, 4, 2)
+    assert net.blobs["y"].shape == ref.shape
+    np.testing.assert_allclose(net.forward(x=x)["y"], ref, rtol=1e-5, atol=1e-5)
 
 
 def test_pooling_ave_divisor_counts_padding(tmp_path):

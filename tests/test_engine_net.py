@@ -407,3 +407,23 @@ def test_split_tops_get_their_own_diffs(tmp_path):
     np.testing.assert_allclose(net.blobs["x1"].diff, 2 * x, rtol=1e-6)           # d(x^2)/dx
     np.testing.assert_allclose(net.blobs["x2"].diff, 3.0 * (x > 0), rtol=1e-6)   # d(3 relu(x))/dx
     np.testing.assert_allclose(net.blobs["x"].diff, 2 * x + 3.0 * (x > 0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [
+    'layer { name: "drop" type: "Dropout" bottom: "x" top: "x" dropout_param { dropout_ratio: 0.5 } }',
+    'layer { name: "drop" type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_ratio: 0.5 } }',
+    'layer { name: "drop" type: "Flatten" bottom: "x" top: "y" flatten_param { axis: 1 end_axis: 1 } }',
+])
+def test_backward_through_an_identity_layer_copies_the_diff(tmp_path, layer):
+    """Caffe's TEST Dropout (in place or not) and a one-axis Flatten copy the top diff to the
+    bottom; the top diff stays what the caller set. (Was: bottom diff 0, top diff wiped.)"""
+    net = make_net(tmp_path, "force_backward: true\n" + input_layer("x", (2, 3)) + layer + "\n")
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    seed = RNG.standard_normal((2, 3)).astype(np.float32)
+    net.forward(x=x)
+    top = net.top_names["drop"][0]
+    np.testing.assert_array_equal(net.blobs[top].data, x)
+    net.blobs[top].diff[...] = seed
+    net.backward(start="drop")
+    np.testing.assert_array_equal(net.blobs["x"].diff, seed)
+    np.testing.assert_array_equal(net.blobs[top].diff, seed)

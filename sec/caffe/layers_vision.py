@@ -94,11 +94,12 @@ class Deconvolution(Convolution):
     transposed = True
 
 
-def pool_out_size(size, kernel, pad, stride):
-    """Caffe's pooling output size: ceil((size + 2 pad - kernel) / stride) + 1, minus one when the
-    last window would start at or past the end of the image plus its padding (only when padded)."""
+def pool_out_size(size, kernel, pad, stride, padded):
+    """Caffe's pooling output size along one axis: ceil((size + 2 pad - kernel) / stride) + 1,
+    minus one when the last window would start at or past the end of the image plus its padding.
+    Caffe makes that correction on both axes when either is padded (`padded`: pad_h or pad_w)."""
     out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
+    if padded and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
@@ -114,8 +115,10 @@ def caffe_ave_divisor(size, kernel, pad, stride, out):
 class Pooling:
     """Caffe's MAX/AVE pooling, 2-D, with Caffe's ceil output size and padding-counting AVE.
 
-    torch's ceil_mode pooling uses the same output-size rule and the same AVE divisor whenever
-    pad <= kernel // 2 (torch's own limit), so that path is taken then; other paddings, which
+    torch's ceil_mode pooling uses the same output-size rule (it clips the last window on every
+    axis; Caffe does so when either axis is padded, and an unpadded net whose last window would
+    need clipping is refused) and the same AVE divisor whenever pad <= kernel // 2 (torch's own
+    limit), so that path is taken then; other paddings, which
     Caffe allows up to kernel - 1, pad explicitly and divide by Caffe's window sizes.
     """
 
@@ -145,6 +148,7 @@ class Pooling:
             if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
                 raise ValueError(f"pad {self.pad} must be smaller than kernel {self.kernel}")
             self.use_torch = all(self.pad[i] <= self.kernel[i] // 2 for i in range(2))
+        self.padded = self.pad != (0, 0)
         self.params = []
         self._divisors = {}
 
@@ -158,7 +162,7 @@ class Pooling:
             size, k, pad, s = shape[2 + i], self.kernel[i], self.pad[i], self.stride[i]
             if size + 2 * pad < k:
                 raise ValueError(f"kernel {self.kernel} is larger than the padded input {tuple(shape)}")
-            n = pool_out_size(size, k, pad, s)
+            n = pool_out_size(size, k, pad, s, self.padded)
             if (n - 1) * s >= size + pad:
                 raise ValueError(f"the last pooling window of input {tuple(shape)} would lie wholly "
                                  f"outside the image (stride {self.stride} > kernel {self.kernel} "
@@ -180,8 +184,8 @@ class Pooling:
 
     def _explicit(self, x):
         height, width = x.shape[2], x.shape[3]
-        out_h = pool_out_size(height, self.kernel[0], self.pad[0], self.stride[0])
-        out_w = pool_out_size(width, self.kernel[1], self.pad[1], self.stride[1])
+        out_h = pool_out_size(height, self.kernel[0], self.pad[0], self.stride[0], self.padded)
+        out_w = pool_out_size(width, self.kernel[1], self.pad[1], self.stride[1], self.padded)
         # Pad left/top by `pad`, right/bottom so that the last window ends inside (a negative
         # amount crops rows no window reaches).
         extra_h = (out_h - 1) * self.stride[0] + self.kernel[0] - height - self.pad[0]

@@ -334,7 +334,7 @@ class Net(torch.nn.Module):
             bottoms = [values[b] for b in step.bottoms]
             if step.detach is not None:
                 bottoms = [b.detach() if d else b for b, d in zip(bottoms, step.detach)]
-            tops = step.fn(*bottoms)
+            tops = _distinct_tops(step.fn(*bottoms), bottoms)
             record.append((step, bottoms, tops))
             for name, top in zip(step.tops, tops):
                 values[name] = top
@@ -427,6 +427,16 @@ class Net(torch.nn.Module):
             write_back(self._pending)
         layers = [(n, t, [p.detach().cpu().numpy() for p in ps]) for n, t, ps in self.layer_params()]
         caffe_io.write_caffemodel(str(path), self.name, layers)
+
+
+def _distinct_tops(tops, bottoms):
+    """The tops, each a tensor object of its own: a layer that hands back a bottom unchanged
+    (TEST Dropout, a one-axis Flatten) gets a view instead, so that backward can tell the top
+    (a seed of the range) from the bottom (consumed), and copies the diff through as Caffe does."""
+    inputs = {id(b) for b in bottoms}
+    if not any(id(t) in inputs for t in tops):
+        return tops
+    return tuple(t.view_as(t) if id(t) in inputs else t for t in tops)
 
 
 def _load(prototxt):
