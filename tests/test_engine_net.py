@@ -84,6 +84,9 @@ def test_unknown_type_names_layer_file_and_line(tmp_path):
     ('layer { name: "c" type: "ReLU" bottom: "x" top: "z" }', "already produced"),
     ('layer { name: "c" type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 2 pad: 2 } }', "pad"),
     ('layer { name: "c" type: "Eltwise" bottom: "x" bottom: "z" top: "y" eltwise_param { coeff: 1 } }', "coeff"),
+    # Caffe's BaseConvolutionLayer::Reshape: "All inputs must have the same shape."
+    ('layer { name: "c" type: "Convolution" bottom: "x" bottom: "z" top: "y" top: "w" '
+     'convolution_param { num_output: 2 kernel_size: 3 } }', "same shape"),
     ('layer { name: "c" type: "ReLU" bottom: "x" top: "y" loss_weight: 1 loss_weight: 2 }', "loss_weight"),
     ('layer { name: "c" type: "ReLU" bottom: "x" top: "y" }\nlayer { name: "c" type: "ReLU" bottom: "y" top: "w" }',
      "second layer named"),

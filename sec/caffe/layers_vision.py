@@ -43,7 +43,7 @@ def deconv_out_size(size, kernel, pad, stride, dilation):
 
 
 class Convolution:
-    """Caffe's Convolution (2-D, any number of bottoms sharing the weights)."""
+    """Caffe's Convolution (2-D; any number of bottoms of one shape, sharing the weights)."""
     transposed = False
 
     def __init__(self, lp, shapes, ctx):
@@ -68,6 +68,10 @@ class Convolution:
         self.out_size = deconv_out_size if self.transposed else conv_out_size
 
     def shapes(self, shapes):
+        for i, shape in enumerate(shapes[1:], 1):
+            if tuple(shape) != tuple(shapes[0]):
+                raise ValueError(f"all bottoms must have the same shape (as Caffe): bottom {i} has "
+                                 f"{tuple(shape)}, bottom 0 has {tuple(shapes[0])}")
         tops = []
         for shape in shapes:
             need_4d(shape)
@@ -130,6 +134,8 @@ class Pooling:
         self.method = p.pool
         if self.method not in (POOL_MAX, POOL_AVE):
             raise ValueError("pooling_param.pool STOCHASTIC is not supported (MAX or AVE)")
+        if p.round_mode != p.CEIL:
+            raise ValueError("pooling_param.round_mode FLOOR is not supported (CEIL, Caffe's default)")
         self.global_pooling = p.global_pooling
         self.pad = pair([p.pad] if p.HasField("pad") else [], p.pad_h, p.pad_w, _has_hw(p, "pad"), 0, "pad")
         self.stride = pair([p.stride] if p.HasField("stride") else [], p.stride_h, p.stride_w,
