@@ -1,8 +1,9 @@
-"""A stand-in for Caffe's Blob and a driver that calls a layer exactly as Caffe does.
+"""Stand-ins for Caffe's Blob and pycaffe's blob vectors, and a driver that calls a layer exactly as Caffe does.
 
 Caffe's order: ``layer = cls(layer_param)`` -> ``param_str`` and ``phase`` set -> ``setup`` ->
-``reshape`` -> ``forward`` -> (top diffs written by the net) -> ``backward``. The other
-pylayers test files import `Blob` and `Driver` from here.
+``reshape`` -> ``forward`` -> (top diffs written by the net) -> ``backward``. The driver hands
+the layer `BlobVector`s, which, like pycaffe's, can be indexed and len()'d but not iterated.
+The other pylayers test files import `Blob`, `BlobVector` and `Driver` from here.
 """
 from types import SimpleNamespace
 
@@ -27,7 +28,10 @@ class Blob:
         return blob
 
     def reshape(self, *shape):
+        """New zeroed arrays, except that the same shape keeps them (Caffe keeps the memory)."""
         shape = tuple(int(s) for s in shape)
+        if getattr(self, "data", None) is not None and self.data.shape == shape:
+            return
         self.data = np.zeros(shape, dtype=self.dtype)
         self.diff = np.zeros(shape, dtype=self.dtype)
 
@@ -48,6 +52,27 @@ class Blob:
     width = property(lambda self: self._axis(3))
 
 
+class BlobVector:
+    """pycaffe's RawBlobVec / BoolVec as a Python layer sees them (boost::python's
+    vector_indexing_suite): integer indexing (negative too) and len() work; iteration, and so
+    zip, unpacking and list(), raise TypeError (pycaffe: "No to_python (by-value) converter
+    found for C++ type: caffe::Blob<float>*"); slices are refused too."""
+
+    def __init__(self, items):
+        self._items = list(items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __getitem__(self, index):
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"BlobVector index must be an integer, got {type(index).__name__}")
+        return self._items[index]
+
+    def __iter__(self):
+        raise TypeError("No to_python (by-value) converter found for C++ type: caffe::Blob<float>*")
+
+
 def layer_param(name="layer", param_str=""):
     """What Caffe hands the constructor: a LayerParameter-like object."""
     return SimpleNamespace(name=name, python_param=SimpleNamespace(param_str=param_str))
@@ -62,24 +87,81 @@ class Driver:
         self.layer = cls(layer_param(cls.__name__, param_str))
         self.layer.param_str = param_str
         self.layer.phase = phase
-        self.bottom = [Blob.holding(b, dtype) for b in bottoms]
-        self.top = [Blob(1, dtype=dtype) for _ in range(num_tops)]
+        self.bottom = BlobVector(Blob.holding(b, dtype) for b in bottoms)
+        self.top = BlobVector(Blob(1, dtype=dtype) for _ in range(num_tops))
         self.layer.setup(self.bottom, self.top)
         self.layer.reshape(self.bottom, self.top)
 
     def forward(self, *bottom_data):
-        for blob, data in zip(self.bottom, bottom_data):
-            blob.data[...] = data
+        for index, data in enumerate(bottom_data):
+            self.bottom[index].data[...] = data
+        self.layer.reshape(self.bottom, self.top)  # Caffe reshapes every layer before each forward
         self.layer.forward(self.bottom, self.top)
-        return [t.data.copy() for t in self.top]
+        return [self.top[index].data.copy() for index in range(len(self.top))]
 
     def backward(self, *top_diffs, propagate_down=None):
-        for blob, diff in zip(self.top, top_diffs):
-            blob.diff[...] = diff
+        for index, diff in enumerate(top_diffs):
+            self.top[index].diff[...] = diff
         if propagate_down is None:
             propagate_down = [True] + [False] * (len(self.bottom) - 1)
-        self.layer.backward(self.top, propagate_down, self.bottom)
+        self.layer.backward(self.top, BlobVector(propagate_down), self.bottom)
         return self.bottom[0].diff.copy()
+
+
+def test_blob_vector_is_indexable_but_not_iterable():
+    first, second = Blob(1), Blob(2)
+    vector = BlobVector([first, second])
+    assert len(vector) == 2 and vector[0] is first and vector[-1] is second
+    for attempt in (lambda: list(vector), lambda: zip(vector, [1, 2]), lambda: [b for b in vector],
+                    lambda: vector[0:1]):
+        with pytest.raises(TypeError):
+            attempt()
+    with pytest.raises(TypeError):
+        first_blob, second_blob = vector
+    with pytest.raises(IndexError):
+        vector[2]
+
+
+def _every_layer_case(tmp_path, rng):
+    """(class, bottoms, number of tops, param_str) for each of the six layers, small shapes."""
+    import pickle
+    probs = rng.dirichlet(np.ones(3), size=(2, 4, 5)).transpose(0, 3, 1, 2)
+    cues = np.zeros_like(probs)
+    cues[:, 0, 0, 0] = cues[:, 2, 1, 1] = 1
+    labels = np.zeros((2, 1, 1, 3))
+    labels[:, 0, 0, 2] = 1
+    path = tmp_path / "cues.pickle"
+    path.write_bytes(pickle.dumps({"0_labels": np.array([2]), "0_cues": np.array([[0, 2], [0, 1], [0, 1]]),
+                                   "1_labels": np.array([1]), "1_cues": np.array([[1], [3], [4]])}))
+    images = rng.normal(0, 50, size=(2, 3, 9, 11))
+    return {
+        "SoftmaxLayer": ([rng.normal(size=probs.shape)], 1, ""),
+        "SeedLossLayer": ([probs, cues], 1, ""),
+        "ExpandLossLayer": ([probs, labels], 1, ""),
+        "ConstrainLossLayer": ([probs, np.log(probs[:, ::-1])], 1, ""),
+        "CRFLayer": ([rng.normal(size=probs.shape), images], 1, "maxiter: 2"),
+        "AnnotationLayer": ([np.array([0.0, 1.0])], 2, f"cues: {path}\nnum_classes: 3\ncue_size: 5"),
+    }
+
+
+@pytest.mark.parametrize("name", ["SoftmaxLayer", "SeedLossLayer", "ExpandLossLayer", "ConstrainLossLayer",
+                                  "CRFLayer", "AnnotationLayer"])
+def test_every_layer_runs_on_pycaffe_blob_vectors(tmp_path, monkeypatch, name):
+    """setup / reshape / forward / backward (propagate_down all True) on BlobVectors, twice,
+    as pycaffe calls them: the layers only index and len() their blob vectors."""
+    import sys
+    import types
+    crf_module = types.ModuleType("krahenbuhl2013")
+    crf_module.CRF_batch = lambda images, unaries, maxiter=10, scale_factor=1.0: np.full(
+        unaries.shape, 1.0 / unaries.shape[-1], dtype=np.float32)
+    monkeypatch.setitem(sys.modules, "krahenbuhl2013", crf_module)
+    bottoms, num_tops, param_str = _every_layer_case(tmp_path, np.random.default_rng(0))[name]
+    driver = Driver(getattr(pylayers, name), bottoms, num_tops=num_tops, param_str=param_str)
+    for _ in range(2):
+        tops = driver.forward(*bottoms)
+        assert all(np.isfinite(top).all() for top in tops)
+        driver.backward(*[np.ones_like(top) for top in tops], propagate_down=[True] * len(bottoms))
+        assert np.isfinite(driver.bottom[0].diff).all()
 
 
 def test_blob_accessors_follow_caffe():
@@ -109,7 +191,8 @@ def test_layers_run_in_caffe_call_order(monkeypatch):
     driver = Driver(pylayers.SeedLossLayer, [probs, cues], param_str="{}", phase=pylayers.base.TEST)
     (loss,) = driver.forward(probs, cues)
     driver.backward(np.ones(1))
-    assert [s[0] for s in seen] == ["setup", "reshape", "forward", "backward"]
+    # Layer::SetUp ends with a Reshape, and Layer::Forward starts with one
+    assert [s[0] for s in seen] == ["setup", "reshape", "reshape", "forward", "backward"]
     assert all(s[1] == "{}" and s[2] == pylayers.base.TEST for s in seen)
     assert loss.shape == (1,) and loss[0] == pytest.approx(-np.log(0.5))
 

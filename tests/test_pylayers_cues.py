@@ -37,8 +37,9 @@ def test_annotation_layer_on_a_small_pickle(tmp_path, compressed, id_shape):
     path = write_pickle(tmp_path / "cues.pickle", SMALL_CUES, compressed)  # same name either way
     driver, (labels, cues) = annotation(path, np.array([12, 3]).reshape(id_shape))
     assert labels.shape == (2, 1, 1, 21) and cues.shape == (2, 21, 41, 41)
-    assert np.flatnonzero(labels[0, 0, 0]).tolist() == [0, 1, 15]
-    assert np.flatnonzero(labels[1, 0, 0]).tolist() == [0, 7]
+    # only the listed foreground classes: the background column stays 0, as in the original layer
+    assert np.flatnonzero(labels[0, 0, 0]).tolist() == [1, 15]
+    assert np.flatnonzero(labels[1, 0, 0]).tolist() == [7]
     assert sorted(zip(*np.nonzero(cues[0]))) == [(1, 20, 5), (15, 10, 30)]
     assert sorted(zip(*np.nonzero(cues[1]))) == [(0, 0, 0), (0, 1, 2), (7, 40, 40)]
     assert driver.top[1].num == 2 and driver.top[1].channels == 21
@@ -108,7 +109,7 @@ def test_annotation_layer_on_real_cues(real_cues):
     assert seeds.sum(axis=1).max() == 1  # no pixel carries two classes
     for i, image in enumerate(batch):
         present = set(np.flatnonzero(labels[i, 0, 0]).tolist())
-        assert present == {0} | set(cues[f"{image}_labels"].tolist())
+        assert present == set(cues[f"{image}_labels"].tolist())
         assert seeds[i].sum() == cues[f"{image}_cues"].shape[1]
         seeded_classes = set(np.flatnonzero(seeds[i].sum(axis=(1, 2))).tolist())
-        assert seeded_classes <= present
+        assert seeded_classes <= present | {0}

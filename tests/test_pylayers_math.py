@@ -70,6 +70,18 @@ def test_expand_loss_matches_brute_force():
     assert loss == pytest.approx(brute_force_expand(probs, labels, 0.9, 0.95), rel=1e-12)
 
 
+def test_expand_loss_ignores_the_background_label_column():
+    """AnnotationLayer leaves labels[..., 0] at 0 (as the original); 0 or 1 there changes nothing."""
+    probs = random_probs(ODD_SHAPE, 11)
+    labels = np.zeros((ODD_SHAPE[0], 1, 1, ODD_SHAPE[1]))
+    labels[0, 0, 0, [1, 3]] = labels[1, 0, 0, 2] = 1
+    with_background = labels.copy()
+    with_background[:, 0, 0, 0] = 1
+    without, with_ = pylayers.expand_loss(probs, labels), pylayers.expand_loss(probs, with_background)
+    assert without[0] == with_[0]
+    np.testing.assert_array_equal(without[1], with_[1])
+
+
 def test_expand_param_str_sets_q_and_pooling():
     probs = random_probs(ODD_SHAPE, 2)
     labels = np.zeros((ODD_SHAPE[0], 1, 1, ODD_SHAPE[1]))

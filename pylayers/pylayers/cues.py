@@ -54,8 +54,9 @@ def _lookup(cues, key, image, source):
 def image_labels_and_cues(cues, image, num_classes=NUM_CLASSES, cue_size=CUE_SIZE, source="<cues>"):
     """Labels (num_classes,) and cues (num_classes, cue_size, cue_size) float32 of one image id.
 
-    The background label is 1 for every image, as in the original layer. Invalid classes or
-    coordinates raise ValueError naming the image and the file.
+    Only the listed foreground classes are 1 in the labels; the background column 0 stays 0, as
+    in the original layer (SEC's losses never read it). Invalid classes or coordinates raise
+    ValueError naming the image and the file.
     """
     fg = _lookup(cues, f"{image}_labels", image, source).reshape(-1)
     points = _lookup(cues, f"{image}_cues", image, source)
@@ -68,7 +69,6 @@ def image_labels_and_cues(cues, image, num_classes=NUM_CLASSES, cue_size=CUE_SIZ
     if points.size and (points[1:].min() < 0 or points[1:].max() >= cue_size):
         raise ValueError(f"image id {image} in {source}: cue coordinates outside 0..{cue_size - 1}")
     labels = np.zeros(num_classes, dtype=np.float32)
-    labels[0] = 1.0
     labels[fg] = 1.0
     seeds = np.zeros((num_classes, cue_size, cue_size), dtype=np.float32)
     seeds[points[0], points[1], points[2]] = 1.0
@@ -95,7 +95,6 @@ def batch_labels_and_cues(cues, images, num_classes=NUM_CLASSES, cue_size=CUE_SI
     labels = np.zeros((num, 1, 1, num_classes), dtype=np.float32) if labels_out is None else labels_out
     seeds = np.zeros((num, num_classes, cue_size, cue_size), dtype=np.float32) if cues_out is None else cues_out
     labels[...] = 0.0
-    labels[:, 0, 0, 0] = 1.0
     labels[np.repeat(np.arange(num), [len(f) for f in fg]), 0, 0, fg_all] = 1.0
     seeds[...] = 0.0
     owner = np.repeat(np.arange(num), [p.shape[1] for p in points])

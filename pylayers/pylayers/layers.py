@@ -2,6 +2,10 @@
 
 Class names and blob order are those of the original SEC train.prototxt. Loss layers output a
 (1,) top and scale their gradient by ``top[0].diff[0]`` (Caffe's loss_weight, 1 in SEC).
+
+``bottom``, ``top`` and ``propagate_down`` are only indexed and len()'d, never iterated, zipped,
+unpacked or sliced: pycaffe hands the layers boost::python vectors (RawBlobVec, BoolVec) whose
+iteration fails with "No to_python (by-value) converter found for C++ type: caffe::Blob<float>*".
 """
 import numpy as np
 
@@ -23,7 +27,11 @@ def _check_same_shape(layer, first, second, what):
 
 def _memory_key(blobs):
     """Address, shape and dtype of each blob's data: which arrays a cached result belongs to."""
-    return tuple((b.data.__array_interface__["data"][0], b.data.shape, b.data.dtype.str) for b in blobs)
+    key = []
+    for index in range(len(blobs)):
+        data = blobs[index].data
+        key.append((data.__array_interface__["data"][0], data.shape, data.dtype.str))
+    return tuple(key)
 
 
 def _probability_param(layer, params, key):
@@ -169,9 +177,9 @@ class CRFLayer(Layer):
                                              self.scale_factor, self.maxiter, self.min_prob, self.mean)
 
     def backward(self, top, propagate_down, bottom):
-        for blob, propagate in zip(bottom, propagate_down):
-            if propagate:
-                blob.diff[...] = 0.0
+        for index in range(len(bottom)):
+            if propagate_down[index]:
+                bottom[index].diff[...] = 0.0
 
 
 class AnnotationLayer(Layer):
