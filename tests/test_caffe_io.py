@@ -393,3 +393,141 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch, failing
     assert os.listdir(tmp_path) == ["state.solverstate"]
     io.atomic_write_bytes(path, b"new contents")
     assert path.read_bytes() == b"new contents"
+
+
+# ---------------------------------------------------------------- the whole Caffe schema
+
+CAFFE_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "caffe" / "caffe-9b89154-src.tar.gz"
+# A BVLC-style net using fields and layer types beyond what the engine runs.
+BVLC_EXTRAS_PROTOTXT = """name: "extras"
+layer { name: "data" type: "Input" top: "data"
+  input_param { shape { dim: 1 dim: 2 dim: 8 dim: 8 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }
+layer { name: "prelu" type: "PReLU" bottom: "pool" top: "prelu"
+  prelu_param { channel_shared: false filler { type: "constant" value: 0.25 } } }
+layer { name: "clip" type: "Clip" bottom: "prelu" top: "clip" clip_param { min: -1 max: 1 } }
+layer { name: "swish" type: "Swish" bottom: "clip" top: "swish" swish_param { beta: 2 } }
+"""
+
+
+def _caffe_source_prototxts(tmp_path):
+    import tarfile
+    if not CAFFE_SOURCE.is_file():
+        pytest.skip(f"Caffe source not found at {CAFFE_SOURCE}")
+    paths = []
+    with tarfile.open(CAFFE_SOURCE) as tar:
+        for member in tar.getmembers():
+            parts = member.name.split("/")
+            if member.isfile() and member.name.endswith(".prototxt") and parts[1] in ("models", "examples"):
+                path = tmp_path / member.name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(tar.extractfile(member).read())
+                paths.append(path)
+    return paths
+
+
+def test_caffe_source_prototxts_parse(tmp_path):
+    paths = _caffe_source_prototxts(tmp_path)
+    assert paths, f"no prototxt under models/ or examples/ in {CAFFE_SOURCE}"
+    for path in paths:
+        if "solver" in path.name:
+            assert io.read_solver_prototxt(path).base_lr > 0, path
+        else:
+            assert len(io.read_net_prototxt(path).layer) > 0, path
+
+
+def test_bvlc_fields_beyond_the_engine_parse():
+    net = io.parse_net_text(BVLC_EXTRAS_PROTOTXT, source="extras.prototxt")
+    layers = {layer.name: layer for layer in net.layer}
+    assert layers["pool"].pooling_param.round_mode == caffe_pb2.PoolingParameter.FLOOR
+    assert layers["prelu"].prelu_param.filler.value == 0.25
+    assert (layers["clip"].clip_param.min, layers["clip"].clip_param.max) == (-1, 1)
+    assert layers["swish"].swish_param.beta == 2
+
+
+def test_solver_with_weights_field_parses(tmp_path):
+    path = tmp_path / "solver.prototxt"
+    path.write_text('net: "train.prototxt"\nbase_lr: 0.001\nweights: "init.caffemodel"\n')
+    assert list(io.read_solver_prototxt(path).weights) == ["init.caffemodel"]
+
+
+@pytest.mark.parametrize("layer, reason", [
+    ('name: "pool" type: "Pooling" pooling_param { kernel_size: 3 round_mode: FLOOR }',
+     "round_mode FLOOR is not supported"),
+    ('name: "prelu" type: "PReLU" prelu_param { channel_shared: true }',
+     "unknown layer type 'PReLU'"),
+])
+def test_beyond_the_engine_fails_at_build_naming_the_layer(tmp_path, layer, reason):
+    caffe = importlib.import_module("sec.caffe")
+    path = tmp_path / "net.prototxt"
+    path.write_text('layer { name: "data" type: "Input" top: "data"\n'
+                    '  input_param { shape { dim: 1 dim: 2 dim: 8 dim: 8 } } }\n'
+                    f'layer {{ {layer} bottom: "data" top: "out" }}\n')
+    with pytest.raises(caffe.NetError, match=reason) as error:
+        caffe.Net(str(path), caffe.TEST)
+    name = layer.split('"')[1]
+    assert f"{path}:3: layer '{name}'" in str(error.value)
+
+
+def test_v1_layer_keeps_every_param_and_window_data_transform():
+    net = io.parse_net_text(
+        'layers { name: "w" type: WINDOW_DATA top: "data"\n'
+        '  window_data_param { source: "w.txt" crop_size: 9 fg_threshold: 0.6 } }\n'
+        'layers { name: "n" type: MVN bottom: "data" top: "n" mvn_param { eps: 0.5 } }\n',
+        source="v1.prototxt")
+    window, mvn = net.layer
+    assert window.type == "WindowData" and window.transform_param.crop_size == 9
+    assert not window.window_data_param.HasField("crop_size")
+    assert window.window_data_param.fg_threshold == pytest.approx(0.6)
+    assert mvn.type == "MVN" and mvn.mvn_param.eps == 0.5
+
+
+def test_v1_transform_fields_move_only_for_data_layers():
+    # Caffe moves them for DATA, IMAGE_DATA and WINDOW_DATA layers, not for any layer
+    # that happens to carry a data_param.
+    net = io.parse_net_text('layers { name: "c" type: CONVOLUTION bottom: "a" top: "c"\n'
+                            '  data_param { mirror: true } }')
+    assert net.layer[0].data_param.mirror and not net.layer[0].HasField("transform_param")
+
+
+def test_caffe_written_layer_fields_read(tmp_path):
+    """Caffe's Net::ToProto writes the whole LayerParameter (phase, include, propagate_down,
+    transform and loss params, the layer's own params) next to the blobs."""
+    layer = caffe_pb2.LayerParameter(name="fc", type="InnerProduct", bottom=["data"], top=["fc"],
+                                     phase=caffe_pb2.TRAIN, propagate_down=[True])
+    layer.include.add(phase=caffe_pb2.TRAIN)
+    layer.param.add(lr_mult=1, decay_mult=1)
+    layer.inner_product_param.num_output = 2
+    layer.inner_product_param.weight_filler.type = "msra"
+    layer.loss_param.normalization = caffe_pb2.LossParameter.VALID
+    layer.blobs.append(io.array_to_blob(np.full((2, 3), 0.5, np.float32)))
+    prelu = caffe_pb2.LayerParameter(name="act", type="PReLU", phase=caffe_pb2.TRAIN)
+    prelu.prelu_param.channel_shared = True
+    prelu.blobs.append(io.array_to_blob(np.array([0.25], np.float32)))
+    net = caffe_pb2.NetParameter(name="written", layer=[layer, prelu])
+    net.state.phase = caffe_pb2.TRAIN
+    path = tmp_path / "written.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    read = io.read_caffemodel(path)
+    assert read.layer[0].phase == caffe_pb2.TRAIN and read.layer[1].prelu_param.channel_shared
+    weights = io.match_weights(read, {"fc": [(2, 3)]}, str(path))
+    np.testing.assert_array_equal(weights["fc"][0], np.full((2, 3), 0.5, np.float32))
+
+
+# ---------------------------------------------------------------- byte-order mark
+
+def test_prototxt_with_utf8_bom_reads_with_a_warning(tmp_path):
+    path = tmp_path / "bom.prototxt"
+    path.write_bytes(b"\xef\xbb\xbf" + b'name: "bom"\nlayer { name: "a" type: "ReLU" }\n')
+    with pytest.warns(io.PrototxtWarning, match="byte-order mark") as record:
+        net = io.read_net_prototxt(path)
+    assert net.name == "bom" and net.layer[0].name == "a"
+    assert str(path) in str(record[0].message)
+
+
+def test_solver_with_utf8_bom_reads_with_a_warning(tmp_path):
+    path = tmp_path / "solver.prototxt"
+    path.write_text('\ufeffbase_lr: 0.5\n', encoding="utf-8")
+    with pytest.warns(io.PrototxtWarning, match=str(path).replace("\\", "\\\\")):
+        assert io.read_solver_prototxt(path).base_lr == 0.5

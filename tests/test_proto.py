@@ -8,6 +8,8 @@ import ast
 import importlib.util
 import re
 import struct
+import tarfile
+from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2
@@ -16,6 +18,10 @@ from sec.proto import caffe_pb2
 from sec.proto.regenerate import PROTO_DIR, regenerate
 
 GRPC_TOOLS_MISSING = importlib.util.find_spec("grpc_tools") is None
+CAFFE_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "caffe" / "caffe-9b89154-src.tar.gz"
+CAFFE_PROTO_MEMBER = "caffe-9b89154/src/caffe/proto/caffe.proto"
+FLOAT_TYPES = (descriptor_pb2.FieldDescriptorProto.TYPE_FLOAT,
+               descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE)
 VERSION_LINE = re.compile(r"^# Protobuf Python Version: (.*)$", re.MULTILINE)
 
 
@@ -136,3 +142,74 @@ def test_blob_serialises_as_caffe_does():
     shape = _length_delimited(1, _varint(3))  # dim is packed: one varint in a length field
     expected = _length_delimited(5, packed) + _length_delimited(7, shape)
     assert blob.SerializeToString(deterministic=True) == expected
+
+
+def _schema_facts(file_proto):
+    """{"Message.field": (number, label, type, type name, default, packed)} and
+    {"Enum.VALUE": number} of a FileDescriptorProto, nested types included."""
+    facts = {}
+
+    def enums(enum_types, prefix):
+        for enum in enum_types:
+            for value in enum.value:
+                facts[f"{prefix}{enum.name}.{value.name}"] = value.number
+
+    def messages(message_types, prefix):
+        for message in message_types:
+            name = prefix + message.name
+            facts[name] = "message"
+            for field in message.field:
+                default = field.default_value if field.HasField("default_value") else None
+                if default is not None and field.type in FLOAT_TYPES:
+                    # The runtime prints float defaults with float32 digits ("0.999000013").
+                    default = struct.unpack("<f", struct.pack("<f", float(default)))[0]
+                facts[f"{name}.{field.name}"] = (
+                    field.number, field.label, field.type, field.type_name.split(".")[-1],
+                    default, field.options.packed)
+            enums(message.enum_type, name + ".")
+            messages(message.nested_type, name + ".")
+
+    messages(file_proto.message_type, "")
+    enums(file_proto.enum_type, "")
+    return facts
+
+
+@pytest.mark.skipif(GRPC_TOOLS_MISSING, reason="grpcio-tools (protoc) is not installed")
+@pytest.mark.skipif(not CAFFE_SOURCE.is_file(), reason=f"Caffe source not found at {CAFFE_SOURCE}")
+def test_schema_is_caffes_whole_schema(tmp_path):
+    """Every message, field (number, label, type, default, packing) and enum value of BVLC
+    Caffe's caffe.proto is in ours, and ours has nothing Caffe lacks."""
+    from grpc_tools import protoc
+
+    with tarfile.open(CAFFE_SOURCE) as tar:
+        (tmp_path / "caffe.proto").write_bytes(tar.extractfile(CAFFE_PROTO_MEMBER).read())
+    descriptor_set = tmp_path / "caffe.desc"
+    assert protoc.main(["protoc", f"-I{tmp_path}", f"--descriptor_set_out={descriptor_set}",
+                        str(tmp_path / "caffe.proto")]) == 0
+    theirs = _schema_facts(descriptor_pb2.FileDescriptorSet.FromString(
+        descriptor_set.read_bytes()).file[0])
+    ours_proto = descriptor_pb2.FileDescriptorProto()
+    caffe_pb2.DESCRIPTOR.CopyToProto(ours_proto)
+    ours = _schema_facts(ours_proto)
+    missing = sorted(set(theirs) - set(ours))
+    extra = sorted(set(ours) - set(theirs))
+    different = sorted(key for key in set(theirs) & set(ours) if theirs[key] != ours[key])
+    assert (missing, extra, different) == ([], [], []), (
+        f"missing {missing}, not in Caffe {extra}, different {different}")
+    assert len(theirs) > 500  # the comparison saw the whole schema, not an empty file
+
+
+@pytest.mark.parametrize("message, name, number, default", [
+    (caffe_pb2.PoolingParameter, "round_mode", 13, caffe_pb2.PoolingParameter.CEIL),
+    (caffe_pb2.LayerParameter, "prelu_param", 131, None),
+    (caffe_pb2.LayerParameter, "clip_param", 148, None),
+    (caffe_pb2.SolverParameter, "weights", 42, None),
+    (caffe_pb2.V1LayerParameter, "layer", 1, None),
+    (caffe_pb2.WindowDataParameter, "crop_mode", 11, "warp"),
+    (caffe_pb2.Datum, "encoded", 7, False),
+])
+def test_fields_beyond_the_engine_are_in_the_schema(message, name, number, default):
+    field = _field(message, name)
+    assert field.number == number
+    if default is not None:
+        assert field.default_value == default

@@ -16,10 +16,11 @@ so files written by Caffe read here and files written here load in Caffe.
 import os
 import re
 import secrets
+import warnings
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format, unknown_fields
+from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from sec.proto import caffe_pb2
@@ -27,7 +28,6 @@ from sec.proto import caffe_pb2
 LEGACY_AXES = 4            # num, channels, height, width
 LEGACY_FIELDS = ("num", "channels", "height", "width")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-V0_LAYER_FIELD = 1         # V1LayerParameter.layer: the pre-2014 V0 format, not supported
 
 V1_TYPE_NAMES = {
     "NONE": "", "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax",
@@ -45,21 +45,26 @@ V1_TYPE_NAMES = {
     "SLICE": "Slice", "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
 }
 # V1 sub-messages that carry over unchanged into LayerParameter (same message types).
-V1_COPIED_PARAMS = (
-    "accuracy_param", "argmax_param", "concat_param", "convolution_param", "data_param",
-    "dropout_param", "eltwise_param", "exp_param", "image_data_param",
-    "inner_product_param", "lrn_param", "pooling_param", "power_param", "relu_param",
-    "sigmoid_param", "softmax_param", "slice_param", "tanh_param", "threshold_param",
-    "transform_param", "loss_param",
-)
-# Legacy data-layer fields that Caffe moved into transform_param.
+# Every `*_param` of V1LayerParameter (Caffe's UpgradeV1LayerParameter copies them all).
+V1_COPIED_PARAMS = tuple(
+    field.name for field in caffe_pb2.V1LayerParameter.DESCRIPTOR.fields
+    if field.name.endswith("_param"))
+# Legacy data-layer fields that Caffe moved into transform_param, and the V1 layer
+# types (with their parameter) whose fields it moves (UpgradeNetDataTransformation).
 LEGACY_TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
+LEGACY_TRANSFORM_LAYERS = {"DATA": "data_param", "IMAGE_DATA": "image_data_param",
+                           "WINDOW_DATA": "window_data_param"}
+UTF8_BOM = "\ufeff"
 SOLVER_TYPE_NAMES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad",
                      "RMSPROP": "RMSProp", "ADADELTA": "AdaDelta", "ADAM": "Adam"}
 
 
 class PrototxtError(ValueError):
     """A prototxt that does not parse or does not describe a valid net/solver."""
+
+
+class PrototxtWarning(UserWarning):
+    """A prototxt that reads here but that BVLC Caffe would refuse."""
 
 
 class CaffeFormatError(ValueError):
@@ -73,6 +78,12 @@ class WeightShapeError(ValueError):
 # ---------------------------------------------------------------- text (prototxt)
 
 def _parse_text(text, message, source):
+    if text.startswith(UTF8_BOM):
+        # Editors on Windows add it; protobuf's (and Caffe's) text parser chokes on it.
+        warnings.warn(f"{source}: skipped the UTF-8 byte-order mark at the start of the file; "
+                      "BVLC Caffe refuses such a prototxt, so save it without one to use it "
+                      "there", PrototxtWarning, stacklevel=3)
+        text = text[len(UTF8_BOM):]
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as error:
@@ -172,8 +183,9 @@ def _upgrade_v1_layer(v1, layer):
     for field in V1_COPIED_PARAMS:
         if v1.HasField(field):
             getattr(layer, field).CopyFrom(getattr(v1, field))
-    for field in ("data_param", "image_data_param"):
-        if layer.HasField(field):
+    if v1.HasField("type"):
+        field = LEGACY_TRANSFORM_LAYERS.get(caffe_pb2.V1LayerParameter.LayerType.Name(v1.type))
+        if field and layer.HasField(field):
             _move_legacy_transform(getattr(layer, field), layer.transform_param)
 
 
@@ -197,8 +209,7 @@ def upgrade_net(net, source="<net>"):
         raise PrototxtError(f"{source}: mixes legacy 'layers' and current 'layer' entries")
     legacy = list(net.layers)
     for index, v1 in enumerate(legacy):
-        if any(field.field_number == V0_LAYER_FIELD
-               for field in unknown_fields.UnknownFieldSet(v1)):
+        if v1.HasField("layer"):
             raise PrototxtError(f"{source}: legacy layer {index} ('{v1.name}') is in Caffe's "
                                 "V0 format, which is not supported; upgrade it with Caffe's "
                                 "upgrade_net_proto_binary/_text tools")
