@@ -15,7 +15,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from sec.caffe.blob import NetBlob, ParamBlob, write_back
@@ -106,6 +105,8 @@ class Net(torch.nn.Module):
     Blobs are float32, images NCHW. Parameters live on the device of the current mode
     (set_mode_gpu / set_mode_cpu) and move with `net.to(device)`.
     """
+
+    weight_report = None    # sec.caffe.weights.WeightReport of the last copy_from
 
     def __init__(self, prototxt, *args, weights=None, phase=None, level=0, stages=()):
         super().__init__()
@@ -408,17 +409,12 @@ class Net(torch.nn.Module):
                     self.blobs[name].reshape(*shape)
 
     def copy_from(self, path):
-        """Copy weights by layer name from a .caffemodel (current or V1); shapes are checked."""
-        from sec.caffe import io as caffe_io
-        netparam = caffe_io.read_caffemodel(str(path))
-        expected = {s.name: [tuple(p.shape) for p in s.impl.params] for s in self._layers}
-        arrays = caffe_io.match_weights(netparam, expected, str(path))
-        by_name = {s.name: s.impl.params for s in self._layers}
-        with torch.no_grad():
-            for name, values in arrays.items():
-                for param, value in zip(by_name[name], values):
-                    # not np.ascontiguousarray: it turns a 0-d array (Scale num_axes: 0) into shape (1,)
-                    param.copy_(torch.as_tensor(np.asarray(value, dtype=np.float32)))
+        """Copy weights by layer name from a .caffemodel (current or V1); shapes are checked and
+        NaN/Inf refused before anything changes. Returns the sec.caffe.weights.WeightReport
+        (loaded / untouched / ignored layers), also kept as `net.weight_report`."""
+        from sec.caffe.weights import copy_weights
+        self.weight_report = copy_weights(path, {s.name: list(s.impl.params) for s in self._layers})
+        return self.weight_report
 
     def save(self, path):
         """Write every layer's parameters as a .caffemodel (current format)."""
