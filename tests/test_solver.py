@@ -387,3 +387,162 @@ def test_data_parallel_update_equals_the_global_batch_gradient(tmp_path):
     for rank in range(2):
         np.testing.assert_allclose(results[rank][0], net.weight.detach().numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(results[rank][1], net.bias.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ----- resume keeps the smoothed loss; copied folders; damaged snapshots --------------------------
+def smoothed_trace(solver, iters):
+    trace = []
+    solver.on_iteration_end.append(lambda s: trace.append(s.smoothed_loss))
+    solver.step(iters)
+    return trace
+
+
+def test_resume_restores_the_smoothed_loss_window(tmp_path):
+    """average_loss 4, resumed at iteration 5 (window full, ring not at its start): the smoothed
+    loss of the resumed iterations equals the uninterrupted run's, bitwise."""
+    path = write_solver(tmp_path, average_loss=4, max_iter=10)
+    straight = smoothed_trace(SGDSolver(path, net_factory=TinyNet), 10)
+    first = SGDSolver(path, net_factory=TinyNet)
+    assert smoothed_trace(first, 5) == straight[:5]
+    state = first.snapshot()
+    resumed = SGDSolver(path, net_factory=TinyNet)
+    resumed.restore(state)
+    assert smoothed_trace(resumed, 5) == straight[5:]
+
+
+def test_step_in_pieces_smooths_as_one_step(tmp_path):
+    path = write_solver(tmp_path, average_loss=3)
+    whole = smoothed_trace(SGDSolver(path, net_factory=TinyNet), 6)
+    pieces = SGDSolver(path, net_factory=TinyNet)
+    trace = smoothed_trace(pieces, 2)
+    pieces.step(4)
+    assert trace == whole
+
+
+def test_a_copied_run_folder_resumes_from_its_own_weights(tmp_path, caplog):
+    import shutil
+    solver = SGDSolver(write_solver(tmp_path), net_factory=TinyNet)
+    solver.step(2)
+    state = solver.snapshot()
+    shutil.copytree(tmp_path / "snap", tmp_path / "copy")
+    original_model = snapshot_paths(tmp_path / "snap" / "tiny", 2)[0]
+    caffe_io.write_caffemodel(original_model, "tiny", [("fc", "InnerProduct", [np.zeros((2, 4)), np.zeros(2)])])
+    copied_state = str(tmp_path / "copy" / os.path.basename(state))
+    assert caffe_io.read_solverstate(copied_state)["learned_net"] == original_model   # absolute, the original's
+    resumed = SGDSolver(write_solver(tmp_path), net_factory=TinyNet)
+    with caplog.at_level(logging.INFO, logger="sec.caffe"):
+        resumed.restore(copied_state)
+    copied_model = str(tmp_path / "copy" / "tiny_iter_2.caffemodel")
+    for a, b in zip(params_of(solver.net), params_of(resumed.net)):
+        assert np.array_equal(a, b)
+    assert resumed.restored_from == (copied_state, copied_model) and copied_model in caplog.text
+
+
+def test_a_moved_state_without_its_caffemodel_uses_learned_net_and_says_so(tmp_path, caplog):
+    solver = SGDSolver(write_solver(tmp_path), net_factory=TinyNet)
+    solver.step(2)
+    state = Path(solver.snapshot())
+    (tmp_path / "moved").mkdir()
+    moved = tmp_path / "moved" / state.name
+    state.rename(moved)
+    resumed = SGDSolver(write_solver(tmp_path), net_factory=TinyNet)
+    with caplog.at_level(logging.WARNING, logger="sec.caffe.solver"):
+        resumed.restore(moved)
+    assert "using its learned_net" in caplog.text and resumed.iter == 2
+
+
+@pytest.mark.parametrize("damage", [b"garbage", b"", b"\x80\x05K\x01."])
+def test_a_damaged_sidecar_is_named_and_changes_nothing(tmp_path, damage):
+    solver = SGDSolver(write_solver(tmp_path), net_factory=TinyNet)
+    solver.step(2)
+    state = solver.snapshot()
+    with open(state + solver_mod.SIDECAR_SUFFIX, "wb") as f:
+        f.write(damage)
+    fresh = SGDSolver(write_solver(tmp_path), net_factory=TinyNet)
+    before = params_of(fresh.net)
+    with pytest.raises(solver_mod.SnapshotError, match=r"tiny_iter_2\.solverstate\.rng"):
+        fresh.restore(state)
+    assert fresh.iter == 0
+    for a, b in zip(before, params_of(fresh.net)):
+        assert np.array_equal(a, b)
+
+
+def test_a_truncated_solverstate_is_named(tmp_path):
+    solver = SGDSolver(write_solver(tmp_path), net_factory=TinyNet)
+    solver.step(2)
+    state = solver.snapshot()
+    data = open(state, "rb").read()
+    with open(state, "wb") as f:
+        f.write(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"tiny_iter_2\.solverstate"):
+        SGDSolver(write_solver(tmp_path), net_factory=TinyNet).restore(state)
+
+
+def test_a_format_1_sidecar_is_read_in_ring_order(tmp_path):
+    """Sidecars written before format 2 kept the window in Caffe's ring order."""
+    import pickle
+    path = write_solver(tmp_path, average_loss=4, max_iter=10)
+    straight = smoothed_trace(SGDSolver(path, net_factory=TinyNet), 10)
+    first = SGDSolver(path, net_factory=TinyNet)
+    first.step(5)
+    state = first.snapshot()
+    sidecar = state + solver_mod.SIDECAR_SUFFIX
+    extra = pickle.load(open(sidecar, "rb"))
+    window = extra["losses"]                       # oldest first: iterations 1..4
+    extra["losses"] = window[3:] + window[:3]      # ring: slot (5 % 4) = 1 holds the oldest
+    extra["format"] = 1
+    with open(sidecar, "wb") as f:
+        pickle.dump(extra, f)
+    resumed = SGDSolver(path, net_factory=TinyNet)
+    resumed.restore(state)
+    assert smoothed_trace(resumed, 5) == straight[5:]
+
+
+# ----- divergence seen first by a layer, not by a loss ------------------------------------------
+CRF_NET = """name: "crfnet"
+layer { name: "images" type: "Input" top: "images" input_param { shape { dim: 1 dim: 3 dim: 6 dim: 6 } } }
+layer { name: "fc8" type: "Convolution" bottom: "images" top: "fc8"
+        convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "constant" value: 1e30 } } }
+layer { name: "softmax" type: "Python" bottom: "fc8" top: "probs"
+        python_param { module: "pylayers" layer: "SoftmaxLayer" } }
+layer { name: "crf" type: "Python" bottom: "fc8" bottom: "images" top: "crf"
+        python_param { module: "pylayers" layer: "CRFLayer" param_str: "{scale_factor: 1.0, maxiter: 2}" } }
+layer { name: "loss-Constrain" type: "Python" bottom: "probs" bottom: "crf" top: "loss-Constrain"
+        python_param { module: "pylayers" layer: "ConstrainLossLayer" } loss_weight: 1 }
+"""
+
+
+def test_divergence_seen_by_the_crf_layer_is_reported_as_divergence(tmp_path):
+    """Scores that overflow to Inf make the CRF layer refuse them before any loss is computed:
+    that must end as NonFiniteLossError naming the first non-finite blob, not as the CRF's error."""
+    pytest.importorskip("krahenbuhl2013")
+    net_path = tmp_path / "crf.prototxt"
+    net_path.write_text(CRF_NET)
+    solver = SGDSolver(write_solver(tmp_path, net=str(net_path)))
+    solver.net.blobs["images"].data[...] = np.arange(108, dtype=np.float32).reshape(1, 3, 6, 6) * 1e9
+    with pytest.raises(NonFiniteLossError, match=r"iteration 0: blob 'fc8' \(top of layer 'fc8'\) is "
+                                                 r"non-finite; layer 'crf' then failed") as info:
+        solver.step(1)
+    assert "need unary scores" in str(info.value) and "last good snapshot: none written yet" in str(info.value)
+    assert solver.iter == 0
+
+
+def test_a_failure_with_finite_blobs_is_not_called_divergence(tmp_path):
+    class Broken(TinyNet):
+        def run(self, feed=None):
+            raise OSError("image 7 unreadable")
+    solver = SGDSolver(write_solver(tmp_path), net_factory=Broken)
+    with pytest.raises(OSError, match="image 7 unreadable"):
+        solver.step(1)
+
+
+def test_non_finite_weights_are_named_and_never_snapshotted(tmp_path):
+    net = TinyNet()
+    solver = SGDSolver(write_solver(tmp_path, snapshot=2), net_factory=lambda *_: net)
+    solver.step(2)
+    with torch.no_grad():
+        net.weight[0, 1] = float("inf")
+    with pytest.raises(NonFiniteLossError, match=r"parameter 0 of layer 'fc'.*not written"):
+        solver.snapshot()
+    assert sorted(os.listdir(tmp_path / "snap")) == ["tiny_iter_2.caffemodel", "tiny_iter_2.solverstate",
+                                                     "tiny_iter_2.solverstate.rng"]

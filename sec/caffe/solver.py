@@ -12,9 +12,15 @@ Snapshots are Caffe's pair `<prefix>_iter_<N>.caffemodel` + `<prefix>_iter_<N>.s
 (history = momentum buffers in `net.learnable_params()` order), plus a sidecar
 `<prefix>_iter_<N>.solverstate.rng` (pickle: torch/numpy/python RNG states, the data
 sources' `state_dict()`, the loss window). Caffe's SolverState has no field for these; the
-sidecar is what lets a resumed run follow the uninterrupted trajectory exactly. Every file
-is written atomically, sidecar and weights first and the .solverstate last, so an existing
-.solverstate always has its partners.
+sidecar is what lets a resumed run follow the uninterrupted trajectory exactly (smoothed loss
+included). Every file is written atomically, sidecar and weights first and the .solverstate
+last, so an existing .solverstate always has its partners. `restore` reads and checks all three
+before it changes anything, and takes the .caffemodel beside the .solverstate over the path
+stored in it (a copied run folder resumes from its own weights).
+
+Divergence: a non-finite loss, or a forward/backward that fails while some blob of the net is
+non-finite (a Python layer such as the CRF refusing NaN scores), raises NonFiniteLossError before
+the update; a snapshot whose weights are non-finite is not written.
 
 Data parallel: when torch.distributed is initialised, each rank accumulates its own
 gradients and they are all-reduced as `sum_r rank_weight_r * grad_r` (rank_weight = the
@@ -41,12 +47,19 @@ from sec.caffe import io as caffe_io
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".rng"
-SIDECAR_FORMAT = 1
+SIDECAR_FORMAT = 2          # 2: "losses" oldest first (1: Caffe's ring order)
+SIDECAR_KEYS = ("format", "iter", "torch", "cuda", "numpy", "python", "data_sources", "losses",
+                "smoothed_loss")
 TRAIN_PHASE = 0
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or Inf; the weights were not updated and nothing was snapshotted."""
+    """Training diverged: a loss or another blob became NaN or Inf (or the update made the weights
+    non-finite); the weights were not updated and nothing was snapshotted."""
+
+
+class SnapshotError(ValueError):
+    """A snapshot file (.solverstate, its .caffemodel or .rng sidecar) that cannot be used."""
 
 
 class SolverConfigError(ValueError):
@@ -197,6 +210,8 @@ class SGDSolver:
         self.last_outputs = {}
         self.last_timings = {}
         self.last_snapshot = None
+        self.restored_from = None
+        self.weight_report = None
         self.test_nets = []
         self._output_names = None
         self.on_iteration_end = []
@@ -238,12 +253,11 @@ class SGDSolver:
     def step(self, iters):
         """Run `iters` iterations (forward/backward x iter_size, update, display, snapshot)."""
         stop = self.iter + iters
-        start_iter = self.iter
         tick, tick_iter = time.perf_counter(), self.iter
         while self.iter < stop:
             values = self._forward_backward()
             loss = values.pop("__total__")
-            self._update_smoothed_loss(loss, start_iter)
+            self._update_smoothed_loss(loss)
             display = self.param.display and self.iter % self.param.display == 0
             if display and self.rank == 0:
                 now = time.perf_counter()
@@ -274,10 +288,14 @@ class SGDSolver:
         forward = backward = 0.0
         for _ in range(iter_size):
             t0 = time.perf_counter()
-            outputs = self.net.run()
-            total = self.net.total_loss(outputs)
-            t1 = time.perf_counter()
-            total.backward()
+            try:
+                outputs = self.net.run()
+                total = self.net.total_loss(outputs)
+                t1 = time.perf_counter()
+                total.backward()
+            except Exception as err:  # a layer refusing NaN/Inf input is divergence, anything else is not
+                self._raise_if_diverged(err)
+                raise
             t2 = time.perf_counter()
             forward, backward = forward + t1 - t0, backward + t2 - t1
             names = self._scalar_outputs(outputs)
@@ -301,10 +319,34 @@ class SGDSolver:
         for name, value in values.items():
             if not math.isfinite(value):
                 blob = "total loss" if name == "__total__" else f"loss blob '{name}'"
-                kept = self.last_snapshot or "none written yet"
+                raise NonFiniteLossError(f"iteration {self.iter}: {blob} is {value}; {self._kept()}")
+
+    def _kept(self):
+        """The end of a divergence message: what was kept, and whether it holds these weights."""
+        kept = self.last_snapshot or "none written yet"
+        text = (f"stopped before the update (weights are those of iteration {self.iter}; "
+                f"last good snapshot: {kept})")
+        if self.last_snapshot and self.last_snapshot == snapshot_paths(self.param.snapshot_prefix, self.iter)[1]:
+            text += ("; that snapshot holds the weights that diverged: resume from an earlier one "
+                     "or lower base_lr")
+        return text
+
+    def _raise_if_diverged(self, err):
+        """After a failed forward/backward: raise NonFiniteLossError (from err) naming the first
+        non-finite parameter, or else the first non-finite blob of a probing forward, layer by
+        layer; return (the caller re-raises err) when everything is finite."""
+        for info in self.params:
+            if not bool(torch.isfinite(info.param).all()):
                 raise NonFiniteLossError(
-                    f"iteration {self.iter}: {blob} is {value}; stopped before the update "
-                    f"(weights are those of iteration {self.iter}; last good snapshot: {kept})")
+                    f"iteration {self.iter}: parameter {info.index} of layer '{info.layer}' is non-finite "
+                    f"({type(err).__name__}: {err}); {self._kept()}") from err
+        found = _first_nonfinite_blob(self.net)
+        if found is not None:
+            blob, layer, failure = found
+            then = f"; layer '{failure[0]}' then failed: {failure[1]}" if failure else ""
+            raise NonFiniteLossError(
+                f"iteration {self.iter}: blob '{blob}' (top of layer '{layer}') is non-finite{then} "
+                f"(first failure: {type(err).__name__}: {err}); {self._kept()}") from err
 
     def _allreduce_values(self, values):
         names = list(values)
@@ -312,17 +354,21 @@ class SGDSolver:
         dist.all_reduce(vec)
         return dict(zip(names, vec.tolist()))
 
-    def _update_smoothed_loss(self, loss, start_iter):
-        """Caffe's Solver::UpdateSmoothedLoss: running mean over the last average_loss iterations."""
+    def _update_smoothed_loss(self, loss):
+        """Caffe's Solver::UpdateSmoothedLoss: running mean over the last average_loss iterations,
+        with the same arithmetic. `losses` holds them oldest first (Caffe: a ring indexed by
+        iter - start_iter), so the window carries through a snapshot and resume unchanged."""
         window = max(1, self.param.average_loss)
+        if len(self.losses) > window:            # average_loss made smaller for a resumed run
+            self.losses = self.losses[-window:]
+            self.smoothed_loss = sum(self.losses) / window
         if len(self.losses) < window:
             self.losses.append(loss)
             n = len(self.losses)
             self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
         else:
-            idx = (self.iter - start_iter) % window
-            self.smoothed_loss += (loss - self.losses[idx]) / window
-            self.losses[idx] = loss
+            self.smoothed_loss += (loss - self.losses.pop(0)) / window
+            self.losses.append(loss)
 
     @torch.no_grad()
     def apply_update(self, display=False):
@@ -377,6 +423,12 @@ class SGDSolver:
         if self.rank != 0:
             return None
         model, state, sidecar = snapshot_paths(self.param.snapshot_prefix, self.iter)
+        for info in self.params:
+            if not bool(torch.isfinite(info.param).all()):
+                raise NonFiniteLossError(
+                    f"iteration {self.iter}: the update made parameter {info.index} of layer '{info.layer}' "
+                    f"non-finite; snapshot {state} not written (last good snapshot: "
+                    f"{self.last_snapshot or 'none written yet'})")
         Path(model).parent.mkdir(parents=True, exist_ok=True)
         caffe_io.atomic_write_bytes(sidecar, pickle.dumps(self._rng_state(), protocol=pickle.HIGHEST_PROTOCOL))
         layers = [(name, kind, [t.detach().cpu().numpy() for t in blobs])
@@ -403,63 +455,89 @@ class SGDSolver:
         }
 
     def restore(self, state_path):
-        """Caffe's Solver::Restore from a .solverstate (+ the .rng sidecar when present)."""
+        """Caffe's Solver::Restore from a .solverstate (+ the .rng sidecar when present).
+
+        Everything is read and checked first (SnapshotError, CaffeFormatError, WeightShapeError
+        or FileNotFoundError naming the file); only then are weights, history, iteration, RNG and
+        data positions set, so a failed restore leaves the solver as it was. The weights come from
+        the .caffemodel beside the .solverstate when there is one, else from its learned_net;
+        `restored_from` records (solverstate, caffemodel) used.
+        """
         state_path = str(state_path)
         state = caffe_io.read_solverstate(state_path)
-        self.load_weights(_resolve_learned_net(state["learned_net"], state_path))
+        model = _resolve_learned_net(state["learned_net"], state_path)
         history = state["history"]
         if len(history) != len(self.history):
-            raise ValueError(f"{state_path}: {len(history)} history blobs, the net has {len(self.history)} "
-                             "learnable parameters")
+            raise SnapshotError(f"{state_path}: {len(history)} history blobs, the net has {len(self.history)} "
+                                "learnable parameters")
         infos = self.params * (len(self.history) // max(1, len(self.params)))  # Adam: m then v
         for info, saved, buf in zip(infos, history, self.history):
             if tuple(np.shape(saved)) != tuple(buf.shape):
-                raise ValueError(f"{state_path}: history of layer '{info.layer}' param {info.index} has shape "
-                                 f"{tuple(np.shape(saved))}, expected {tuple(buf.shape)}")
+                raise SnapshotError(f"{state_path}: history of layer '{info.layer}' param {info.index} has shape "
+                                    f"{tuple(np.shape(saved))}, expected {tuple(buf.shape)}")
+            if not np.isfinite(saved).all():
+                raise SnapshotError(f"{state_path}: history of layer '{info.layer}' param {info.index} "
+                                    "holds NaN or Inf")
+        sidecar = state_path + SIDECAR_SUFFIX
+        extra = self._read_sidecar(sidecar) if os.path.isfile(sidecar) else None
+        self.load_weights(model)                  # checks everything before it copies
+        for saved, buf in zip(history, self.history):
             buf.copy_(torch.as_tensor(np.asarray(saved, dtype=np.float32)).to(buf.device))
         self.iter = state["iter"]
         self.current_step = state.get("current_step", 0)
-        sidecar = state_path + SIDECAR_SUFFIX
-        if os.path.isfile(sidecar):
-            self._load_rng_state(sidecar)
+        if extra is not None:
+            self._apply_rng_state(extra)
         else:
             log.warning("%s: no sidecar %s; RNG and data order restart, so the resumed run will not "
                         "match an uninterrupted one bitwise", state_path, sidecar)
-        log.info("Restored %s at iteration %d", state_path, self.iter)
+        self.restored_from = (state_path, model)
+        log.info("Restored %s at iteration %d (weights %s)", state_path, self.iter, model)
 
-    def _load_rng_state(self, path):
-        with open(path, "rb") as f:
-            extra = pickle.load(f)
-        if extra.get("format") != SIDECAR_FORMAT:
-            raise ValueError(f"{path}: sidecar format {extra.get('format')}, expected {SIDECAR_FORMAT}")
+    def _read_sidecar(self, path):
+        """The .rng sidecar's dict, checked against this net; SnapshotError naming the file otherwise."""
+        try:
+            with open(path, "rb") as f:
+                extra = pickle.load(f)
+        except Exception as err:  # unpickling a damaged file can raise almost any exception type
+            raise SnapshotError(f"{path}: unreadable solver sidecar ({type(err).__name__}: {err}); delete it "
+                                "to resume without the exact RNG and data order") from None
+        if not isinstance(extra, dict) or extra.get("format") not in (1, SIDECAR_FORMAT):
+            found = extra.get("format") if isinstance(extra, dict) else type(extra).__name__
+            raise SnapshotError(f"{path}: solver sidecar format {found!r}, expected {SIDECAR_FORMAT}")
+        missing = [key for key in SIDECAR_KEYS if key not in extra]
+        if missing:
+            raise SnapshotError(f"{path}: solver sidecar lacks {missing}")
+        sources = list(self.net.data_layers())
+        if len(sources) != len(extra["data_sources"]):
+            raise SnapshotError(f"{path}: {len(extra['data_sources'])} data source states, "
+                                f"the net has {len(sources)} ImageData layers")
+        if extra["format"] == 1:    # ring order, next slot (iter - start) % window; the start was 0
+            losses = list(extra["losses"])
+            slot = extra["iter"] % len(losses) if len(losses) >= max(1, self.param.average_loss) else 0
+            extra["losses"] = losses[slot:] + losses[:slot]
+        return extra
+
+    def _apply_rng_state(self, extra):
         torch.set_rng_state(extra["torch"])
         if extra["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(extra["cuda"])
         np.random.set_state(extra["numpy"])
         random.setstate(extra["python"])
-        sources = list(self.net.data_layers())
-        if len(sources) != len(extra["data_sources"]):
-            raise ValueError(f"{path}: {len(extra['data_sources'])} data source states, "
-                             f"the net has {len(sources)} ImageData layers")
-        for src, sd in zip(sources, extra["data_sources"]):
+        for src, sd in zip(self.net.data_layers(), extra["data_sources"]):
             src.load_state_dict(sd)
         self.losses = list(extra["losses"])
         self.smoothed_loss = extra["smoothed_loss"]
 
     def load_weights(self, path):
-        """Copy layer weights by name from a .caffemodel into the net (shapes checked, in place)."""
+        """Copy layer weights by name from a .caffemodel into the net (shapes checked, NaN/Inf
+        refused, in place); returns the sec.caffe.weights.WeightReport, also `weight_report`
+        (layers that kept their filler values are logged as a warning)."""
+        from sec.caffe.weights import copy_weights
         path = str(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weights file '{path}' not found")
-        layers = {name: blobs for name, _, blobs in self.net.layer_params()}
-        expected = {name: [tuple(b.shape) for b in blobs] for name, blobs in layers.items()}
-        found = caffe_io.match_weights(caffe_io.read_caffemodel(path), expected, source=path)
-        with torch.no_grad():
-            for name, arrays in found.items():
-                for tensor, array in zip(layers[name], arrays):
-                    tensor.copy_(torch.as_tensor(np.asarray(array, dtype=np.float32)).to(tensor.device))
-        log.info("Copied weights of %d layers from %s", len(found), path)
-        return sorted(found)
+        self.weight_report = copy_weights(path, {name: list(blobs) for name, _, blobs in self.net.layer_params()})
+        return self.weight_report
 
 
 class AdamSolver(SGDSolver):
@@ -506,13 +584,39 @@ def make_solver(solver_prototxt, **kwargs):
 
 
 def _resolve_learned_net(learned_net, state_path):
-    """Caffe opens learned_net relative to the current directory; fall back to the state's folder."""
-    if os.path.isfile(learned_net):
-        return learned_net
+    """The weights of a .solverstate: the file of learned_net's name beside it (what a copied or
+    moved run folder holds), else learned_net as stored (Caffe: relative to the current folder)."""
     beside = os.path.join(os.path.dirname(state_path), os.path.basename(learned_net))
     if os.path.isfile(beside):
         return beside
-    raise FileNotFoundError(f"{state_path}: learned_net '{learned_net}' not found (nor {beside})")
+    if learned_net and os.path.isfile(learned_net):
+        log.warning("%s: no %s beside it; using its learned_net %s", state_path, beside, learned_net)
+        return learned_net
+    raise FileNotFoundError(f"{state_path}: its weights {beside} are missing (learned_net '{learned_net}' "
+                            "not found either)")
+
+
+def _first_nonfinite_blob(net):
+    """Probe a failed forward: run the net's layers one at a time (pycaffe's forward(start, end),
+    no autograd) and return (blob, layer, failure) for the first top holding NaN or Inf, where
+    failure is (layer, 'Type: message') of a later layer that raised, or None. None when every
+    blob stays finite, or when the net has no pycaffe side (a stand-in net)."""
+    names = getattr(net, "layer_names", None)
+    if names is None or not hasattr(net, "forward") or not hasattr(net, "top_names"):
+        return None
+    found = None
+    with torch.no_grad():
+        for name in names:
+            try:
+                net.forward(start=name, end=name)
+            except Exception as err:  # the layer that fails on the non-finite blob found before it
+                return (*found, (name, f"{type(err).__name__}: {err}")) if found else None
+            if found is None:
+                for top in net.top_names[name]:
+                    if not np.isfinite(net.blobs[top].data).all():
+                        found = (top, name)
+                        break
+    return (*found, None) if found else None
 
 
 def _distributed_rank():
