@@ -311,14 +311,25 @@ def test_softmax_with_loss(tmp_path, normalization, legacy):
     labels = RNG.integers(0, 4, (2, 1, 3, 2)).astype(np.float32)
     labels[0, 0, 1, 1] = labels[1, 0, 0, 0] = 255
     text = input_layer("x", x.shape) + input_layer("label", labels.shape)
-    text += ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" top: "prob" '
+    text += ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" '
              f'loss_param {{ ignore_label: 255 normalization: {normalization} {legacy} }} }}\n')
     net = make_net(tmp_path, text)
     out = net.forward(x=x, label=labels)
-    ref, prob = softmax_loss_ref(x, labels, 255, normalization)
+    ref, _ = softmax_loss_ref(x, labels, 255, normalization)
     assert net.loss_weights == {"loss": 1.0}
     np.testing.assert_allclose(float(out["loss"]), ref, rtol=1e-5)
-    np.testing.assert_allclose(out["prob"], prob, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weights", ["", "loss_weight: 1 loss_weight: 0"])
+def test_softmax_with_loss_refuses_a_probability_top(tmp_path, weights):
+    """BVLC Caffe 1.0 fails on a second SoftmaxWithLoss top whatever the loss_weight (its inner
+    Softmax copies the layer's loss_weight list): "loss_weight must be unspecified or specified
+    once per top blob". sec.caffe refuses it at build time, naming the layer."""
+    text = input_layer("x", (2, 4)) + input_layer("label", (2,))
+    text += ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" top: "prob" '
+             f'{weights} }}\n')
+    with pytest.raises(caffe.NetError, match="layer 'loss'.*1 top"):
+        make_net(tmp_path, text)
 
 
 def test_accuracy_top_k_ignore_and_per_class(tmp_path):

@@ -24,7 +24,7 @@ def _check_labels(scores, labels, axis):
 
 class SoftmaxWithLoss:
     """Multinomial logistic loss of softmax(bottom[0]) along `axis` against integer labels
-    bottom[1] (stored as floats). Tops: loss (shape ()), optionally the probabilities.
+    bottom[1] (stored as floats). One top: the loss (shape ()).
 
     Normalization as Caffe: VALID (default) divides by the non-ignored count, FULL by all
     positions, BATCH_SIZE by the outer count, NONE by 1; the legacy `normalize` flag maps to
@@ -33,8 +33,11 @@ class SoftmaxWithLoss:
 
     def __init__(self, lp, shapes, ctx):
         need_bottoms(lp, shapes, 2)
-        if len(lp.top) not in (1, 2):
-            raise ValueError(f"needs 1 or 2 tops (loss, prob), got {len(lp.top)}")
+        if len(lp.top) != 1:
+            # BVLC Caffe 1.0 declares a second (probability) top but its inner Softmax copies the
+            # layer's loss_weight list, so Net::Init fails for every loss_weight choice.
+            raise ValueError(f"needs exactly 1 top (the loss), got {len(lp.top)}: BVLC Caffe 1.0 rejects "
+                             "a second (probability) top; add a Softmax layer for the probabilities")
         self.axis = canonical_axis(lp.softmax_param.axis, len(shapes[0]), "softmax_param.axis")
         lparam = lp.loss_param
         self.ignore = lparam.ignore_label if lparam.HasField("ignore_label") else None
@@ -42,12 +45,11 @@ class SoftmaxWithLoss:
             self.norm = NORM_VALID if lparam.normalize else NORM_BATCH_SIZE
         else:
             self.norm = lparam.normalization
-        self.ntop = len(lp.top)
         self.params = []
 
     def shapes(self, shapes):
         _check_labels(shapes[0], shapes[1], self.axis)
-        return [()] + [tuple(shapes[0])] * (self.ntop - 1)
+        return [()]
 
     def forward(self, scores, labels):
         shape = scores.shape
@@ -62,10 +64,7 @@ class SoftmaxWithLoss:
         else:
             valid = None
             loss_sum = -logp3.gather(1, lab.unsqueeze(1)).sum()
-        loss = loss_sum / self._normalizer(outer, inner, valid)
-        if self.ntop == 2:
-            return loss, logp.exp()
-        return (loss,)
+        return (loss_sum / self._normalizer(outer, inner, valid),)
 
     def _normalizer(self, outer, inner, valid):
         if self.norm == NORM_VALID and valid is not None:
