@@ -178,6 +178,32 @@ def test_base_falls_back_without_a_real_caffe(monkeypatch):
     assert base.find_caffe_layer() == (fake.Layer, None)
 
 
+def test_caffe_base_prints_a_failing_layers_traceback_once(capsys):
+    """Caffe's command line aborts on a Python layer's exception without printing it: the
+    Caffe-side base prints it (once, through an overriding subclass too) and re-raises it."""
+    fake_caffe_layer = type("Layer", (), {"param_str": "q_fg: 2"})
+
+    class Failing(base.caffe_base(fake_caffe_layer)):
+        def setup(self, bottom, top):
+            return "ready"
+
+        def forward(self, bottom, top):
+            raise ValueError("labels need shape (2, 1, 1, 3)")
+
+    class Overriding(Failing):
+        def forward(self, bottom, top):
+            return super().forward(bottom, top)
+
+    assert issubclass(Overriding, fake_caffe_layer) and Overriding().setup([], []) == "ready"
+    with pytest.raises(ValueError, match=r"labels need shape \(2, 1, 1, 3\)"):
+        Overriding().forward([], [])
+    err = capsys.readouterr().err
+    assert err.count("Traceback (most recent call last)") == 1
+    assert "pylayers: Overriding.forward failed (param_str 'q_fg: 2')" in err
+    assert "in forward" in err and "ValueError: labels need shape (2, 1, 1, 3)" in err
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("caffe_source, expect_caffe_base", [
     ("", False),                                             # empty placeholder package
     ("raise RuntimeError('broken libcaffe')", False),        # a caffe that fails to import

@@ -4,7 +4,16 @@ The layers subclass ``caffe.Layer`` when a real pycaffe is importable, so that C
 them through ``python_param { module: 'pylayers' layer: '...' }``. Without pycaffe (or with the
 empty PyPI placeholder named ``caffe``) they use `PythonLayer` below, which behaves like
 pycaffe's base for the engine that drives it.
+
+Under real Caffe an exception that leaves a layer's setup / reshape / forward / backward turns
+into ``boost::python::error_already_set``, which the ``caffe`` command-line tool does not catch:
+it aborts (SIGABRT) without printing the Python error. The Caffe-side base (`caffe_base`)
+therefore prints the layer's traceback to stderr before the exception propagates.
 """
+import functools
+import sys
+import traceback
+
 import yaml
 
 TRAIN, TEST = 0, 1
@@ -47,9 +56,47 @@ def find_caffe_layer():
     return layer, None
 
 
+LAYER_METHODS = ("setup", "reshape", "forward", "backward")
+"""The methods Caffe calls on a Python layer."""
+
+
+def report_errors(method):
+    """``method`` wrapped so that an exception first prints the layer's traceback to stderr
+    (once, however many wrapped methods it passes through), then propagates unchanged."""
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            return method(self, *args)
+        except BaseException as err:
+            if not getattr(err, "_pylayers_reported", False):
+                sys.stderr.write(f"pylayers: {type(self).__name__}.{method.__name__} failed "
+                                 f"(param_str {getattr(self, 'param_str', '')!r}):\n{traceback.format_exc()}")
+                sys.stderr.flush()
+                try:
+                    err._pylayers_reported = True
+                except AttributeError:  # an exception type without a __dict__
+                    pass
+            raise
+    return wrapper
+
+
+def caffe_base(caffe_layer):
+    """A subclass of ``caffe_layer`` (caffe.Layer) whose subclasses' `LAYER_METHODS` report their
+    errors (`report_errors`): Caffe's command line would abort without the Python traceback."""
+    class CaffeLayer(caffe_layer):
+        def __init_subclass__(cls, **kwargs):
+            super().__init_subclass__(**kwargs)
+            for name in LAYER_METHODS:
+                if name in vars(cls):
+                    setattr(cls, name, report_errors(vars(cls)[name]))
+
+    CaffeLayer.__qualname__ = CaffeLayer.__name__ = "Layer"
+    return CaffeLayer
+
+
 CAFFE_LAYER, CAFFE_UNAVAILABLE_REASON = find_caffe_layer()
-Layer = CAFFE_LAYER if CAFFE_LAYER is not None else PythonLayer
-"""Base class of every SEC layer: caffe.Layer under real Caffe, else `PythonLayer`."""
+Layer = caffe_base(CAFFE_LAYER) if CAFFE_LAYER is not None else PythonLayer
+"""Base class of every SEC layer: a reporting subclass of caffe.Layer under real Caffe, else `PythonLayer`."""
 
 
 def layer_label(layer):
