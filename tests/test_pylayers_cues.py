@@ -80,6 +80,38 @@ def test_non_integer_id_and_missing_file(tmp_path):
         pylayers.load_cues(tmp_path / "junk.pickle")
 
 
+def _make_array(values):
+    return np.array(values)
+
+
+class _PickledByFunction:
+    def __reduce__(self):
+        return _make_array, ([7],)
+
+
+def test_numpy2_module_names_fall_back_to_numpy1s(tmp_path, monkeypatch):
+    """A pickle naming numpy._core.<m> (what numpy 2 writes) loads where only numpy.core.<m>
+    exists (numpy 1, e.g. Caffe's Python); stood in here by a module registered under both names
+    while pickling, then only under numpy.core while loading."""
+    import sys
+    import types
+    names = {"numpy2": "numpy._core._sec_test_only", "numpy1": "numpy.core._sec_test_only"}
+    modules = {key: types.ModuleType(name) for key, name in names.items()}
+    monkeypatch.setattr(_make_array, "__module__", names["numpy2"])
+    monkeypatch.setattr(_make_array, "__qualname__", "make_array")
+    for module in modules.values():
+        module.make_array = _make_array
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    body = pickle.dumps({"0_labels": _PickledByFunction()}, protocol=2)
+    assert names["numpy2"].encode() in body
+    monkeypatch.delitem(sys.modules, names["numpy2"])
+    (tmp_path / "cues.pickle").write_bytes(body)
+    assert pylayers.load_cues(tmp_path / "cues.pickle")["0_labels"].tolist() == [7]
+    (tmp_path / "other.pickle").write_bytes(body.replace(b"numpy._core.", b"numpy._kore."))
+    with pytest.raises(ModuleNotFoundError, match="numpy._kore"):
+        pylayers.load_cues(tmp_path / "other.pickle")
+
+
 @pytest.fixture(scope="module")
 def real_cues():
     path = shared_file("localization_cues.pickle.gz")

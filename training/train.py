@@ -59,7 +59,15 @@ def build_parser():
                         "with --device cpu they run on the gloo backend); the global batch is split across them")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     parser.add_argument("--engine", choices=("torch", "caffe"), default="torch",
-                        help="torch: this project's engine; caffe: hand the same solver to an installed `caffe train`")
+                        help="torch: this project's engine; caffe: hand the same net and solver to BVLC Caffe's "
+                        "`caffe train` (one process; its Python layers run in Caffe's own Python: see --caffe-python)")
+    parser.add_argument("--caffe-python", help="--engine caffe: the Python pycaffe was built for, with "
+                        "krahenbuhl2013 installed (`PY -m pip install ./pylayers ./CRF`); default "
+                        "$SEC_CAFFE_PYTHON, else /opt/caffe/venv/bin/python. `caffe train` runs with its folder first "
+                        "on PATH and PYTHONPATH set to the checkout's pylayers only, so Caffe's embedded Python "
+                        "imports its own numpy, not this Python's; a failing Python layer prints its traceback")
+    parser.add_argument("--caffe-bin", help="--engine caffe: the `caffe` binary (default: beside that Python's "
+                        "pycaffe, <prefix>/bin/caffe, else `caffe` on PATH)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last .solverstate")
     parser.add_argument("--name", help="run name: folder runs/<name>/ (default: synthetic or voc)")
     parser.add_argument("--runs", type=Path, default=REPO_ROOT / "runs", help="folder of runs and latest.json")
@@ -215,28 +223,50 @@ def relaunch_with_torchrun(args, argv):
     return subprocess.call(command)
 
 
-def run_with_caffe(cfg):
-    """--engine caffe: write the run's net and solver prototxts and call `caffe train` (not tested here)."""
-    from sec.train import latest_snapshot, write_caffe_files
+def run_with_caffe(cfg, args):
+    """--engine caffe: write the run's net and solver prototxts, run BVLC Caffe's `caffe train` on them
+    in the environment of sec.bvlc_caffe (Caffe's own Python, the checkout's pylayers), then write
+    runs/latest.json (and, on the synthetic set, evaluate Caffe's weights with this engine)."""
+    from sec import bvlc_caffe
+    from sec import train as sec_train
+    from sec.caffe import io as caffe_io
 
-    caffe = shutil.which("caffe")
-    if caffe is None:
-        print("train.py: --engine caffe: no `caffe` executable on PATH", file=sys.stderr)
+    if args.gpus > 1:
+        print("train.py: --engine caffe trains on one GPU: Caffe's command line refuses Python layers on "
+              "several (\"PythonLayer does not support CLI Multi-GPU\")", file=sys.stderr)
         return EXIT_MISSING_INPUT
-    solver_path = write_caffe_files(cfg)
-    command = [caffe, "train", f"--solver={solver_path}"]
-    state = latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
+    try:
+        python = bvlc_caffe.find_caffe_python(args.caffe_python)
+        env = bvlc_caffe.caffe_environment(python)
+        found = bvlc_caffe.probe(python, env)
+        caffe = bvlc_caffe.find_caffe_binary(args.caffe_bin, found["caffe"], env)
+    except bvlc_caffe.CaffeUnavailable as err:
+        return report_failure(err)
+    state = sec_train.latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
     if cfg.resume and state is None:
         print(f"train.py: --resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}", file=sys.stderr)
         return EXIT_MISSING_INPUT
+    solver_path = sec_train.write_caffe_files(cfg)
+    command = [str(caffe), "train", f"--solver={solver_path}"]
     if state is not None:
         command.append(f"--snapshot={state}")
     elif cfg.weights is not None:
         command.append(f"--weights={cfg.weights}")
     if cfg.device.startswith("cuda"):
-        command.append("--gpu=all")
+        command.append("--gpu=0")
+    print(f"Caffe's Python: {python} (numpy {found['numpy']}; pylayers from {Path(found['pylayers']).parent})")
     print(" ".join(command), flush=True)
-    return subprocess.call(command)
+    status = subprocess.call(command, env=env)
+    if status != 0:
+        how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        print(f"train.py: caffe train failed ({how}); a Python layer's traceback, if one failed, is above",
+              file=sys.stderr)
+        return EXIT_STAGE_FAILED
+    max_iter = caffe_io.read_solver_prototxt(str(solver_path)).max_iter
+    weights = Path(f"{cfg.prefix.resolve()}_iter_{max_iter}.caffemodel")
+    print(f"weights: {weights}")
+    sec_train.finish(cfg, weights, evaluate_after=not args.no_eval)
+    return 0
 
 
 def main(args, argv=()):
@@ -260,7 +290,7 @@ def main(args, argv=()):
     except (FileNotFoundError, StageError) as err:
         return report_failure(err)
     if args.engine == "caffe":
-        return run_with_caffe(cfg)
+        return run_with_caffe(cfg, args)
     rank, world_size, local_rank = sec_train.environment_world()
     if world_size > 1:
         sec_train.init_distributed(cfg, local_rank)

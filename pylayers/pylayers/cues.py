@@ -7,7 +7,9 @@ The pickle is a dict with, for every image id ``i`` of the training list:
   seeded pixel on the cue grid (41 x 41 for SEC).
 
 Files may be plain or gzip-compressed (recognised by content, not by name); pickles written
-by Python 2 are read with ``encoding="latin1"``.
+by Python 2 are read with ``encoding="latin1"``. Arrays pickled by numpy 2 name the module
+``numpy._core``, which numpy 1.x (the numpy of a Caffe build) lacks: there it is read as
+``numpy.core``, the same module under its numpy 1 name.
 """
 import gzip
 import pickle
@@ -21,6 +23,21 @@ CUE_SIZE = 41
 """Side of the SEC score map (321 x 321 input, stride 8)."""
 
 
+NUMPY2_CORE, NUMPY1_CORE = "numpy._core", "numpy.core"
+
+
+class _CueUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that reads numpy 2's ``numpy._core`` references under numpy 1."""
+
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except ModuleNotFoundError:
+            if module != NUMPY2_CORE and not module.startswith(NUMPY2_CORE + "."):
+                raise
+            return super().find_class(NUMPY1_CORE + module[len(NUMPY2_CORE):], name)
+
+
 def load_cues(path):
     """Load a cue pickle (plain or .gz) and return the dict."""
     with open(path, "rb") as handle:
@@ -28,7 +45,7 @@ def load_cues(path):
     opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as handle:
-            cues = pickle.load(handle, encoding="latin1")
+            cues = _CueUnpickler(handle, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, OSError) as err:
         raise ValueError(f"cannot read cue pickle {path}: {err}") from err
     if not isinstance(cues, dict):
