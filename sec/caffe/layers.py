@@ -6,7 +6,7 @@ sec/caffe/layers_common.py for what it provides.
 from sec.caffe import layers_basic as basic
 from sec.caffe import layers_loss as loss
 from sec.caffe import layers_vision as vision
-from sec.caffe.pybridge import PythonLayer
+from sec.caffe.layers_sec import python_layer
 
 LAYER_TYPES = {
     "Input": basic.Input,
@@ -33,6 +33,6 @@ LAYER_TYPES = {
     "Flatten": basic.Flatten,
     "Reshape": basic.Reshape,
     "Silence": basic.Silence,
-    "Python": PythonLayer,
+    "Python": python_layer,
 }
 
