@@ -110,7 +110,7 @@ def global_pool(rows, pooling="gwrp", decay=Q_FG):
         raise ValueError(f"need pooling in {POOLINGS}, got {pooling!r}")
     # ascending sort with reversed weights: the largest value gets weight d^0
     weights = rank_weights(length, decay)[::-1]
-    order = np.argsort(rows, axis=1)
+    order = np.argsort(rows, axis=1, kind="stable")  # ties ranked by position, whatever the numpy
     pooled = np.take_along_axis(rows, order, axis=1).astype(np.float64) @ weights
     grad = np.empty_like(rows)
     np.put_along_axis(grad, order, np.broadcast_to(weights.astype(rows.dtype), rows.shape), axis=1)
