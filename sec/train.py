@@ -56,6 +56,9 @@ class RunConfig:
     seed: int | None = None
     device: str = "cpu"
     resume: bool = False
+    precision: str = "fp32"         # "bf16": autocast of the net body (sec.nn.speed)
+    tf32: bool = True               # TF32 convolutions on CUDA (PyTorch's default)
+    channels_last: bool = False     # NHWC parameters and inputs
 
     @property
     def run_dir(self):
@@ -208,7 +211,9 @@ def build_solver(cfg, rank=0, world_size=1):
         source=str(source) if source is not None else None,
         root_folder=cfg.root_folder,
         python_params={"AnnotationLayer": {"cues": str(cfg.cues)}} if cfg.cues else None)
+    from sec.nn.speed import net_factory
     return make_solver(cfg.solver, net=cfg.net, max_iter=cfg.iters, snapshot_prefix=cfg.prefix,
+                     net_factory=net_factory(cfg.precision, cfg.tf32, cfg.channels_last),
                      net_overrides=overrides, device=cfg.device, random_seed=cfg.seed,
                      rank_weight=local_batch / global_batch)
 

@@ -87,6 +87,11 @@ def build_parser():
                         "(models/localization/synthetic/{fg,bg}_solver.prototxt)")
     parser.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's, one per "
                         "core)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: the net body runs under "
+                        "bf16 autocast (losses and CRF stay float32); default fp32")
+    parser.add_argument("--no-tf32", dest="tf32", action="store_false", help="full IEEE float32 convolutions on "
+                        "CUDA (default: TF32 allowed, PyTorch's default)")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for the net (CUDA)")
     return parser
 
 
@@ -284,6 +289,7 @@ def main(args, argv=()):
         if args.gpus > 1 and not under_torchrun and args.engine == "torch":
             return relaunch_with_torchrun(args, [*argv, *resolved_flags(args, argv)])
         cfg = recipe(args)
+        cfg.precision, cfg.tf32, cfg.channels_last = args.precision, args.tf32, args.channels_last
         for path in (cfg.source, cfg.cues):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path} not found")

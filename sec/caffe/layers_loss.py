@@ -233,5 +233,13 @@ class ImageData:
     def forward(self):
         images, labels = self.data_source().next_batch()
         device = self.net_device()
-        return (torch.from_numpy(images).to(device, non_blocking=True),
-                torch.from_numpy(labels).to(device, non_blocking=True))
+        return _to_device(images, device), _to_device(labels, device)
+
+
+def _to_device(array, device):
+    """A numpy batch as a tensor on `device`; to CUDA through pinned memory, asynchronously (torch's
+    pinned-memory cache keeps a buffer until its copy is done), so the upload overlaps GPU work."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
