@@ -232,11 +232,24 @@ class Segmenter:
                 for image, p in zip(images, probs)]
 
     def _crf_masks(self, images, probs):
+        from sec.caffe.layers_sec import layer_impl
+        impl = layer_impl()
+        if impl == "torch" or (impl == "auto" and self.device.type != "cpu"):
+            return [self._device_crf_mask(image, p) for image, p in zip(images, probs)]
         unaries = [crf_unary(p, image.shape[:2]) for image, p in zip(images, probs)]
         marginals = self._crf_batch([np.ascontiguousarray(image) for image in images], unaries,
                                     maxiter=CRF_ITERATIONS, scale_factor=CRF_SCALE_FACTOR,
                                     num_threads=self.crf_threads)
         return [_to_uint8(torch.from_numpy(np.asarray(q)).argmax(dim=2)) for q in marginals]
+
+
+    def _device_crf_mask(self, image, probs):
+        """The same CRF in torch on the probabilities' device (sec.nn.crf; SEC_LAYERS as the engine)."""
+        from sec.nn.crf import crf
+        unary = upsample(probs, image.shape[:2]).clamp_min_(PROB_FLOOR).log_().permute(1, 2, 0)[None]
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(probs.device)[None]
+        marginals = crf(pixels, unary, maxiter=CRF_ITERATIONS, scale_factor=CRF_SCALE_FACTOR)
+        return _to_uint8(marginals[0].argmax(dim=2))
 
 
 def _producer_type(net, blob):

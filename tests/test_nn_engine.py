@@ -134,3 +134,24 @@ def test_cuda_net_runs_the_twins_and_matches_the_cpu_numpy_net(sec_net, monkeypa
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(np.exp(got["crf"]), np.exp(want["crf"]), atol=1e-3)
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-3, atol=1e-5 * float(np.abs(want_grad).max()))
+
+
+def test_deploy_crf_in_torch_gives_the_cpp_masks(monkeypatch):
+    from sec import deploy
+    from test_nn_crf import network_like_unary, photo_like
+
+    class Scores:
+        """Just enough of a net for deploy.Segmenter (its CRF step only is used)."""
+        inputs, outputs = ["data"], ["prob"]
+        layers, top_names = [type("L", (), {"type": "Softmax"})()], {"prob": ["prob"]}
+        blobs = {"data": np.zeros((1, 3, 8, 8), np.float32), "prob": np.zeros((1, 4, 2, 2), np.float32)}
+        blobs = {k: type("B", (), {"data": v})() for k, v in blobs.items()}
+
+    images = list(photo_like(60, 80, seed=11, num=2))
+    probs = torch.softmax(torch.from_numpy(network_like_unary(2, 16, 24, 4, seed=12)).permute(0, 3, 1, 2), dim=1)
+    monkeypatch.setenv(LAYER_IMPL_ENV, "numpy")
+    want = deploy.Segmenter(Scores(), crf=True).masks(images, probs)
+    monkeypatch.setenv(LAYER_IMPL_ENV, "torch")
+    got = deploy.Segmenter(Scores(), crf=True).masks(images, probs)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape == (60, 80) and (a == b).mean() >= 0.999
