@@ -16,6 +16,7 @@ setup(
         "numpy",
         "scipy",
         "pillow",
+        "opencv-python-headless>=4.10",
         "pyyaml",
         "protobuf>=7.35.1,<8",
         "tqdm",

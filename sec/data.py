@@ -8,11 +8,14 @@ Conventions:
   with the per-channel mean (104, 117, 123 in B, G, R order) subtracted: values are roughly
   -123..151, not 0..255.
 
-Differences from Caffe's ImageData layer: images are resized with Pillow's bilinear filter on the
-uint8 image (Caffe used OpenCV's cv::resize, INTER_LINEAR, so pixel values differ slightly); EXIF
-orientation is applied; the path is joined with os.path.join (Caffe concatenated strings); blank
-list lines are skipped; new_height/new_width must both be set (> 0); shuffling uses numpy's
-generator seeded with (seed, epoch), so the order differs from Caffe's but is reproducible.
+The ImageData source resizes as Caffe does, with OpenCV's cv::resize (INTER_LINEAR) on the uint8
+image; its batches equal Caffe's ImageData top blob bitwise (tests/test_data_caffe.py). Decoding is
+Pillow's; on 8-bit JPEG and PNG (RGB, grey, RGBA, palette, EXIF-rotated) it gave the same pixels as
+Caffe's cv::imread, which also applies the EXIF orientation.
+Differences from Caffe's ImageData layer: the path is joined with os.path.join (Caffe
+concatenated strings); blank list lines are skipped; new_height/new_width must both be set (> 0);
+shuffling uses numpy's generator seeded with (seed, epoch), so the order differs from Caffe's but
+is reproducible.
 """
 import os
 import threading
@@ -20,6 +23,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import scipy.ndimage
 from PIL import Image, ImageOps
@@ -112,9 +116,11 @@ def _check_image(image):
     return image
 
 
-def _resize_pil(image, height, width):
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR),
-                      dtype=np.float32)
+def _resize_caffe(image, height, width):
+    # Caffe's ReadImageToCVMat: cv::resize(img, out, cv::Size(width, height)), INTER_LINEAR on
+    # uint8 (half-pixel centres, no antialiasing, OpenCV's fixed-point rounding), per channel.
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return resized.reshape(height, width, image.shape[2]).astype(np.float32)
 
 
 def _resize_zoom(image, height, width):
@@ -122,15 +128,15 @@ def _resize_zoom(image, height, width):
     return scipy.ndimage.zoom(image.astype(np.float32), factors, order=1)
 
 
-_RESIZERS = {"zoom": _resize_zoom, "pil": _resize_pil}
+_RESIZERS = {"zoom": _resize_zoom, "caffe": _resize_caffe}
 
 
 def preprocess(image, height, width, mean=MEAN_BGR, method="zoom"):
     """HxWx3 uint8 RGB -> float32 3 x height x width, BGR, mean (B, G, R order) subtracted.
 
     method="zoom" is the original SEC deploy.py formula: scipy.ndimage.zoom(order=1) on the
-    float image. method="pil" is what the training data layer uses: Pillow bilinear resize on
-    the uint8 image (stands in for Caffe's cv::resize).
+    float image. method="caffe" is Caffe's ImageData layer, used by the training data layer:
+    OpenCV's cv::resize INTER_LINEAR on the uint8 image (integer values before the mean).
     """
     image = _check_image(image)
     if height <= 0 or width <= 0:
@@ -228,7 +234,7 @@ class ImageDataSource:
             image = load_image(full_path)
         except ImageLoadError as err:
             raise ImageListError(f"{self.source}:{line_no}: {err}") from err
-        return preprocess(image, self.height, self.width, self.mean, method="pil")
+        return preprocess(image, self.height, self.width, self.mean, method="caffe")
 
     def _schedule(self):
         indices, after = self._take_indices()

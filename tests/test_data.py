@@ -27,14 +27,26 @@ def expected_bgr(rows_rgb):
     return bgr.transpose(2, 0, 1)
 
 
-def test_preprocess_pil_matches_hand_bilinear():
+def test_preprocess_caffe_upscale_matches_hand_bilinear():
     # Width 2 -> 4 with half-pixel centres: output x maps to input (x + 0.5) / 2 - 0.5
-    # = -0.25, 0.25, 0.75, 1.25 -> weights (1, 0), (.75, .25), (.25, .75), (0, 1) after edge clamping.
-    left, right = np.array((0, 100, 40), float), np.array((200, 20, 240), float)
-    row = [left, 0.75 * left + 0.25 * right, 0.25 * left + 0.75 * right, right]
-    out = preprocess(two_column_image(), 2, 4, MEAN, method="pil")
+    # = -0.25, 0.25, 0.75, 1.25 -> weights (1, 0), (.75, .25), (.25, .75), (0, 1) after edge
+    # clamping; values are rounded to uint8 as cv::resize does (1.25 -> 1, 63.75 -> 64).
+    image = np.array([[(1, 0, 9), (2, 255, 10)]] * 2, dtype=np.uint8)
+    row = [(1, 0, 9), (1, 64, 9), (2, 191, 10), (2, 255, 10)]
+    out = preprocess(image, 2, 4, MEAN, method="caffe")
     assert out.dtype == np.float32 and out.shape == (3, 2, 4)
-    np.testing.assert_allclose(out, expected_bgr([row, row]), atol=1e-4)
+    np.testing.assert_array_equal(out, expected_bgr([row, row]))
+
+
+def test_preprocess_caffe_downscale_does_not_antialias():
+    # Width 8 -> 2: output x maps to input (x + 0.5) * 4 - 0.5 = 1.5 and 5.5, so each output is
+    # the mean of two neighbours (cv::resize INTER_LINEAR, as Caffe); an antialiasing filter
+    # (Pillow's bilinear) would average over the whole 4-pixel footprint instead.
+    red = [0, 10, 20, 30, 40, 50, 60, 70]
+    image = np.zeros((1, 8, 3), np.uint8)
+    image[0, :, 0], image[0, :, 1], image[0, :, 2] = red, [1, 2] * 4, 255
+    out = preprocess(image, 1, 2, MEAN, method="caffe")
+    np.testing.assert_array_equal(out, expected_bgr([[(15, 2, 255), (55, 2, 255)]]))
 
 
 def test_preprocess_zoom_matches_hand_linear():

@@ -197,7 +197,7 @@ def generate(args, entries, labels, nets, done):
         inputs = {}
         for which, size in sizes.items():
             same = [v for k, v in inputs.items() if sizes[k] == size]
-            inputs[which] = same[0] if same else data.preprocess(image, *size, method="pil")
+            inputs[which] = same[0] if same else data.preprocess(image, *size, method="caffe")
         return inputs
 
     batches = [todo[i:i + args.batch] for i in range(0, len(todo), args.batch)]
