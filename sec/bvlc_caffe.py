@@ -8,13 +8,15 @@ Caffe runs the SEC Python layers in the interpreter pycaffe was built for (with
   its prefix and site-packages. With another Python first on PATH (a project venv with numpy 2)
   it imports that Python's numpy and fails ("_ARRAY_API not found"). So the Caffe Python's own
   folder goes first on PATH.
-* PYTHONPATH is replaced, not extended: it holds only the checkout's `pylayers` folder, so Caffe
-  runs the checkout's layers and never sees another Python's packages. The dense CRF
-  (`krahenbuhl2013`, compiled) must be installed in the Caffe Python:
+* PYTHONPATH is replaced, not extended: it holds the checkout's `pylayers` folder and the folder
+  of pycaffe (as the Caffe Python finds it under the caller's environment: a venv's caffe.pth or
+  a PYTHONPATH entry), so Caffe runs the checkout's layers and sees no other Python's packages.
+  The dense CRF (`krahenbuhl2013`, compiled) must be installed in the Caffe Python:
   ``<caffe python> -m pip install ./CRF`` (``./pylayers ./CRF`` to run `caffe` by hand).
 
-`probe` runs the Caffe Python once in that environment and checks that caffe, pylayers,
-krahenbuhl2013 and numpy import, before `caffe train` starts.
+`locate_pycaffe` and `probe` run the Caffe Python before `caffe train` starts: the first finds
+pycaffe, the second checks that caffe, pylayers, krahenbuhl2013 and numpy import in the
+environment `caffe train` will get.
 """
 import json
 import os
@@ -58,29 +60,45 @@ def find_caffe_python(explicit=None, environ=None):
                            f"that imports pycaffe; bash ../shared/caffe/build.sh makes {DEFAULT_CAFFE_PYTHON})")
 
 
-def caffe_environment(caffe_python, environ=None):
+def _run_python(caffe_python, code, env):
+    """(stdout's last line, None) of `code` run by the Caffe Python, or (None, why it failed)."""
+    try:
+        result = subprocess.run([str(caffe_python), "-c", code], env=env, capture_output=True, text=True,
+                                timeout=PROBE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return None, f"did not run: {err}"
+    if result.returncode != 0:
+        return None, (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+    return (result.stdout.strip().splitlines() or [""])[-1], None
+
+
+def locate_pycaffe(caffe_python, environ=None):
+    """The folder holding pycaffe's `caffe` package, as the Caffe Python imports it under
+    `environ` (default os.environ); CaffeUnavailable when it cannot import caffe."""
+    env = dict(os.environ if environ is None else environ, GLOG_minloglevel="2")
+    found, error = _run_python(caffe_python, "import caffe; print(caffe.__file__)", env)
+    if error is not None:
+        raise CaffeUnavailable(f"Caffe's Python {caffe_python} cannot import caffe: {error}")
+    return Path(found).resolve().parents[1]
+
+
+def caffe_environment(caffe_python, pycaffe_folder=None, environ=None):
     """os.environ for `caffe train`: the Caffe Python's folder first on PATH, PYTHONPATH = the
-    checkout's pylayers only, PYTHONHOME dropped (see the module docstring)."""
+    checkout's pylayers (+ `pycaffe_folder`) only, PYTHONHOME dropped (see the module docstring)."""
     env = dict(os.environ if environ is None else environ)
     env.pop("PYTHONHOME", None)
     env["PATH"] = os.pathsep.join([str(Path(caffe_python).parent), *filter(None, [env.get("PATH")])])
-    env["PYTHONPATH"] = str(PYLAYERS_FOLDER)
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (PYLAYERS_FOLDER, pycaffe_folder) if p is not None)
     return env
 
 
 def probe(caffe_python, env):
     """Import caffe, numpy, pylayers and krahenbuhl2013 in the Caffe Python under `env`; returns
     their files and numpy's version (a dict). CaffeUnavailable naming the failed import otherwise."""
-    try:
-        result = subprocess.run([str(caffe_python), "-c", PROBE], env=env, capture_output=True, text=True,
-                                timeout=PROBE_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise CaffeUnavailable(f"Caffe's Python {caffe_python} did not run: {err}") from err
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines() or ["(no message)"]
-        raise CaffeUnavailable(f"Caffe's Python {caffe_python}: {lines[-1]}; "
-                               + INSTALL_HINT.format(python=caffe_python))
-    info = json.loads(result.stdout.strip().splitlines()[-1])
+    found, error = _run_python(caffe_python, PROBE, dict(env, GLOG_minloglevel="2"))
+    if error is not None:
+        raise CaffeUnavailable(f"Caffe's Python {caffe_python}: {error}; " + INSTALL_HINT.format(python=caffe_python))
+    info = json.loads(found)
     if not info["caffe_base"]:
         raise CaffeUnavailable(f"Caffe's Python {caffe_python}: pylayers ({info['pylayers']}) does not "
                                f"subclass caffe.Layer ({info['caffe']})")

@@ -33,12 +33,14 @@ TIMEOUT_S = 600
 # ----- without Caffe ------------------------------------------------------------------------------
 def test_environment_puts_caffes_python_first_and_only_the_checkouts_pylayers(tmp_path):
     python = tmp_path / "venv" / "bin" / "python"
-    env = bvlc_caffe.caffe_environment(python, {"PATH": "/elsewhere/bin:/usr/bin", "PYTHONHOME": "/x",
-                                                "PYTHONPATH": "/project/venv/site-packages", "HOME": "/h"})
+    env = bvlc_caffe.caffe_environment(python, "/opt/caffe/python",
+                                       {"PATH": "/elsewhere/bin:/usr/bin", "PYTHONHOME": "/x",
+                                        "PYTHONPATH": "/project/venv/site-packages", "HOME": "/h"})
     assert env["PATH"].split(os.pathsep) == [str(python.parent), "/elsewhere/bin", "/usr/bin"]
-    assert env["PYTHONPATH"] == str(REPO_ROOT / "pylayers") and "PYTHONHOME" not in env
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO_ROOT / "pylayers"), "/opt/caffe/python"]
+    assert "PYTHONHOME" not in env
     assert env["HOME"] == "/h"
-    assert (Path(env["PYTHONPATH"]) / "pylayers" / "__init__.py").is_file()
+    assert (REPO_ROOT / "pylayers" / "pylayers" / "__init__.py").is_file()
 
 
 def test_caffe_python_comes_from_the_flag_the_variable_or_the_default(tmp_path, monkeypatch):
@@ -72,6 +74,16 @@ def test_caffe_binary_is_found_beside_pycaffe(tmp_path):
     assert bvlc_caffe.find_caffe_binary(None, module, {"PATH": ""}) == binary
     with pytest.raises(bvlc_caffe.CaffeUnavailable, match="--caffe-bin: .*module.txt is not an executable"):
         bvlc_caffe.find_caffe_binary(str(tmp_path / "module.txt"), module)
+
+
+def test_pycaffe_is_located_as_the_caffe_python_imports_it(tmp_path):
+    """A pycaffe found through the caller's PYTHONPATH (a source build) is carried over alone."""
+    (tmp_path / "caffe").mkdir()
+    (tmp_path / "caffe" / "__init__.py").write_text("")
+    found = bvlc_caffe.locate_pycaffe(sys.executable, dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert found == tmp_path.resolve()
+    with pytest.raises(bvlc_caffe.CaffeUnavailable, match="cannot import caffe: .*No module named 'caffe'"):
+        bvlc_caffe.locate_pycaffe(sys.executable, dict(os.environ, PYTHONPATH=""))
 
 
 def test_probe_names_the_missing_module_and_the_install_command():
@@ -143,7 +155,7 @@ def caffe_python():
 
 def run_in_caffe(caffe_python, script, *args):
     """Run `script` in Caffe's Python (the environment of `caffe train`); its last stdout line is JSON."""
-    env = dict(bvlc_caffe.caffe_environment(caffe_python), **QUIET_GLOG)
+    env = dict(bvlc_caffe.caffe_environment(caffe_python, bvlc_caffe.locate_pycaffe(caffe_python)), **QUIET_GLOG)
     result = subprocess.run([str(caffe_python), "-c", script, *[str(a) for a in args]], env=env,
                             capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -242,7 +242,7 @@ def run_with_caffe(cfg, args):
         return EXIT_MISSING_INPUT
     try:
         python = bvlc_caffe.find_caffe_python(args.caffe_python)
-        env = bvlc_caffe.caffe_environment(python)
+        env = bvlc_caffe.caffe_environment(python, bvlc_caffe.locate_pycaffe(python))
         found = bvlc_caffe.probe(python, env)
         caffe = bvlc_caffe.find_caffe_binary(args.caffe_bin, found["caffe"], env)
     except bvlc_caffe.CaffeUnavailable as err:
