@@ -23,7 +23,6 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import scipy.ndimage
 from PIL import Image, ImageOps
@@ -119,6 +118,7 @@ def _check_image(image):
 def _resize_caffe(image, height, width):
     # Caffe's ReadImageToCVMat: cv::resize(img, out, cv::Size(width, height)), INTER_LINEAR on
     # uint8 (half-pixel centres, no antialiasing, OpenCV's fixed-point rounding), per channel.
+    import cv2  # here, not at the top: importing OpenCV takes about a second, deploy never needs it
     resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     return resized.reshape(height, width, image.shape[2]).astype(np.float32)
 
