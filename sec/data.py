@@ -90,21 +90,54 @@ def write_image_list(path, entries):
     path.write_text("".join(lines), encoding="utf-8")
 
 
+# Pillow modes whose samples are wider than 8 bits; Image.convert("RGB") clips them at 255.
+WIDE_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+WIDE_INTEGER_MAX = 65535  # wide integer images are read as 16-bit: 0..65535 -> 0..255
+FLOAT_MODE = "F"          # float images are read as 0..1 -> 0..255
+
+
+def _wide_to_uint8(image, path):
+    """A greyscale 16-bit (mode I;16*, I) or float (mode F) image -> HxW uint8, by its range.
+
+    16-bit: v * 255 / 65535 rounded; float: v * 255 rounded, for values in 0..1. Values outside
+    that range (32-bit integers above 65535, floats outside 0..1 or NaN) raise ImageLoadError
+    naming the file and the mode: there is no single right way to show them."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == FLOAT_MODE:
+        top, expected = 1.0, "float values in 0..1"
+    else:
+        top, expected = float(WIDE_INTEGER_MAX), "integer values in 0..65535 (16-bit)"
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= top):
+        raise ImageLoadError(f"cannot read image {path}: mode {image.mode} with values in "
+                             f"[{low:g}, {high:g}]; need {expected}, or save it as 8-bit")
+    return np.rint(values * (255.0 / top)).astype(np.uint8)
+
+
 def load_image(path):
     """Read an image as HxWx3 uint8 RGB, EXIF-rotated; greyscale, RGBA, palette -> RGB.
 
-    Alpha is dropped (as OpenCV's imread in colour mode does). Raises ImageLoadError naming the
-    file when it is missing or cannot be decoded.
+    Alpha is dropped (as OpenCV's imread in colour mode does). Greyscale images with more than
+    8 bits are scaled by their type's range: 16-bit (Pillow modes I;16*, I) 0..65535 and float
+    (mode F, e.g. float TIFF) 0..1 map to 0..255; other values are refused (_wide_to_uint8).
+    16-bit RGB PNGs are reduced to 8 bits by Pillow itself. Raises ImageLoadError naming the
+    file when it is missing, cannot be decoded or is refused.
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageLoadError(f"image file not found: {path}")
+        reason = "broken symbolic link" if path.is_symlink() else "image file not found"
+        raise ImageLoadError(f"{reason}: {path}")
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
+            if image.mode in WIDE_INTEGER_MODES or image.mode == FLOAT_MODE:
+                grey = _wide_to_uint8(image, path)
+                return np.repeat(grey[:, :, None], 3, axis=2)
             rgb = image.convert("RGB")
             return np.asarray(rgb, dtype=np.uint8).copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        if isinstance(err, ImageLoadError):
+            raise
         raise ImageLoadError(f"cannot decode image {path}: {err}") from err
 
 

@@ -289,3 +289,76 @@ def test_thread_pool_survives_fork():
         child = pool.apply_async(_batch_in_child, (images, unaries)).get(timeout=60)
     np.testing.assert_array_equal(child, parent)
     np.testing.assert_array_equal(CRF_batch(images, unaries, scale_factor=12.0, num_threads=2), parent)
+
+
+def test_maxiter_and_pixel_count_are_bounded():
+    """maxiter above MAX_ITERATIONS (a call of 2**31 iterations would run for years) and images
+    above MAX_PIXELS are refused before any work, in the single and the batch call."""
+    assert krahenbuhl2013.MAX_ITERATIONS == 1000 and krahenbuhl2013.MAX_PIXELS == 2**26
+    for call in (lambda **kw: CRF(GOOD_IMAGE, GOOD_UNARY, **kw),
+                 lambda **kw: CRF_batch([GOOD_IMAGE], [GOOD_UNARY], **kw)):
+        call(maxiter=1000)
+        with pytest.raises(ValueError, match="maxiter <= 1000"):
+            call(maxiter=krahenbuhl2013.MAX_ITERATIONS + 1)
+        with pytest.raises(ValueError, match="maxiter"):
+            call(maxiter=2**31 - 1)
+    from krahenbuhl2013 import _core
+
+    out = np.empty((4, 5, 2), np.float32)
+    with pytest.raises(ValueError, match="maxiter <= 1000"):
+        _core.dense_crf_into([GOOD_IMAGE], [GOOD_UNARY], [out], **dict(_core_settings(), maxiter=5000))
+    # A zero-stride view: the size is refused before the 200 MB image would be copied.
+    huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (8193, 8192, 3))
+    with pytest.raises(ValueError, match="at most 2\\*\\*26 = 67108864 pixels.*8193x8192"):
+        CRF(huge, np.zeros((1, 1, 2), np.float32))
+    with pytest.raises(ValueError, match="image 1: need an image of at most 2\\*\\*26"):
+        CRF_batch([GOOD_IMAGE, huge], [GOOD_UNARY, np.zeros((1, 1, 2), np.float32)])
+
+
+# A child that starts a CRF call which would run for many minutes (random colours fill the
+# bilateral lattice: an iteration of 400x400x21 takes most of a second), then waits to be
+# interrupted.
+_LONG_CRF_CHILD = """
+import sys
+import numpy as np
+import krahenbuhl2013
+rng = np.random.default_rng(0)
+count = int(sys.argv[1])
+images = [rng.integers(0, 256, (400, 400, 3), dtype=np.uint8) for _ in range(count)]
+unaries = [rng.standard_normal((400, 400, 21)).astype(np.float32) for _ in range(count)]
+print("calling", flush=True)
+if count == 1:
+    krahenbuhl2013.CRF(images[0], unaries[0], maxiter=1000)
+else:
+    krahenbuhl2013.CRF_batch(images, unaries, maxiter=1000, num_threads=2)
+print("returned", flush=True)
+"""
+# Generous: the uninterrupted call takes far longer; an interrupted one ends within an iteration.
+INTERRUPT_HANG_GUARD_S = 60
+# Time for the child to get from its last print into the C++ call.
+INTERRUPT_DELAY_S = 1.5
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends SIGINT")
+@pytest.mark.parametrize("count", [1, 4], ids=["CRF", "CRF_batch"])
+def test_a_long_call_is_interrupted_by_sigint(count):
+    """Ctrl-C during a CRF call raises KeyboardInterrupt from inside the call (before, SIGINT was
+    only seen when the call returned: years for maxiter=2**31)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", _LONG_CRF_CHILD, str(count)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "calling"
+        time.sleep(INTERRUPT_DELAY_S)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=INTERRUPT_HANG_GUARD_S)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode != 0 and "returned" not in out
+    assert err.rstrip().endswith("KeyboardInterrupt"), err
+    assert "_dense_crf_into" in err  # raised by the call itself, not after it

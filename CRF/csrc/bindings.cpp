@@ -1,11 +1,13 @@
 // Python bindings of the dense CRF.  The Python package validates and converts user
 // input; this layer re-checks dtype, layout and shape so that nothing reaching it can
-// crash the interpreter, then computes with the GIL released.
+// crash the interpreter, then computes with the GIL released, looking for interrupts
+// (Ctrl-C) between mean-field iterations.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -112,6 +114,56 @@ Job make_job(const py::array& image, const py::array& unary, py::array& out, siz
                {unary.strides(0), unary.strides(1), unary.strides(2)}};
 }
 
+// Interrupts during a call.  The calling thread (the one holding the Python thread state)
+// takes the GIL back for a moment, at most every kSignalPollMilliseconds, to run Python's
+// signal handlers (PyErr_CheckSignals); when a handler raises (KeyboardInterrupt for
+// Ctrl-C), the exception is kept, every thread stops before its next iteration or image,
+// and the call re-raises it.  Pool workers only read the flag.
+constexpr int kSignalPollMilliseconds = 20;
+
+class Interrupt {
+  public:
+    Interrupt() : caller_(std::this_thread::get_id()), last_poll_(std::chrono::steady_clock::now()) {}
+    Interrupt(const Interrupt&) = delete;
+    Interrupt& operator=(const Interrupt&) = delete;
+
+    bool requested() const { return requested_.load(std::memory_order_relaxed); }
+
+    // Called without the GIL, from any thread: true once an interrupt was seen.
+    static bool check(void* self) { return static_cast<Interrupt*>(self)->poll(); }
+
+    crf::StopCheck stop_check() { return crf::StopCheck{&Interrupt::check, this}; }
+
+    // With the GIL held, after the computation: re-raises the handler's exception.
+    void raise_if_requested() {
+        if (!requested()) return;
+        PyErr_Restore(type_, value_, traceback_);
+        type_ = value_ = traceback_ = nullptr;
+        throw py::error_already_set();
+    }
+
+  private:
+    bool poll() {
+        if (requested() || std::this_thread::get_id() != caller_) return requested();
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_poll_ < std::chrono::milliseconds(kSignalPollMilliseconds)) return false;
+        last_poll_ = now;
+        py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() != 0) {
+            PyErr_Fetch(&type_, &value_, &traceback_);
+            requested_ = true;
+        }
+        return requested();
+    }
+
+    const std::thread::id caller_;
+    std::chrono::steady_clock::time_point last_poll_;
+    std::atomic<bool> requested_{false};
+    PyObject* type_ = nullptr;
+    PyObject* value_ = nullptr;
+    PyObject* traceback_ = nullptr;
+};
+
 // Runs every job on `num_threads` threads (0: all cores) of the process-wide pool.  Each
 // image is computed by exactly the same code as a single call, so results do not depend
 // on the thread count.  The largest images are handed out first, so that the threads
@@ -125,11 +177,15 @@ void run_jobs(const std::vector<Job>& jobs, const crf::KernelParams& params, int
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return work_of(a) > work_of(b); });
     std::vector<std::string> errors(jobs.size());
     std::atomic<bool> out_of_memory{false};
+    Interrupt interrupt;
+    const crf::StopCheck stop = interrupt.stop_check();
     auto work = [&](size_t k) {
         const size_t i = order[k];
         const Job& j = jobs[i];
+        if (stop()) return;  // interrupted: the results are dropped
         try {
-            crf::dense_crf(j.image, unary_in_c_order(j), j.height, j.width, j.labels, params, j.out);
+            crf::dense_crf(j.image, unary_in_c_order(j), j.height, j.width, j.labels, params, j.out, stop);
+        } catch (const crf::Interrupted&) {
         } catch (const std::bad_alloc&) {
             out_of_memory = true;
             errors[i] = "out of memory";
@@ -139,8 +195,9 @@ void run_jobs(const std::vector<Job>& jobs, const crf::KernelParams& params, int
     };
     {
         py::gil_scoped_release release;
-        crf::run_in_pool(jobs.size(), workers, work);
+        crf::run_in_pool(jobs.size(), workers, work, [&] { stop(); });
     }
+    interrupt.raise_if_requested();
     if (out_of_memory) throw std::bad_alloc();  // pybind11 turns it into MemoryError
     for (size_t i = 0; i < jobs.size(); ++i)
         if (!errors[i].empty()) throw py::value_error("image " + std::to_string(i) + ": " + errors[i]);
@@ -163,6 +220,9 @@ void dense_crf_into(const py::list& images, const py::list& unaries, const py::l
                     float bilateral_weight, int num_threads) {
     if (images.size() != unaries.size() || images.size() != outputs.size())
         throw py::value_error("need equal numbers of images, unaries and outputs");
+    if (maxiter < 0 || maxiter > crf::kMaxIterations)
+        throw py::value_error("need 0 <= maxiter <= " + std::to_string(crf::kMaxIterations) + ", got " +
+                              std::to_string(maxiter));
     // Holding the arrays keeps their buffers alive while the GIL is released.
     std::vector<py::array> held;
     std::vector<Job> jobs;
@@ -192,6 +252,8 @@ PYBIND11_MODULE(_core, m) {
           py::arg("bilateral_srgb"), py::arg("bilateral_weight"), py::arg("num_threads"),
           "Writes the CRF marginals of images[i] (HxWx3 uint8, C order) and unaries[i] (HxWxL float32, "
           "any strides) into outputs[i] (HxWxL float32, C order), num_threads threads (0: all cores).");
+    m.attr("MAX_ITERATIONS") = crf::kMaxIterations;
+    m.attr("MAX_PIXELS") = crf::kMaxPixels;
     m.def("instruction_set", &crf::kernel_instruction_set,
           "Which compiled mean-field kernels run on this CPU: 'avx2' or 'baseline'.");
     m.def("use_baseline_kernels", &crf::force_baseline_kernels, py::arg("force"),

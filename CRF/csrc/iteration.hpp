@@ -360,6 +360,9 @@ inline void store_row(const IterationInput& in, int i, const Vec8* row, int whol
 // of a block are independent, so the out-of-order core overlaps their long softmax
 // dependency chains, which it cannot do across one whole point's slice+softmax+splat.
 constexpr int kBlock = 16;
+// Points between two looks for an interrupt inside an iteration (a multiple of kBlock):
+// one iteration of a large image, or of one whose colours fill the lattice, takes seconds.
+constexpr int kStopCheckPoints = 1 << 14;
 
 // One pass over the points per iteration: Q = softmax(scores + sliced messages of the
 // previous splat), splatted at once into the other buffer of each kernel for the next
@@ -376,12 +379,14 @@ void run_fixed(const IterationInput& in) {
         next[k] = in.kernels[k].values[1];
     }
     for (int it = 0; it <= in.maxiter; ++it) {
+        if (in.stop()) return;
         const bool first = it == 0, last = it == in.maxiter;
         if (!first)
             for (int k = 0; k < in.n_kernels; ++k) blur<NC>(in.kernels[k], current[k]);
         if (!last)
             for (int k = 0; k < in.n_kernels; ++k) clear_rows<NC>(next[k], in.kernels[k]);
         for (int start = 0; start < in.n_points; start += kBlock) {
+            if (start % kStopCheckPoints == 0 && start > 0 && in.stop()) return;
             const int count = in.n_points - start < kBlock ? in.n_points - start : kBlock;
             Vec8 rows[kBlock][NC];
             for (int b = 0; b < count; ++b) {
@@ -447,8 +452,10 @@ void run_grouped(const IterationInput& in) {
         softmax_wide_row(in.q + static_cast<size_t>(i) * row, in.scores + static_cast<size_t>(i) * row, in.labels,
                          in.n_chunks);
     for (int it = 0; it < in.maxiter; ++it) {
+        if (in.stop()) return;
         for (size_t f = 0; f < static_cast<size_t>(in.n_points) * row; ++f) in.energy[f] = in.scores[f];
         for (int first = 0; first < in.n_chunks; first += kMaxChunks) {
+            if (in.stop()) return;
             const int offset = first * kChunk;
             switch (in.n_chunks - first < kMaxChunks ? in.n_chunks - first : kMaxChunks) {
 #define CRF_CASE(nc) \

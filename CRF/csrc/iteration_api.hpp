@@ -11,6 +11,14 @@ constexpr int kMaxKernels = 2;
 // filtered in groups of that many.
 constexpr int kMaxChunks = 8;
 
+// Asked between iterations whether to stop early (an interrupt): fn(context) true means
+// stop; the output is then left unfinished.  fn may be null (never stop).
+struct StopCheck {
+    bool (*fn)(void*) = nullptr;
+    void* context = nullptr;
+    bool operator()() const { return fn != nullptr && fn(context); }
+};
+
 struct IterationInput {
     int n_points, labels, n_chunks, maxiter, n_kernels;
     // Floats from one row of scores (and of q) to the next: labels or more; exactly
@@ -20,6 +28,7 @@ struct IterationInput {
     float* q;             // n_points x stride: out, the marginals (labels only)
     float* energy;        // n_points x n_chunks*kChunk work rows, used when n_chunks > kMaxChunks
     LatticeView kernels[kMaxKernels];
+    StopCheck stop;
 };
 
 namespace base {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "iteration_api.hpp"
@@ -16,11 +17,10 @@ namespace {
 
 constexpr int kGaussianDim = 2;
 constexpr int kBilateralDim = 5;
-// Keeps every per-corner index (pixels x 6 corners) inside int32.
-constexpr int64_t kMaxPixels = int64_t(1) << 26;
 
 void check_params(const KernelParams& p) {
-    if (p.maxiter < 0) throw std::invalid_argument("need maxiter >= 0");
+    if (p.maxiter < 0 || p.maxiter > kMaxIterations)
+        throw std::invalid_argument("need 0 <= maxiter <= " + std::to_string(kMaxIterations));
     const float widths[] = {p.gaussian_sxy, p.bilateral_sxy, p.bilateral_srgb};
     for (float w : widths)
         if (!(w > 0.0f) || !std::isfinite(w)) throw std::invalid_argument("need finite kernel widths > 0");
@@ -99,11 +99,12 @@ void prepare_bilateral(Workspace& ws, const uint8_t* image, int height, int widt
 }  // namespace
 
 void dense_crf(const uint8_t* image, const float* unary, int height, int width, int labels,
-               const KernelParams& params, float* out) {
+               const KernelParams& params, float* out, const StopCheck& stop) {
     if (height < 1 || width < 1 || labels < 1) throw std::invalid_argument("need height, width, labels >= 1");
     if (static_cast<int64_t>(height) * width > kMaxPixels)
         throw std::invalid_argument("need at most 2**26 pixels per image");
     check_params(params);
+    if (stop()) throw Interrupted();
     Workspace& ws = t_workspace;
     const int n = height * width;
     const int n_chunks = (labels + kChunk - 1) / kChunk;
@@ -113,7 +114,7 @@ void dense_crf(const uint8_t* image, const float* unary, int height, int width, 
     // Up to kMaxChunks chunks the kernels read the unary and write the output in place,
     // unpadded; wider rows are filtered in groups and need padded copies.
     const bool padded = n_chunks > kMaxChunks;
-    IterationInput input{n, labels, n_chunks, params.maxiter, 0, labels, unary, out, nullptr, {}};
+    IterationInput input{n, labels, n_chunks, params.maxiter, 0, labels, unary, out, nullptr, {}, stop};
     if (padded) {
         ws.scores.assign(floats, 0.0f);
         for (int i = 0; i < n; ++i)
@@ -132,6 +133,7 @@ void dense_crf(const uint8_t* image, const float* unary, int height, int width, 
         input.kernels[input.n_kernels++] = ws.gaussian.view(view_width);
     }
     if (params.maxiter > 0 && params.bilateral_weight != 0.0f) {
+        if (stop()) throw Interrupted();
         prepare_bilateral(ws, image, height, width, params);
         input.kernels[input.n_kernels++] = ws.bilateral.view(view_width);
     }
@@ -139,6 +141,7 @@ void dense_crf(const uint8_t* image, const float* unary, int height, int width, 
         avx2::run_mean_field(input);
     else
         base::run_mean_field(input);
+    if (stop()) throw Interrupted();
     if (padded)
         for (int i = 0; i < n; ++i)
             std::copy(ws.q.begin() + static_cast<size_t>(i) * row,

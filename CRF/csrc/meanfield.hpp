@@ -3,8 +3,22 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
+
+#include "iteration_api.hpp"
 
 namespace crf {
+
+// Mean-field iterations accepted per call: enough for any convergence study (the SEC
+// wrapper uses 10; Q barely changes after 20), few enough that no call runs for days.
+constexpr int kMaxIterations = 1000;
+// Keeps every per-corner index (pixels x 6 corners) inside int32.
+constexpr int64_t kMaxPixels = int64_t(1) << 26;
+
+// Thrown by dense_crf when its StopCheck asked it to stop.
+struct Interrupted : std::runtime_error {
+    Interrupted() : std::runtime_error("interrupted") {}
+};
 
 struct KernelParams {
     int maxiter = 10;
@@ -18,9 +32,11 @@ struct KernelParams {
 // image: height x width x 3 uint8 (row-major, channels last);
 // unary: height x width x labels float32 scores (energy = -unary);
 // out: height x width x labels float32 marginals; must not overlap the inputs.
+// stop is asked before each lattice build and each iteration; when it says stop, dense_crf
+// throws Interrupted (out is then unfinished).
 // Throws std::invalid_argument on bad sizes or kernel parameters.
 void dense_crf(const uint8_t* image, const float* unary, int height, int width, int labels,
-               const KernelParams& params, float* out);
+               const KernelParams& params, float* out, const StopCheck& stop = StopCheck());
 
 // For tests: run the baseline kernels even where AVX2 is available.
 void force_baseline_kernels(bool force);

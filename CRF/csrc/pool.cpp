@@ -1,6 +1,7 @@
 #include "pool.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -28,7 +29,8 @@ class Pool {
     Pool() : process_(current_process()) {}
     long process() const { return process_; }
 
-    void run(size_t count, size_t threads, const std::function<void(size_t)>& task) {
+    void run(size_t count, size_t threads, const std::function<void(size_t)>& task,
+             const std::function<void()>& idle) {
         std::lock_guard<std::mutex> serial(call_mutex_);
         const size_t helpers = threads > 1 ? threads - 1 : 0;
         {
@@ -48,7 +50,13 @@ class Pool {
         wake_.notify_all();
         drain();
         std::unique_lock<std::mutex> lock(mutex_);
-        done_.wait(lock, [this] { return running_ == 0; });
+        const auto poll = std::chrono::milliseconds(kIdlePollMilliseconds);
+        while (!done_.wait_for(lock, poll, [this] { return running_ == 0; }))
+            if (idle) {
+                lock.unlock();
+                idle();
+                lock.lock();
+            }
         task_ = nullptr;
     }
 
@@ -97,13 +105,14 @@ Pool& pool() {
 
 }  // namespace
 
-void run_in_pool(size_t count, size_t threads, const std::function<void(size_t)>& task) {
+void run_in_pool(size_t count, size_t threads, const std::function<void(size_t)>& task,
+                 const std::function<void()>& idle) {
     if (count == 0) return;
     if (threads <= 1 || count == 1) {
         for (size_t i = 0; i < count; ++i) task(i);
         return;
     }
-    pool().run(count, threads < count ? threads : count, task);
+    pool().run(count, threads < count ? threads : count, task, idle);
 }
 
 }  // namespace crf

@@ -10,14 +10,21 @@ Conventions: images are HxWx3 with values 0..255 (uint8, or any numeric dtype ho
 such values; floats are truncated to uint8 as the original wrapper did); the channel
 order does not matter because all three colour widths are equal.  Unaries are HxWxL
 scores or log-probabilities (energy = -unary).  Results are HxWxL float32 marginals.
+
+Limits: maxiter <= MAX_ITERATIONS (1000) and H*W <= MAX_PIXELS (2**26) per image, else
+ValueError.  A call can be interrupted (Ctrl-C): every thread stops before its next
+mean-field iteration and the call raises KeyboardInterrupt (whatever the SIGINT handler
+raises).
 """
 import numpy as np
 
 from . import _checks
+from ._checks import MAX_ITERATIONS, MAX_PIXELS
 from ._core import dense_crf_into as _dense_crf_into
 from .reference import exact_dense_crf
 
-__all__ = ["CRF", "dense_crf", "CRF_batch", "dense_crf_batch", "sec_kernels", "exact_dense_crf"]
+__all__ = ["CRF", "dense_crf", "CRF_batch", "dense_crf_batch", "sec_kernels", "exact_dense_crf",
+           "MAX_ITERATIONS", "MAX_PIXELS"]
 
 # The SEC wrapper's kernels at scale_factor 1 (scaled positions divide by scale_factor).
 SEC_GAUSSIAN_SXY = 3.0

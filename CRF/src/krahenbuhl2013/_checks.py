@@ -9,6 +9,10 @@ import operator
 
 import numpy as np
 
+# The core's limits: mean-field iterations per call, and pixels (H*W) per image (every
+# lattice index must fit in int32).
+from ._core import MAX_ITERATIONS, MAX_PIXELS
+
 RGB_CHANNELS = 3
 PIXEL_MAX = 255
 # Float images are truncated to uint8 as the original wrapper's `astype('ubyte')` did;
@@ -31,6 +35,11 @@ def as_image(image, where=""):
         raise ValueError(f"{where}need an HxWx3 image, got {_describe(array)}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{where}need a non-empty HxWx3 image, got {_describe(array)}")
+    if array.ndim == 3 and array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise ValueError(
+            f"{where}need an image of at most 2**26 = {MAX_PIXELS} pixels (H*W), got "
+            f"{array.shape[0]}x{array.shape[1]} = {array.shape[0] * array.shape[1]}"
+        )
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{where}need finite image values 0..255, got NaN or inf")
@@ -88,7 +97,10 @@ def _count(value, name, requirement):
 
 
 def as_iterations(maxiter):
-    return _count(maxiter, "maxiter", "0 <= maxiter < 2**31")
+    value = _count(maxiter, "maxiter", f"0 <= maxiter <= {MAX_ITERATIONS}")
+    if value > MAX_ITERATIONS:
+        raise ValueError(f"need 0 <= maxiter <= {MAX_ITERATIONS}, got {value}")
+    return value
 
 
 def as_threads(num_threads):
