@@ -1,0 +1,206 @@
+"""The one-layer nets bench/caffe_reference.py runs in BVLC Caffe: every layer type sec.caffe
+supports, with its parameter variants, and the inputs they are fed (seeded numpy)."""
+import re
+
+import numpy as np
+
+X = (2, 3, 5, 6)
+
+
+def layer(type_, param="", bottoms=("x",), tops=("y",), name="l"):
+    lines = " ".join([f'bottom: "{b}"' for b in bottoms] + [f'top: "{t}"' for t in tops])
+    return f'layer {{ name: "{name}" type: "{type_}" {lines} {param} }}'
+
+
+def conv(extra, kind="Convolution", n=4):
+    return (kind, f"convolution_param {{ num_output: {n} {extra} weight_filler {{ type: \"gaussian\" }} }}")
+
+
+def pool(extra):
+    return ("Pooling", f"pooling_param {{ {extra} }}")
+
+
+def py(cls, loss=False):
+    return ("Python", f'python_param {{ module: "pylayers" layer: "{cls}" }}' + (" loss_weight: 1" if loss else ""))
+
+
+# name: ((type, params), {input: (shape, kind)}, options). Kinds: see make_input.
+CASES = {
+    "conv_basic": (conv("kernel_size: 3 pad: 1"), {"x": (X, "randn")}, {}),
+    "conv_stride2": (conv("kernel_size: 3 stride: 2"), {"x": ((2, 3, 7, 8), "randn")}, {}),
+    "conv_dilation": (conv("kernel_size: 3 pad: 2 dilation: 2"), {"x": ((2, 3, 7, 7), "randn")}, {}),
+    "conv_group": (conv("kernel_size: 3 group: 2"), {"x": ((2, 4, 5, 5), "randn")}, {}),
+    "conv_nobias": (conv("kernel_size: 2 bias_term: false"), {"x": (X, "randn")}, {}),
+    "conv_rect": (conv("kernel_h: 3 kernel_w: 1 pad_h: 1 pad_w: 0 stride_h: 2 stride_w: 1"), {"x": (X, "randn")}, {}),
+    "conv_1x1": (conv("kernel_size: 1"), {"x": (X, "randn")}, {}),
+    "conv_two_bottoms": (conv("kernel_size: 3 pad: 1"), {"x": (X, "randn"), "x2": (X, "randn")},
+                         {"bottoms": ("x", "x2"), "tops": ("y", "y2")}),
+    "deconv_basic": (conv("kernel_size: 4 stride: 2 pad: 1", "Deconvolution", 3), {"x": (X, "randn")}, {}),
+    "deconv_group": (conv("kernel_size: 3 group: 2", "Deconvolution"), {"x": ((2, 4, 3, 4), "randn")}, {}),
+    "deconv_bilinear": (("Deconvolution", "convolution_param { num_output: 3 group: 3 kernel_size: 4 stride: 2 "
+                         "pad: 1 bias_term: false weight_filler { type: \"bilinear\" } }"),
+                        {"x": (X, "randn")}, {"fill": True}),
+    "pool_max_3_2_1": (pool("pool: MAX kernel_size: 3 stride: 2 pad: 1"), {"x": ((2, 3, 7, 8), "randn")}, {}),
+    "pool_ave_3_2_1": (pool("pool: AVE kernel_size: 3 stride: 2 pad: 1"), {"x": ((2, 3, 7, 8), "randn")}, {}),
+    "pool_max_3_1_1": (pool("pool: MAX kernel_size: 3 stride: 1 pad: 1"), {"x": (X, "randn")}, {}),
+    "pool_ave_3_1_1": (pool("pool: AVE kernel_size: 3 stride: 1 pad: 1"), {"x": (X, "randn")}, {}),
+    "pool_max_2_2_0": (pool("pool: MAX kernel_size: 2 stride: 2"), {"x": ((2, 3, 6, 7), "randn")}, {}),
+    "pool_ave_3_2_0": (pool("pool: AVE kernel_size: 3 stride: 2"), {"x": ((2, 3, 8, 9), "randn")}, {}),
+    "pool_max_4_3_3": (pool("pool: MAX kernel_size: 4 stride: 3 pad: 3"), {"x": ((2, 3, 7, 7), "randn")}, {}),
+    "pool_ave_4_3_3": (pool("pool: AVE kernel_size: 4 stride: 3 pad: 3"), {"x": ((2, 3, 7, 7), "randn")}, {}),
+    "pool_max_rect_pad_h": (pool("pool: MAX kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 4 pad_h: 1 pad_w: 0"),
+                            {"x": ((2, 3, 7, 7), "randn")}, {}),
+    "pool_ave_rect_pad_h": (pool("pool: AVE kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 4 pad_h: 1 pad_w: 0"),
+                            {"x": ((2, 3, 7, 7), "randn")}, {}),
+    "pool_ave_rect_pad_w": (pool("pool: AVE kernel_h: 2 kernel_w: 3 stride_h: 4 stride_w: 2 pad_h: 0 pad_w: 1"),
+                            {"x": ((2, 3, 7, 7), "randn")}, {}),
+    "pool_global_max": (pool("pool: MAX global_pooling: true"), {"x": (X, "randn")}, {}),
+    "pool_global_ave": (pool("pool: AVE global_pooling: true"), {"x": (X, "randn")}, {}),
+    "lrn_across_3": (("LRN", "lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 }"), {"x": (X, "randn")}, {}),
+    "lrn_across_5": (("LRN", "lrn_param { local_size: 5 alpha: 1.0 beta: 0.75 }"), {"x": ((2, 7, 3, 4), "randn")}, {}),
+    "lrn_within": (("LRN", "lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL }"),
+                   {"x": (X, "randn")}, {}),
+    "ip_basic": (("InnerProduct", "inner_product_param { num_output: 5 }"), {"x": ((2, 3, 2, 2), "randn")}, {}),
+    "ip_axis2": (("InnerProduct", "inner_product_param { num_output: 5 axis: 2 }"), {"x": ((2, 3, 4), "randn")}, {}),
+    "ip_transpose": (("InnerProduct", "inner_product_param { num_output: 5 transpose: true }"),
+                     {"x": ((2, 6), "randn")}, {}),
+    "ip_nobias": (("InnerProduct", "inner_product_param { num_output: 5 bias_term: false }"),
+                  {"x": ((3, 4), "randn")}, {}),
+    "relu": (("ReLU", ""), {"x": (X, "randn")}, {}),
+    "relu_leaky": (("ReLU", "relu_param { negative_slope: 0.1 }"), {"x": (X, "randn")}, {}),
+    "relu_in_place": (("ReLU", ""), {"x": (X, "randn")}, {"tops": ("x",)}),
+    "sigmoid": (("Sigmoid", ""), {"x": (X, "randn")}, {}),
+    "tanh": (("TanH", ""), {"x": (X, "randn")}, {}),
+    "dropout_test": (("Dropout", "dropout_param { dropout_ratio: 0.5 }"), {"x": (X, "randn")}, {}),
+    "dropout_test_in_place": (("Dropout", "dropout_param { dropout_ratio: 0.3 }"), {"x": (X, "randn")},
+                              {"tops": ("x",)}),
+    "batchnorm_global": (("BatchNorm", ""), {"x": (X, "randn")}, {"bn_factor": 1.7}),
+    "batchnorm_global_eps": (("BatchNorm", "batch_norm_param { use_global_stats: true eps: 0.001 }"),
+                             {"x": (X, "randn")}, {"bn_factor": 0.5}),
+    "batchnorm_train": (("BatchNorm", "batch_norm_param { use_global_stats: false moving_average_fraction: 0.9 }"),
+                        {"x": (X, "randn")}, {"phase": "TRAIN", "bn_factor": 2.0}),
+    "scale_bias": (("Scale", "scale_param { bias_term: true }"), {"x": (X, "randn")}, {}),
+    "scale_axis0_two_axes": (("Scale", "scale_param { axis: 0 num_axes: 2 }"), {"x": (X, "randn")}, {}),
+    "scale_scalar": (("Scale", "scale_param { num_axes: 0 }"), {"x": (X, "randn")}, {}),
+    "scale_bottom": (("Scale", "scale_param { axis: 1 }"), {"x": (X, "randn"), "s": ((3, 5), "randn")},
+                     {"bottoms": ("x", "s")}),
+    "bias_basic": (("Bias", ""), {"x": (X, "randn")}, {}),
+    "bias_scalar": (("Bias", "bias_param { num_axes: 0 }"), {"x": (X, "randn")}, {}),
+    "bias_bottom": (("Bias", "bias_param { axis: 2 }"), {"x": (X, "randn"), "b": ((5, 6), "randn")},
+                    {"bottoms": ("x", "b")}),
+    "softmax": (("Softmax", ""), {"x": (X, "randn3")}, {}),
+    "softmax_last_axis": (("Softmax", "softmax_param { axis: -1 }"), {"x": (X, "randn3")}, {}),
+    "swl_valid": (("SoftmaxWithLoss", ""), {"x": (X, "randn3"), "label": ((2, 1, 5, 6), "labels3")},
+                  {"bottoms": ("x", "label"), "tops": ("loss",)}),
+    "swl_ignore": (("SoftmaxWithLoss", "loss_param { ignore_label: 255 }"),
+                   {"x": (X, "randn3"), "label": ((2, 1, 5, 6), "labels3_ignore")},
+                   {"bottoms": ("x", "label"), "tops": ("loss",)}),
+    "swl_full_ignore": (("SoftmaxWithLoss", "loss_param { ignore_label: 255 normalization: FULL }"),
+                        {"x": (X, "randn3"), "label": ((2, 1, 5, 6), "labels3_ignore")},
+                        {"bottoms": ("x", "label"), "tops": ("loss",)}),
+    "swl_batch_size": (("SoftmaxWithLoss", "loss_param { normalization: BATCH_SIZE }"),
+                       {"x": (X, "randn3"), "label": ((2, 5, 6), "labels3")}, {"bottoms": ("x", "label"), "tops": ("loss",)}),
+    "swl_none_weight2": (("SoftmaxWithLoss", "loss_param { normalization: NONE } loss_weight: 2"),
+                         {"x": (X, "randn3"), "label": ((2, 1, 5, 6), "labels3")},
+                         {"bottoms": ("x", "label"), "tops": ("loss",)}),
+    "swl_legacy_normalize_false": (("SoftmaxWithLoss", "loss_param { normalize: false }"),
+                                   {"x": (X, "randn3"), "label": ((2, 1, 5, 6), "labels3")},
+                                   {"bottoms": ("x", "label"), "tops": ("loss",)}),
+    "swl_axis2": (("SoftmaxWithLoss", "softmax_param { axis: 2 }"),
+                  {"x": ((2, 4, 3), "randn3"), "label": ((2, 4), "labels3")}, {"bottoms": ("x", "label"), "tops": ("loss",)}),
+    "sce_batch_size": (("SigmoidCrossEntropyLoss", ""), {"x": (X, "randn3"), "t": (X, "uniform")},
+                       {"bottoms": ("x", "t"), "tops": ("loss",)}),
+    "sce_valid_ignore": (("SigmoidCrossEntropyLoss", "loss_param { ignore_label: -1 normalization: VALID }"),
+                         {"x": (X, "randn3"), "t": (X, "binary_ignore")}, {"bottoms": ("x", "t"), "tops": ("loss",)}),
+    "sce_full": (("SigmoidCrossEntropyLoss", "loss_param { normalization: FULL } loss_weight: 0.5"),
+                 {"x": (X, "randn3"), "t": (X, "uniform")}, {"bottoms": ("x", "t"), "tops": ("loss",)}),
+    "sce_none": (("SigmoidCrossEntropyLoss", "loss_param { normalization: NONE }"),
+                 {"x": ((4, 3), "randn3"), "t": ((4, 3), "binary")}, {"bottoms": ("x", "t"), "tops": ("loss",)}),
+    "accuracy_top1": (("Accuracy", ""), {"x": (X, "randn"), "label": ((2, 1, 5, 6), "labels3")},
+                      {"bottoms": ("x", "label"), "backward": False}),
+    "accuracy_top2_ignore": (("Accuracy", "accuracy_param { top_k: 2 ignore_label: 255 }"),
+                             {"x": (X, "randn"), "label": ((2, 1, 5, 6), "labels3_ignore")},
+                             {"bottoms": ("x", "label"), "backward": False}),
+    "accuracy_per_class": (("Accuracy", ""), {"x": ((6, 4), "randn"), "label": ((6,), "labels4")},
+                           {"bottoms": ("x", "label"), "tops": ("y", "per_class"), "backward": False}),
+    "concat_axis1": (("Concat", ""), {"x": (X, "randn"), "x2": ((2, 1, 5, 6), "randn"), "x3": ((2, 2, 5, 6), "randn")},
+                     {"bottoms": ("x", "x2", "x3")}),
+    "concat_axis0": (("Concat", "concat_param { axis: 0 }"), {"x": (X, "randn"), "x2": ((1, 3, 5, 6), "randn")},
+                     {"bottoms": ("x", "x2")}),
+    "concat_dim_legacy": (("Concat", "concat_param { concat_dim: 2 }"), {"x": (X, "randn"), "x2": ((2, 3, 2, 6), "randn")},
+                          {"bottoms": ("x", "x2")}),
+    "eltwise_sum": (("Eltwise", ""), {"x": (X, "randn"), "x2": (X, "randn")}, {"bottoms": ("x", "x2")}),
+    "eltwise_sum_coeff": (("Eltwise", "eltwise_param { operation: SUM coeff: 0.5 coeff: -2 coeff: 1.5 }"),
+                          {"x": (X, "randn"), "x2": (X, "randn"), "x3": (X, "randn")}, {"bottoms": ("x", "x2", "x3")}),
+    "eltwise_prod": (("Eltwise", "eltwise_param { operation: PROD }"), {"x": (X, "randn"), "x2": (X, "randn"),
+                     "x3": (X, "randn")}, {"bottoms": ("x", "x2", "x3")}),
+    "eltwise_max": (("Eltwise", "eltwise_param { operation: MAX }"), {"x": (X, "randn"), "x2": (X, "randn"),
+                    "x3": (X, "randn")}, {"bottoms": ("x", "x2", "x3")}),
+    "split": (("Split", ""), {"x": (X, "randn")}, {"tops": ("y", "y2")}),
+    "flatten": (("Flatten", ""), {"x": (X, "randn")}, {}),
+    "flatten_one_axis": (("Flatten", "flatten_param { axis: 1 end_axis: 1 }"), {"x": (X, "randn")}, {}),
+    "flatten_axis2": (("Flatten", "flatten_param { axis: 2 end_axis: -1 }"), {"x": (X, "randn")}, {}),
+    "reshape": (("Reshape", "reshape_param { shape { dim: 0 dim: -1 dim: 3 } }"), {"x": (X, "randn")}, {}),
+    "reshape_axis": (("Reshape", "reshape_param { axis: 1 num_axes: 2 shape { dim: 15 } }"), {"x": (X, "randn")}, {}),
+    "silence": (("Silence", ""), {"x": (X, "randn"), "x2": ((3,), "randn")}, {"bottoms": ("x", "x2"), "tops": ()}),
+    "python_softmax": (py("SoftmaxLayer"), {"x": ((2, 4, 3, 3), "randn3")}, {}),
+    "python_seed_loss": (py("SeedLossLayer", True), {"p": ((2, 4, 3, 3), "probs"), "c": ((2, 4, 3, 3), "seeds")},
+                         {"bottoms": ("p", "c"), "tops": ("loss",)}),
+    "python_expand_loss": (py("ExpandLossLayer", True), {"p": ((2, 4, 3, 3), "probs"), "c": ((2, 1, 1, 4), "fglabels")},
+                           {"bottoms": ("p", "c"), "tops": ("loss",)}),
+    "python_constrain_loss": (py("ConstrainLossLayer", True),
+                              {"p": ((2, 4, 3, 3), "probs"), "c": ((2, 4, 3, 3), "logprobs")},
+                              {"bottoms": ("p", "c"), "tops": ("loss",)}),
+    "python_crf": (py("CRFLayer"), {"x": ((2, 4, 3, 3), "randn3"), "im": ((2, 3, 9, 9), "image")},
+                   {"bottoms": ("x", "im")}),
+}
+INPUT_CASE = ('layer { name: "l" type: "Input" top: "a" top: "b" '
+              'input_param { shape { dim: 2 dim: 3 } shape { dim: 4 } } }')
+
+
+def make_input(rng, shape, kind):
+    """A float32 array of `shape` for an input of kind `kind` (N x C x ... where C matters)."""
+    if kind in ("randn", "randn3"):
+        return (rng.standard_normal(shape) * (3.0 if kind == "randn3" else 1.0)).astype(np.float32)
+    if kind.startswith("labels"):
+        classes = int(re.match(r"labels(\d+)", kind).group(1))
+        labels = rng.integers(0, classes, shape).astype(np.float32)
+        if kind.endswith("_ignore"):
+            labels.flat[::4] = 255
+        return labels
+    if kind == "uniform":
+        return rng.uniform(0, 1, shape).astype(np.float32)
+    if kind in ("binary", "binary_ignore"):
+        targets = (rng.uniform(0, 1, shape) > 0.5).astype(np.float32)
+        if kind == "binary_ignore":
+            targets.flat[::3] = -1
+        return targets
+    if kind in ("probs", "logprobs"):
+        scores = rng.standard_normal(shape) * 2
+        probs = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
+        return (np.log(probs) if kind == "logprobs" else probs).astype(np.float32)
+    if kind == "seeds":
+        seeds = np.zeros(shape, np.float32)
+        flat = seeds.reshape(shape[0], shape[1], -1)
+        for n in range(shape[0]):
+            for pos in rng.choice(flat.shape[2], 4, replace=False):
+                flat[n, rng.integers(shape[1]), pos] = 1
+        return seeds
+    if kind == "fglabels":
+        labels = (rng.uniform(0, 1, shape) > 0.5).astype(np.float32)
+        labels[..., 0], labels[..., 1] = 1, 1
+        return labels
+    if kind == "image":
+        return rng.uniform(-120, 130, shape).astype(np.float32)
+    raise ValueError(f"unknown input kind {kind}")
+
+
+def case_prototxt(name, spec):
+    """The one-layer net of a case: an Input layer per bottom, then the layer."""
+    (type_, param), inputs, opts = spec
+    text = "force_backward: true\n" if opts.get("backward", True) else ""
+    for blob, (shape, _) in inputs.items():
+        dims = " ".join(f"dim: {d}" for d in shape)
+        text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
+    text += layer(type_, param, opts.get("bottoms", ("x",)), opts.get("tops", ("y",))) + "\n"
+    return text
