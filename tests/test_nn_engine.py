@@ -155,3 +155,12 @@ def test_deploy_crf_in_torch_gives_the_cpp_masks(monkeypatch):
     got = deploy.Segmenter(Scores(), crf=True).masks(images, probs)
     for a, b in zip(got, want):
         assert a.shape == b.shape == (60, 80) and (a == b).mean() >= 0.999
+
+
+def test_device_cues_refuse_a_bad_image_only_when_a_batch_asks_for_it(tmp_path):
+    cues = write_cues(tmp_path / "c.pickle", [1, 2], seed=6)
+    cues["2_cues"] = np.array([[0], [CUE], [0]])           # row outside the grid
+    lookup = DeviceCues(cues, CLASSES, CUE, source="c.pickle")
+    np.testing.assert_array_equal(lookup.lookup([1])[1].numpy(), pycues.batch_labels_and_cues(cues, [1], CLASSES, CUE)[1])
+    with pytest.raises(ValueError, match="image id 2 in c.pickle: cue coordinates"):
+        lookup.lookup([1, 2])

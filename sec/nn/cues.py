@@ -22,13 +22,20 @@ class DeviceCues:
 
     def __init__(self, cues, num_classes=NUM_CLASSES, cue_size=CUE_SIZE, source="<cues>", device="cpu"):
         self.num_classes, self.cue_size, self.source = int(num_classes), int(cue_size), source
+        self.cues = cues
         ids = sorted({int(key[:-len("_labels")]) for key in cues if str(key).endswith("_labels")})
         self.row = {image: row for row, image in enumerate(ids)}
+        # images pylayers refuses are kept out of the tables; looking one up raises pylayers'
+        # error then, as the numpy layer does (a bad entry no batch uses stops nothing)
+        self.invalid = set()
         labels = np.zeros((len(ids), self.num_classes), dtype=np.float32)
         points, counts = [], np.zeros(len(ids), dtype=np.int64)
         for row, image in enumerate(ids):
-            # validated by pylayers (same messages); the dense cues themselves are not kept
-            labels[row] = image_labels_and_cues(cues, image, self.num_classes, self.cue_size, source)[0]
+            try:
+                labels[row] = image_labels_and_cues(cues, image, self.num_classes, self.cue_size, source)[0]
+            except (KeyError, ValueError):
+                self.invalid.add(image)
+                continue
             image_points = np.asarray(_lookup(cues, f"{image}_cues", image, source), dtype=np.int64)
             points.append(image_points.reshape(3, -1))
             counts[row] = points[-1].shape[1]
@@ -48,8 +55,9 @@ class DeviceCues:
         rows = []
         for value in values:
             image = image_id(value, f"image ids for {self.source}")
-            if image not in self.row:
-                raise KeyError(f"image id {image}: key '{image}_labels' not found in cue file {self.source}")
+            if image not in self.row or image in self.invalid:
+                image_labels_and_cues(self.cues, image, self.num_classes, self.cue_size, self.source)
+                raise AssertionError(f"image id {image}: pylayers accepts what DeviceCues refused")
             rows.append(self.row[image])
         return torch.tensor(rows, dtype=torch.int64).to(self.device, non_blocking=True)
 
