@@ -156,6 +156,38 @@ def test_one_layer_net_matches_caffe(tmp_path, case):
     check({what: err for (_, what), err in one_layer_errors(tmp_path, case).items()}, case["name"])
 
 
+def pycaffe_path_errors(tmp_path, case):
+    """The same one-layer net driven as pycaffe drives it: forward(**inputs), top diffs set in
+    net.blobs, backward(); {what: rel error} of the tops, input diffs and parameter diffs. This
+    checks the net's plumbing (in place, Split, layers that hand back their bottom) as Caffe's."""
+    _, arrays = fixture("layers")
+    net = build(tmp_path, case["prototxt"], phase_of(case["phase"]), arrays[f"{case['name']}/caffemodel"])
+    inputs = {r["tops"][0]: arrays[r["top_data"][0]] for r in case["layers"] if r["type"] == "Input"}
+    rec = next(r for r in case["layers"] if r["type"] != "Input")
+    net.forward(**inputs)
+    errors = {f"top {i}": rel_error(net.blobs[t].data, arrays[k]) for i, (t, k) in enumerate(zip(rec["tops"], rec["top_data"]))}
+    if not case["backward"]:
+        return errors
+    for name, key in zip(rec["tops"], rec["top_diff"]):
+        net.blobs[name].diff[...] = arrays[key].reshape(net.blobs[name].diff.shape)
+    net.backward()
+    for i, (name, key) in enumerate(zip(rec["bottoms"], rec["bottom_diff"])):
+        if key is not None:
+            errors[f"bottom_diff {i}"] = rel_error(net.blobs[name].diff, arrays[key])
+    for i, key in enumerate(rec["param_diff"]):
+        if key is not None:
+            errors[f"param_diff {i}"] = rel_error(net.params[rec["name"]][i].diff, arrays[key])
+    return errors
+
+
+PYCAFFE_CASES = [c for c in LAYER_CASES if c["layers"]]
+
+
+@pytest.mark.parametrize("case", PYCAFFE_CASES, ids=[c["name"] for c in PYCAFFE_CASES])
+def test_one_layer_net_through_pycaffe_api_matches_caffe(tmp_path, case):
+    check(pycaffe_path_errors(tmp_path, case), f"{case['name']} (pycaffe API)")
+
+
 def test_every_engine_layer_type_has_a_caffe_fixture():
     from sec.caffe.layers import LAYER_TYPES
     covered = {c["type"] for c in LAYER_CASES} | {"ImageData"}   # ImageData: image_data.json, sec_nets
