@@ -136,3 +136,32 @@ def test_bad_input_is_a_clear_error():
         tcrf.dense_crf(images - 1, torch.zeros(1, 4, 4, 2))
     with pytest.raises(ValueError, match="at most"):
         tcrf.dense_crf(torch.zeros(1, 80, 80, 3), torch.zeros(1, 80, 80, 2), method="exact")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("method", ["lattice", "exact"])
+def test_cuda_training_batch_matches_krahenbuhl2013(method):
+    images = photo_like(41, 41, seed=13, num=15)
+    unaries = network_like_unary(15, 41, 41, 21, seed=14)
+    want = krahenbuhl2013.CRF_batch(images, unaries, maxiter=10, scale_factor=12.0)
+    got = tcrf.crf(torch.from_numpy(images).cuda(), torch.from_numpy(unaries).cuda(), maxiter=10,
+                   scale_factor=12.0, method=method)
+    assert got.device.type == "cuda"
+    if method == "lattice":
+        largest, agreement = compare(got.cpu().numpy(), want)
+        assert largest <= MARGINAL_TOLERANCE and agreement >= ARGMAX_AGREEMENT
+    else:
+        cpu = tcrf.crf(torch.from_numpy(images), torch.from_numpy(unaries), 10, 12.0, method="exact")
+        assert compare(got.cpu().numpy(), cpu.numpy())[0] < 1e-4
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_cuda_full_resolution_matches_krahenbuhl2013():
+    images = photo_like(375, 500, seed=15)
+    unaries = network_like_unary(1, 375, 500, 21, seed=16)
+    want = krahenbuhl2013.CRF(images[0], unaries[0], maxiter=10, scale_factor=1.0)
+    got = tcrf.crf(torch.from_numpy(images).cuda(), torch.from_numpy(unaries).cuda(), 10, 1.0)[0].cpu().numpy()
+    largest, agreement = compare(got, want)
+    assert largest <= MARGINAL_TOLERANCE and agreement >= ARGMAX_AGREEMENT

@@ -120,3 +120,19 @@ def test_half_precision_inputs_are_computed_in_float32():
     loss = F.seed_loss(half, torch.from_numpy(cues))
     assert loss.dtype == torch.float32
     assert float(loss) == pytest.approx(P.seed_loss(half.float().numpy(), cues)[0], rel=RTOL)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("name", ["seed", "expand-gwrp", "expand-gmp", "expand-gap", "constrain"])
+def test_cuda_losses_and_gradients_equal_pylayers(name):
+    _, probs, cues, labels, log_q = make_inputs(SEC_SHAPE)
+    fn, other, kwargs = {"seed": (F.seed_loss, cues, {}), "constrain": (F.constrain_loss, log_q, {})}.get(
+        name, (F.expand_loss, labels, {"pooling": name.split("-")[-1]}))
+    want = {"seed": lambda: P.seed_loss(probs, cues), "constrain": lambda: P.constrain_loss(probs, log_q)}.get(
+        name, lambda: P.expand_loss(probs, labels, **kwargs))()
+    tensor = torch.from_numpy(probs).cuda().requires_grad_()
+    loss = fn(tensor, torch.from_numpy(other).cuda(), **kwargs)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(want[0], rel=RTOL)
+    assert_close(tensor.grad.cpu().numpy(), want[1])
