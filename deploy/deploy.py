@@ -5,8 +5,12 @@
         [--device cpu|cuda] [--batch N] [--jobs N] [--overwrite]
 
 With no --weights, the net of the last `training/train.sh` run is used (runs/latest.json).
+Before the model is loaded, the flags, the output folder (it must take files), the images'
+headers and OUT/deploy_manifest.json (what made the masks already there) are checked.
 Exit status: 0 when every image was segmented (or already was), 1 when some image could not be
-read (each is reported with its reason; the others are still written), 2 on a setup error.
+used (each is reported with its reason; the others are still written), 2 on a usage or setup
+error (bad flag value, unusable --out, outputs made with other options, no model, weights that
+do not fit the net).
 """
 import argparse
 import sys
@@ -27,7 +31,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--images", required=True, type=Path,
-                        help="folder of images (jpg, png, ...; any size, RGB or greyscale)")
+                        help="folder of images (jpg, png, ...; RGB, greyscale, 16-bit or float "
+                             "greyscale; with --crf at most 2**26 pixels each)")
     parser.add_argument("--out", required=True, type=Path,
                         help="folder for the masks <name>.png (created if needed)")
     parser.add_argument("--weights", type=Path, default=None,
@@ -46,24 +51,34 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the network runs (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=4,
-                        help="images per network forward (default: %(default)s)")
+                        help="images per network forward, >= 1 (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=2,
-                        help="threads decoding images ahead of the network (default: %(default)s)")
+                        help="threads decoding images ahead of the network, >= 1 "
+                             "(default: %(default)s)")
     parser.add_argument("--crf-threads", type=int, default=0,
                         help="threads for the CRFs of a batch, 0 = all cores "
                              "(default: %(default)s)")
     parser.add_argument("--output-blob", default=None,
                         help="score blob to read (default: the net's only output)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing outputs (default: keep them, so a run resumes)")
+                        help="replace existing outputs, also those made with other weights, "
+                             "prototxt or --crf (default: keep them, so a run resumes)")
+    parser.add_argument("--allow-missing-weights", action="store_true",
+                        help="run even when the weights leave some parameter layer of the net "
+                             "at its filler values (default: refuse, naming the layers)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag, value, low in (("--batch", args.batch, 1), ("--jobs", args.jobs, 1),
+                             ("--crf-threads", args.crf_threads, 0)):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")  # exit status 2
+    return args
 
 
 def load_segmenter(spec, args):
     """The net of `spec` (from the flags or runs/latest.json), wrapped for deploying."""
     print(f"model: {spec.weights} with {spec.prototxt} (from {spec.source})", file=sys.stderr)
-    net = pipeline.load_net(spec, args.device)
+    net = pipeline.load_net(spec, args.device, allow_missing_weights=args.allow_missing_weights)
     segmenter = pipeline.Segmenter(net, args.device, args.output_blob, args.crf, args.crf_threads)
     if spec.num_classes is not None and spec.num_classes != segmenter.num_classes:
         raise pipeline.DeployError(f"{args.latest} says {spec.num_classes} classes, but "
@@ -72,6 +87,8 @@ def load_segmenter(spec, args):
 
 
 def list_inputs(args):
+    if args.out.exists() and not args.out.is_dir():
+        raise pipeline.DeployError(f"--out: {args.out} exists and is not a folder")
     if args.images.resolve() == args.out.resolve():
         raise pipeline.DeployError("--out must differ from --images: masks are .png files and "
                                    "would replace PNG inputs of the same name")
@@ -86,11 +103,12 @@ def main(args):
     """Run the deploy; returns the exit status."""
     try:
         spec = pipeline.resolve_model(args.weights, args.prototxt, args.latest, DEFAULT_PROTOTXT)
-        images = list_inputs(args)
-        segmenter = load_segmenter(spec, args)
-        report = pipeline.deploy(images, args.out, segmenter, overlay=args.overlay,
-                                 probs=args.probs, batch=args.batch, jobs=args.jobs,
-                                 overwrite=args.overwrite, progress=not args.quiet)
+        plan = pipeline.prepare(list_inputs(args), args.out, overlay=args.overlay,
+                                probs=args.probs, overwrite=args.overwrite, crf=args.crf,
+                                options=pipeline.mask_options(spec, args.output_blob, args.crf))
+        segmenter = load_segmenter(spec, args) if plan.todo else None
+        report = (pipeline.run(plan, segmenter, batch=args.batch, jobs=args.jobs,
+                               progress=not args.quiet) if segmenter else plan.report)
     except pipeline.DeployError as err:
         print(f"deploy.py: error: {err}", file=sys.stderr)
         return EXIT_SETUP_ERROR

@@ -17,11 +17,16 @@ Outputs (file names keep the image's base name):
 - `<out>/probs/<name>.npz` (probs=True): `probs` float32 L x h x w, the softmax at the net's output
   resolution (before upsampling and CRF), and `image_size` (H, W); `load_probs` upsamples it back
   exactly as the pipeline does.
+- `<out>/deploy_manifest.json` (when the caller passes `options`, as deploy/deploy.py does): what
+  made the masks (sec.deploy_files).
 Every file is written to a hidden temporary name and renamed, so an interrupted run never leaves a
 half-written file under an output name; existing outputs are kept unless overwrite=True.
+
+A run is `prepare` (cheap checks of the images' headers and of the output folder, before any
+model is loaded) then `run`; `deploy` does both. Unreadable images, broken links and images too
+large for the CRF are failed files of the Report, named with their reason; the others are written.
 """
 import json
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,23 +39,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from sec import data, visualize
+from sec.deploy_files import (IMAGE_EXTENSIONS, MANIFEST_NAME, OVERLAY_DIR, PROBS_DIR,  # noqa: F401
+                              DeployError, Outputs, atomic_save, check_image_header,
+                              check_output_folder, claim, file_sha256, list_images, output_paths)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm")
 # The original deploy.py clips the upsampled probabilities at 1e-5 before the log for the CRF.
 PROB_FLOOR = 1e-5
 CRF_ITERATIONS = 10
 CRF_SCALE_FACTOR = 1.0  # full resolution: the CRF kernels are used at their nominal widths
 MAX_CLASSES = 255  # uint8 masks, 255 being the VOC ignore label
-OVERLAY_DIR = "overlay"
-PROBS_DIR = "probs"
 OVERLAY_JPEG_QUALITY = 90
 # Images decoded ahead of the network: this many batches beyond the one being processed.
 PREFETCH_BATCHES = 2
-
-
-class DeployError(Exception):
-    """A problem with the model, the folders or the options; the message says what to do."""
 
 
 @dataclass
@@ -110,58 +110,21 @@ def resolve_model(weights, prototxt, latest, default_prototxt):
     return ModelSpec(prototxt, weights, source, record.get("classes"), record.get("num_classes"))
 
 
-def list_images(folder):
-    """Image files directly in `folder` (by extension, any case), sorted; hidden files skipped."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DeployError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+def mask_options(spec, output_blob=None, crf=False):
+    """The options that decide what a mask holds, for the output folder's manifest: the
+    weights and prototxt (paths, and SHA-256 of their bytes), the score blob asked for (None:
+    the net's only output) and the CRF settings (None without the CRF)."""
+    return {"weights": str(Path(spec.weights).resolve()),
+            "weights_sha256": file_sha256(spec.weights),
+            "prototxt": str(Path(spec.prototxt).resolve()),
+            "prototxt_sha256": file_sha256(spec.prototxt),
+            "output_blob": output_blob,
+            "crf": {"iterations": CRF_ITERATIONS, "scale_factor": CRF_SCALE_FACTOR} if crf else None}
 
 
-@dataclass
-class Outputs:
-    """The files one image produces; None for an output that was not asked for."""
-    mask: Path
-    overlay: Path = None
-    probs: Path = None
-
-    def wanted(self):
-        return [p for p in (self.mask, self.overlay, self.probs) if p is not None]
-
-    def done(self):
-        return all(p.is_file() for p in self.wanted())
-
-
-def output_paths(images, out_dir, overlay=False, probs=False):
-    """Outputs for each image path; DeployError when two images would write the same mask."""
-    out_dir = Path(out_dir)
-    by_name = {}
-    for image in images:
-        by_name.setdefault(image.stem, []).append(image)
-    clashes = [names for names in by_name.values() if len(names) > 1]
-    if clashes:
-        listed = "; ".join(", ".join(p.name for p in names) for names in clashes)
-        raise DeployError(f"images with the same base name would write the same mask: {listed}. "
-                          f"Rename them or deploy them into different --out folders.")
-    return [Outputs(out_dir / f"{image.stem}.png",
-                    out_dir / OVERLAY_DIR / f"{image.stem}.jpg" if overlay else None,
-                    out_dir / PROBS_DIR / f"{image.stem}.npz" if probs else None)
-            for image in images]
-
-
-def atomic_save(path, save):
-    """Call save(tmp_path) on a hidden sibling of `path` with the same suffix, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def crf_pixel_limit():
+    """The most pixels (H*W) the CRF takes per image (krahenbuhl2013.MAX_PIXELS, 2**26)."""
+    return _import_crf().MAX_PIXELS
 
 
 def upsample(probs, size):
@@ -264,18 +227,27 @@ def _to_uint8(labels):
     return labels.to(torch.uint8).cpu().numpy()
 
 
-def _import_crf_batch():
+def _import_crf():
     try:
         import krahenbuhl2013
     except ImportError as err:
         raise DeployError(f"--crf needs the dense CRF extension: pip install ./CRF "
                           f"({err})") from err
-    return krahenbuhl2013.CRF_batch
+    return krahenbuhl2013
 
 
-def load_net(spec, device="cpu"):
-    """Build the sec.caffe.Net of `spec` in TEST phase and move it to `device`."""
+def _import_crf_batch():
+    return _import_crf().CRF_batch
+
+
+def load_net(spec, device="cpu", allow_missing_weights=False):
+    """Build the sec.caffe.Net of `spec` in TEST phase and move it to `device`.
+
+    DeployError when the weights do not fit the prototxt, hold NaN or Inf (naming the layer), or
+    leave a parameter layer of the net without weights (it would keep its filler values and
+    give plausible-looking masks) unless allow_missing_weights."""
     from sec import caffe
+    from sec.caffe.weights import MissingWeightsError
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -285,8 +257,12 @@ def load_net(spec, device="cpu"):
         caffe.set_mode_cpu()
     try:
         net = caffe.Net(str(spec.prototxt), str(spec.weights), caffe.TEST)
-    except ValueError as err:  # the engine's prototxt, format and weight-shape errors
-        raise DeployError(f"cannot load {spec.weights} into {spec.prototxt}: {err}") from err
+        if not allow_missing_weights:
+            net.weight_report.require_complete()
+    except ValueError as err:  # prototxt, format, shape, non-finite and missing-weight errors
+        hint = ("; pass --allow-missing-weights to run with filler values there"
+                if isinstance(err, MissingWeightsError) else "")
+        raise DeployError(f"cannot load {spec.weights} into {spec.prototxt}: {err}{hint}") from err
     net.to(device)
     net.eval()
     return net
@@ -351,42 +327,98 @@ def save_outputs(outputs, image, mask, probs, overwrite):
         atomic_save(outputs.mask, lambda tmp: visualize.save_palette_png(mask, tmp))
 
 
-def deploy(images, out_dir, segmenter, *, overlay=False, probs=False, batch=1, jobs=2,
-           overwrite=False, progress=True):
-    """Segment `images` (paths) into `out_dir`; returns a Report. Unreadable images are reported
-    (tqdm.write) and skipped; every other image is processed."""
-    if batch < 1 or jobs < 1:
-        raise DeployError(f"need --batch >= 1 and --jobs >= 1, got {batch} and {jobs}")
+@dataclass
+class Plan:
+    """What a run will do, decided before the model is loaded (see `prepare`)."""
+    out_dir: Path
+    outputs: dict                 # image path -> Outputs
+    todo: list                    # images to segment, in order
+    overwrite: bool
+    report: Report                # skipped and failed (header checks) filled in already
+    manifest: object = None  # sec.deploy_files.Claim
+
+
+def prepare(images, out_dir, *, overlay=False, probs=False, overwrite=False, crf=False,
+            options=None):
+    """Check everything that is cheap before any work: the output folder takes files, no two
+    images write the same mask, each image's header reads (and fits the CRF with crf=True), and,
+    with `options` (what makes a mask, see mask_options), that existing outputs were
+    made the same way. DeployError for the folder and the options; unusable images go to
+    plan.report.failed. Returns a Plan for `run`."""
     images = [Path(p) for p in images]
     outputs = dict(zip(images, output_paths(images, out_dir, overlay, probs)))
+    check_output_folder(out_dir, overlay, probs)
     report = Report()
-    todo = []
+    max_pixels = crf_pixel_limit() if crf else None
+    usable = []
     for image in images:
+        reason = check_image_header(image, max_pixels)
+        if reason is None:
+            usable.append(image)
+        else:
+            report.failed.append((image, reason))
+    manifest = None
+    if options is not None:
+        manifest = claim(out_dir, options, [outputs[p] for p in images], overwrite)
+    todo = []
+    for image in usable:
         if not overwrite and outputs[image].done():
             report.skipped.append(image)
         else:
             todo.append(image)
-    bar = tqdm(total=len(images), initial=len(report.skipped), unit="img", disable=not progress,
-               desc="deploy")
+    return Plan(Path(out_dir), outputs, todo, overwrite, report, manifest)
+
+
+def run(plan, segmenter, *, batch=1, jobs=2, progress=True):
+    """Segment plan.todo into plan.out_dir; returns plan.report completed. Images that cannot
+    be decoded, or that the CRF refuses, are reported (tqdm.write) and skipped; every other
+    image is processed."""
+    if batch < 1 or jobs < 1:
+        raise DeployError(f"need --batch >= 1 and --jobs >= 1, got {batch} and {jobs}")
+    report = plan.report
+    for path, reason in report.failed:
+        tqdm.write(f"FAILED: {reason}")
+    bar = tqdm(total=len(plan.todo) + len(report.skipped) + len(report.failed),
+               initial=len(report.skipped) + len(report.failed), unit="img",
+               disable=not progress, desc="deploy")
     pending = []
+
+    def fail(path, reason):
+        report.failed.append((path, reason))
+        bar.write(f"FAILED: {reason}")  # the message names the file
 
     def flush():
         inputs = np.stack([d.inputs for _, d in pending])
         net_probs = segmenter.probabilities(inputs)
-        masks = segmenter.masks([d.image for _, d in pending], net_probs)
+        images = [d.image for _, d in pending]
+        try:
+            masks = segmenter.masks(images, net_probs)
+        except ValueError:  # the CRF refused one image of the batch: find it, keep the others
+            masks = []
+            for (path, decoded), p in zip(pending, net_probs):
+                try:
+                    masks.extend(segmenter.masks([decoded.image], p[None]))
+                except ValueError as err:
+                    fail(path, f"{path}: {err}")
+                    masks.append(None)
         for (path, decoded), mask, p in zip(pending, masks, net_probs):
-            stored = p.cpu().numpy() if probs else None
-            save_outputs(outputs[path], decoded.image, mask, stored, overwrite)
+            if mask is None:
+                continue
+            stored = p.cpu().numpy() if plan.outputs[path].probs is not None else None
+            try:
+                save_outputs(plan.outputs[path], decoded.image, mask, stored, plan.overwrite)
+            except OSError as err:
+                raise DeployError(f"cannot write the outputs of {path} into {plan.out_dir}: "
+                                  f"{err}") from err
             report.written.append(path)
         bar.update(len(pending))
         pending.clear()
 
     try:
         ahead = batch * PREFETCH_BATCHES + jobs
-        for path, decoded, error in decoded_in_order(todo, segmenter.input_size, jobs, ahead):
+        for path, decoded, error in decoded_in_order(plan.todo, segmenter.input_size, jobs, ahead):
             if error is not None:
-                report.failed.append((path, error))
-                bar.write(f"FAILED: {error}")  # the message names the file
+                fail(path, error)
                 bar.update(1)
                 continue
             pending.append((path, decoded))
@@ -396,4 +428,16 @@ def deploy(images, out_dir, segmenter, *, overlay=False, probs=False, batch=1, j
             flush()
     finally:
         bar.close()
+    if plan.manifest is not None:
+        plan.manifest.finish(complete=not report.failed)
     return report
+
+
+def deploy(images, out_dir, segmenter, *, overlay=False, probs=False, batch=1, jobs=2,
+           overwrite=False, progress=True, options=None):
+    """prepare + run: segment `images` (paths) into `out_dir`; returns a Report."""
+    if batch < 1 or jobs < 1:
+        raise DeployError(f"need --batch >= 1 and --jobs >= 1, got {batch} and {jobs}")
+    plan = prepare(images, out_dir, overlay=overlay, probs=probs, overwrite=overwrite,
+                   crf=segmenter.crf, options=options)
+    return run(plan, segmenter, batch=batch, jobs=jobs, progress=progress)

@@ -205,7 +205,7 @@ def make_folder_with_bad_files(folder):
 
 def test_corrupt_files_are_reported_and_the_others_written(tmp_path, monkeypatch, capsys):
     make_folder_with_bad_files(tmp_path / "images")
-    monkeypatch.setattr(pipeline, "load_net", lambda spec, device: ColourNet())
+    monkeypatch.setattr(pipeline, "load_net", lambda spec, device, **kw: ColourNet())
     weights = tmp_path / "w.caffemodel"
     weights.write_bytes(b"")
     prototxt = tmp_path / "deploy.prototxt"
@@ -218,7 +218,7 @@ def test_corrupt_files_are_reported_and_the_others_written(tmp_path, monkeypatch
     assert "truncated.jpg" in err and "notes.jpg" in err and "3 written" in err
     assert "readme" not in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
-        ["good0.png", "good1.png", "good2.png"]
+        ["deploy_manifest.json", "good0.png", "good1.png", "good2.png"]
 
 
 def test_existing_outputs_are_kept_unless_overwrite(tmp_path):
