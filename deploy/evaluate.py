@@ -11,11 +11,14 @@ matched by file stem (<id>.png). --gt may also be a VOC folder (the one holding
 SegmentationClass/); its val list is then the default.
 
 A missing prediction is counted as all wrong (every non-ignored ground-truth pixel misses its
-class) and makes the exit status 1; --allow-missing leaves such images out instead.
+class) and makes the exit status 1; --allow-missing leaves such images out instead. A --pred
+folder that does not exist, or a --json that cannot be written, is bad input (checked before
+any mask is read).
 Exit status: 0 ok, 1 missing predictions, 2 bad input.
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -100,8 +103,44 @@ def resolve_inputs(gt, list_path):
     return gt, ids
 
 
+def check_pred_dir(pred_dir):
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        what = "is not a folder" if pred_dir.exists() else "not found"
+        raise EvaluationError(f"prediction folder {what}: {pred_dir}")
+    return pred_dir
+
+
+def check_json_path(path):
+    """Create the folder of --json and make sure the file can be written there."""
+    path = Path(path)
+    if path.is_dir():
+        raise EvaluationError(f"--json {path} is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as err:
+        raise EvaluationError(f"cannot write --json {path}: {err}") from err
+    return path
+
+
+def write_json(path, summary):
+    """Write the results to a temporary sibling, then rename it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise EvaluationError(f"cannot write --json {path}: {err}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def evaluate(pred_dir, gt_dir, ids, num_classes, allow_missing=False):
     """Accumulate the confusion matrix; returns (ConfusionMatrix, list of missing ids)."""
+    pred_dir = check_pred_dir(pred_dir)
     matrix = ConfusionMatrix(num_classes)
     missing = []
     for image_id in ids:
@@ -157,21 +196,25 @@ def build_parser():
 def main(args):
     try:
         names = class_names(args.classes)
+        check_pred_dir(args.pred)
+        if args.json:
+            check_json_path(args.json)
         gt_dir, ids = resolve_inputs(args.gt, args.list)
         matrix, missing = evaluate(args.pred, gt_dir, ids, len(names), args.allow_missing)
+        summary = matrix.summary(names)
+        summary["missing"] = missing
+        summary["missing_counted_as_wrong"] = not args.allow_missing
+        print(format_table(summary))
+        if args.json:
+            write_json(args.json, summary)
     except EvaluationError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    summary = matrix.summary(names)
-    summary["missing"] = missing
-    summary["missing_counted_as_wrong"] = not args.allow_missing
-    print(format_table(summary))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=1))
     if missing:
+        none_found = " (none of the predictions was found)" if len(missing) == len(ids) else ""
         print(f"missing predictions ({len(missing)}): {', '.join(missing[:10])}"
-              f"{' ...' if len(missing) > 10 else ''}", file=sys.stderr)
+              f"{' ...' if len(missing) > 10 else ''} (looked for <id>.png in {args.pred})"
+              f"{none_found}", file=sys.stderr)
         if not args.allow_missing:
             return EXIT_MISSING
     return 0

@@ -163,3 +163,34 @@ def test_palette_png_round_trip_and_panels(tmp_path):
     assert (tmp_path / "panels.png").is_file()
     with pytest.raises(ValueError, match="panel cells"):
         save_panels([[np.zeros((2, 2, 4), np.uint8)]], tmp_path / "bad.png")
+
+
+def test_missing_pred_folder_is_bad_input_not_a_table_of_zeros(tmp_path, capsys):
+    """Before, a misspelt --pred printed a full table with mIoU 0 and never said why."""
+    write_folder(tmp_path / "gt", GT)
+    write_folder(tmp_path / "pred", PRED)
+    assert run("--pred", tmp_path / "perd", "--gt", tmp_path / "gt", "--classes", 3) == \
+        evaluate.EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert "prediction folder not found: " in err and "perd" in err
+    assert "mIoU" not in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run("--pred", empty, "--gt", tmp_path / "gt", "--classes", 3) == evaluate.EXIT_MISSING
+    assert "none of the predictions was found" in capsys.readouterr().err
+
+
+def test_unwritable_json_is_bad_input_before_any_work(tmp_path, capsys):
+    """Before, an unwritable --json was a traceback after the table, with exit status 1."""
+    write_folder(tmp_path / "gt", GT)
+    write_folder(tmp_path / "pred", PRED)
+    (tmp_path / "a_file").write_text("")
+    for target in (tmp_path / "a_file" / "results.json", tmp_path / "pred"):
+        assert run("--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--classes", 3,
+                   "--json", target, "--allow-missing") == evaluate.EXIT_BAD_INPUT
+        out, err = capsys.readouterr()
+        assert "--json" in err and str(target) in err and "mIoU" not in out
+    good = tmp_path / "out" / "results.json"
+    assert run("--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--classes", 3,
+               "--json", good, "--allow-missing") == 0
+    assert json.loads(good.read_text())["num_images"] == 2
