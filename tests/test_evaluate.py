@@ -128,6 +128,7 @@ def test_runs_as_a_script(tmp_path):
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "100.00" in done.stdout
+    (tmp_path / "none").mkdir()   # a folder without the prediction: counted as missing
     missing = subprocess.run([sys.executable, str(SCRIPT), "--pred", str(tmp_path / "none"),
                               "--gt", str(tmp_path / "gt"), "--classes", "2"],
                              capture_output=True, text=True, env=env)
