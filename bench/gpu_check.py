@@ -101,12 +101,13 @@ def training(sizes, precision):
         solver = bench_train.build_solver(args, tag=f"gpu_check_{precision}")
         timer = bench_train.Timer(sizes.device)
         names = bench_train.instrument(solver.net, timer)
-        rows, iteration, losses = bench_train.breakdown(solver, timer, names, sizes.iters, sizes.warmup)
+        trajectory = []
+        rows, iteration, losses = bench_train.breakdown(solver, timer, names, sizes.iters, sizes.warmup, trajectory)
         for source in solver.net.data_layers():
             source.close()
     if not all(np.isfinite(v) for v in losses.values()):
         raise RuntimeError(f"training losses are not finite at {precision}: {losses}")
-    return rows, iteration, peak
+    return rows, iteration, peak, np.asarray(trajectory)
 
 
 def deploy_prototxt(size, folder):
@@ -202,15 +203,19 @@ def main(args):
     if not args.skip_tests:
         summary, passed = cuda_tests(sizes)
         table.append(("pytest -m cuda", summary, "all pass", verdict(passed, args.dry)))
-    parts = {}
+    parts, trajectories = {}, {}
     for precision in ("fp32", "bf16"):
-        rows, iteration, peak = training(sizes, precision)
+        rows, iteration, peak, trajectories[precision] = training(sizes, precision)
         parts[precision] = rows
         label = "fp32/TF32" if precision == "fp32" else "bf16"
         table.append((f"{Path(sizes.net[0]).parent.name} train s/iter {label} ({sizes.size}px, batch {sizes.batch})",
                       f"{iteration:.4f}",
                       f"<= {TARGET_ITERATION_S}", verdict(iteration <= TARGET_ITERATION_S, args.dry)))
         table.append((f"  peak memory, train {label}", peak.text(), "", ""))
+    # same seed, weights and batches: the loss trajectories differ by the precision alone
+    change = np.abs(trajectories["bf16"] - trajectories["fp32"]) / np.abs(trajectories["fp32"])
+    table.append((f"  bf16 vs fp32 total loss, {len(change)} iterations", f"max rel. diff {change.max():.2e}",
+                  "", ""))
     rate, peak = deploy(sizes)
     table.append((f"deploy img/s {sizes.deploy_shape[0]}x{sizes.deploy_shape[1]}, full-res CRF", f"{rate:.1f}",
                   f">= {TARGET_DEPLOY_IMAGES_S:g}", verdict(rate >= TARGET_DEPLOY_IMAGES_S, args.dry)))

@@ -35,6 +35,8 @@ fi
 export PYTHONPATH="${crf_path}$repo/pylayers:$repo${PYTHONPATH:+:$PYTHONPATH}"
 
 cd "$repo"
+# OpenMP threads that sleep instead of spinning while they wait (as training/train.sh)
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 "$python" - <<'EOF' || exit 3
 import importlib, sys
 missing = [m for m in ("torch", "numpy", "scipy", "PIL", "yaml", "google.protobuf", "tqdm", "pytest", "krahenbuhl2013")

@@ -201,13 +201,16 @@ def build_solver(args, tag="bench", bridge_only=False, seed=0):
                          random_seed=seed)
 
 
-def breakdown(solver, timer, python_layers, iters, warmup):
-    """Per-iteration seconds of every part, in the order of an iteration, and the last losses."""
+def breakdown(solver, timer, python_layers, iters, warmup, trajectory=None):
+    """Per-iteration seconds of every part, in the order of an iteration, and the last losses;
+    appends each iteration's summed loss (warm-up included) to `trajectory` when given."""
+    trajectory = [] if trajectory is None else trajectory
     for _ in range(warmup):
-        one_iteration(solver, timer)
+        trajectory.append(sum(one_iteration(solver, timer).values()))
     timer.seconds.clear()
     for _ in range(iters):
         losses = one_iteration(solver, timer)
+        trajectory.append(sum(losses.values()))
     per_iter = {k: v / iters for k, v in timer.seconds.items()}
     order = [DATA, FORWARD_REST] + [f"{n} forward" for n in python_layers]
     order += [BACKWARD_REST] + [f"{n} backward" for n in python_layers] + [UPDATE]

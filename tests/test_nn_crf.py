@@ -10,7 +10,7 @@ from krahenbuhl2013 import _core
 from pylayers import crf as pycrf
 from sec.nn import DenseCRF
 from sec.nn import crf as tcrf
-from sec.nn.lattice import Lattice
+from sec.nn.lattice import Lattice, slice_scale
 
 MARGINAL_TOLERANCE = 1e-3
 ARGMAX_AGREEMENT = 0.999
@@ -59,8 +59,12 @@ def test_lattice_filter_equals_the_cpp_lattice(dim, points, spread):
     features = (rng.random((points, dim)) * spread).astype(np.float32)
     values = rng.random(points).astype(np.float32)
     want = _core.filter_scalar(features, values)
-    got = Lattice(torch.from_numpy(features)).filter(torch.from_numpy(values)[:, None])[:, 0].numpy()
+    lattice = Lattice(torch.from_numpy(features))
+    got = lattice.filter(torch.from_numpy(values)[:, None])[:, 0].numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    splat, slicing = lattice.sparse_filter(lattice.barycentric)
+    sparse = (slicing @ lattice.blur(splat @ torch.from_numpy(values)[:, None]))[:, 0] * slice_scale(dim)
+    np.testing.assert_allclose(sparse.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_lattice_groups_do_not_mix():

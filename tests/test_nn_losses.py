@@ -136,3 +136,19 @@ def test_cuda_losses_and_gradients_equal_pylayers(name):
     loss.backward()
     assert float(loss.detach()) == pytest.approx(want[0], rel=RTOL)
     assert_close(tensor.grad.cpu().numpy(), want[1])
+
+
+def test_sec_loss_is_the_sum_of_the_three_layers():
+    from pylayers import crf as pycrf
+    import krahenbuhl2013
+    scores, probs, cues, labels, _ = make_inputs((2, 4, 6, 6), seed=4)
+    images = np.random.default_rng(5).uniform(-100, 100, (2, 3, 41, 41)).astype(np.float32)
+    log_q = pycrf.crf_log_probs(scores, images, krahenbuhl2013.CRF_batch, scale_factor=12.0)
+    want = P.seed_loss(probs, cues)[0] + P.expand_loss(probs, labels)[0] + P.constrain_loss(probs, log_q)[0]
+    logits = torch.from_numpy(scores).requires_grad_()
+    total, parts = secnn.SECLoss()(logits, torch.from_numpy(images), torch.from_numpy(labels.reshape(2, 4)),
+                                   torch.from_numpy(cues))
+    total.backward()
+    assert set(parts) == {"seed", "expand", "constrain"}
+    assert float(total.detach()) == pytest.approx(want, rel=1e-4)
+    assert torch.isfinite(logits.grad).all() and float(logits.grad.abs().sum()) > 0

@@ -22,7 +22,7 @@ from pylayers.crf import MAX_ITER, MEAN_BGR, PIXEL_MAX, SCALE_FACTOR
 from pylayers.functions import MIN_PROB
 
 from .functional import clamp_and_normalise
-from .lattice import NORM_EPSILON, Lattice
+from .lattice import NORM_EPSILON, Lattice, slice_scale
 
 METHODS = ("lattice", "exact")
 EXACT_MAX_PIXELS = 4096
@@ -72,16 +72,18 @@ class _LatticeKernel:
         else:
             groups = torch.arange(num, device=features.device).repeat_interleave(points)
             self.lattice = Lattice(features.reshape(num * points, dim), groups)
-        self.weights = self.lattice.symmetric_weights()
-        self.scale = float(weight)
+        self.splat, self.slice = self.lattice.sparse_filter(self.lattice.symmetric_weights())
+        self.scale = float(weight) * slice_scale(self.lattice.dim)
+
+    def _filter(self, values):
+        return (self.slice @ self.lattice.blur(self.splat @ values)) * self.scale
 
     def message(self, q):
         num, points, labels = q.shape
         if self.shared:
-            values = q.permute(1, 0, 2).reshape(points, num * labels)
-            out = self.lattice.filter(values, self.weights)
-            return out.reshape(points, num, labels).permute(1, 0, 2) * self.scale
-        return self.lattice.filter(q.reshape(num * points, labels), self.weights).reshape(q.shape) * self.scale
+            out = self._filter(q.permute(1, 0, 2).reshape(points, num * labels))
+            return out.reshape(points, num, labels).permute(1, 0, 2)
+        return self._filter(q.reshape(num * points, labels)).reshape(q.shape)
 
 
 class _ExactKernel:

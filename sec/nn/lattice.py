@@ -13,8 +13,12 @@ that is part of every vertex key, so the groups never mix and one splat/blur/sli
 Tensors: ``features`` P x d float32 (already divided by the kernel widths), ``groups`` (P,) int64.
 """
 import math
+import warnings
 
 import torch
+
+_CSR_NOTICE = "Sparse CSR tensor support is in beta"
+"""torch's one-time notice on creating a CSR tensor; the products used here are long stable."""
 
 NORM_EPSILON = 1e-20
 """Added to K 1 before the inverse square root (densecrf's NORMALIZE_SYMMETRIC)."""
@@ -177,8 +181,33 @@ class Lattice:
         weight = self.barycentric if weight is None else weight
         return self.slice(self.blur(self.splat(values, weight)), weight) * slice_scale(self.dim)
 
+    def sparse_filter(self, weight):
+        """`filter` with ``weight`` fixed, as (splat, slice) CSR matrices ((V+1) x P and P x (V+1)):
+        splat and slice become sparse-dense products (no atomics, ~6x faster than index_add on CPU),
+        for filtering many times with one lattice (the mean-field iterations)."""
+        num, corners = self.vertex.shape
+        device = self.vertex.device
+        order = torch.argsort(self.vertex, dim=1)
+        columns = torch.gather(self.vertex, 1, order)
+        values = torch.gather(weight, 1, order)
+        slice_rows = torch.arange(0, num * corners + 1, corners, device=device)
+        slicing = _csr(slice_rows, columns.reshape(-1), values.reshape(-1), (num, self.num_vertices + 1))
+        flat = self.vertex.reshape(-1)
+        rows, by_row = torch.sort(flat, stable=True)       # stable: points stay in order in a row
+        counts = torch.bincount(rows, minlength=self.num_vertices + 1)
+        splat_rows = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), torch.cumsum(counts, 0)])
+        points = torch.div(by_row, corners, rounding_mode="floor")
+        splatting = _csr(splat_rows, points, weight.reshape(-1)[by_row], (self.num_vertices + 1, num))
+        return splatting, slicing
+
     def symmetric_weights(self):
         """Barycentric weights times norm_i = 1 / sqrt((K 1)_i + 1e-20), K the lattice filter."""
         ones = torch.ones(self.vertex.shape[0], 1, dtype=torch.float32, device=self.vertex.device)
         density = self.filter(ones)[:, 0]
         return self.barycentric * (1.0 / torch.sqrt(density + NORM_EPSILON))[:, None]
+
+
+def _csr(row_starts, columns, values, size):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CSR_NOTICE)
+        return torch.sparse_csr_tensor(row_starts, columns, values, size, check_invariants=False)
