@@ -8,7 +8,7 @@ the path; krahenbuhl2013 must be installed there: `pip install ./CRF`):
 writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, no Caffe needed):
 
 * layers.json + layers.npz: one-layer nets of every layer type sec.caffe supports, with their
-  parameter variants. Per case: the prototxt, the Caffe-written .caffemodel (bytes), and per layer
+  parameter variants (the table is bench/caffe_reference_cases.py). Per case: the prototxt, the Caffe-written .caffemodel (bytes), and per layer
   the bottoms, tops, top diffs fed to backward, bottom diffs and parameter diffs.
 * image_data.json + image_data.npz: ImageData tops of small odd-sized images (uint8 BGR stored,
   written as PNG for Caffe) resized by Caffe's cv::resize, for two new_height x new_width.
@@ -22,12 +22,13 @@ writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, 
   PERTURBATION (Caffe's own sensitivity), and from the snapshot in a fresh solver one more
   iteration (its gradient and the resulting weights).
 
-Arrays are float32, deduplicated (a key per distinct array). Speed, with the project's python:
+Arrays are float32, deduplicated (a key per distinct array). With the project's python:
 
+    python3 bench/caffe_reference.py --agreement     # the README table, from the fixtures
     python3 bench/caffe_reference.py --bench [--caffe-python /opt/caffe/venv/bin/python]
 
-times Caffe's and sec.caffe's solver step on the full SEC training net (same prototxt, same
-input size, same images) on the CPU in one run and prints the ratio.
+--bench times Caffe's and sec.caffe's solver step on the full SEC training net (same prototxt,
+same input size, same images) on the CPU, alternating the engines, and prints the ratio.
 """
 import argparse
 import hashlib
@@ -416,18 +417,15 @@ def bench_prototxts(tmp, size, batch):
     return solver_path
 
 
-def time_steps(solver, iters):
-    solver.step(1)  # warm-up: allocation, first batch, thread pools
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        solver.step(1)
-        times.append(time.perf_counter() - start)
-    return times
+def timed_step(solver):
+    start = time.perf_counter()
+    solver.step(1)
+    return time.perf_counter() - start
 
 
 def bench(args):
-    """Caffe (a subprocess with its own Python) and sec.caffe, one after the other, same files."""
+    """Caffe (a subprocess with its own Python, stepping on request) and sec.caffe, alternating
+    one iteration each so that both see the same machine load; same files, same net."""
     sys.path.insert(0, str(REPO))
     import torch
     from sec import caffe as sec_caffe
@@ -435,25 +433,45 @@ def bench(args):
         bench_inputs(tmp, args.size, args.batch)
         solver_path = bench_prototxts(tmp, args.size, args.batch)
         env = {**os.environ, "GLOG_minloglevel": "2", "PYTHONPATH": str(REPO / "pylayers")}
-        result = subprocess.run([args.caffe_python, __file__, "--bench-caffe", solver_path, "--iters", str(args.iters)],
-                                env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            sys.exit(f"Caffe benchmark failed ({args.caffe_python}):\n{result.stderr[-3000:]}")
-        caffe_times = json.loads(result.stdout.strip().splitlines()[-1])
+        if args.threads:
+            env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(args.threads)
+            torch.set_num_threads(args.threads)
+        worker = subprocess.Popen([args.caffe_python, __file__, "--bench-caffe", solver_path], env=env, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+        def caffe_step():
+            worker.stdin.write("step\n")
+            worker.stdin.flush()
+            line = worker.stdout.readline()
+            if not line:
+                sys.exit(f"Caffe benchmark worker ({args.caffe_python}) died; run it alone to see why")
+            return float(line)
+
         sec_caffe.set_mode_cpu()
-        sec_times = time_steps(sec_caffe.SGDSolver(solver_path), args.iters)
-    caffe_median, sec_median = float(np.median(caffe_times)), float(np.median(sec_times))
-    print(f"SEC training step, {args.batch} x 3 x {args.size} x {args.size}, CPU ({os.cpu_count()} cores, "
-          f"torch {torch.get_num_threads()} threads, OpenBLAS default threads), median of {args.iters}:")
-    print(f"  BVLC Caffe 1.0 : {caffe_median:.2f} s/iter  {['%.2f' % t for t in caffe_times]}")
-    print(f"  sec.caffe      : {sec_median:.2f} s/iter  {['%.2f' % t for t in sec_times]}")
-    print(f"  ratio Caffe / sec.caffe: {caffe_median / sec_median:.2f}x")
+        solver = sec_caffe.SGDSolver(solver_path)
+        caffe_step(), timed_step(solver)   # warm-up: allocation, first batch, thread pools
+        pairs = [(caffe_step(), timed_step(solver)) for _ in range(args.iters)]
+        worker.stdin.close()
+        worker.wait()
+    caffe_times, sec_times = zip(*pairs)
+    ratios = [c / s for c, s in pairs]
+    print(f"SEC training step (forward, backward, update), {args.batch} x 3 x {args.size} x {args.size}, CPU "
+          f"({os.cpu_count()} cores; torch {torch.get_num_threads()} threads, OpenBLAS "
+          f"{args.threads or 'its default'}), "
+          f"{args.iters} alternating iterations after one warm-up each:")
+    print(f"  BVLC Caffe 1.0 : median {np.median(caffe_times):.2f} s/iter  {['%.2f' % t for t in caffe_times]}")
+    print(f"  sec.caffe      : median {np.median(sec_times):.2f} s/iter  {['%.2f' % t for t in sec_times]}")
+    print(f"  Caffe / sec.caffe, median of the per-iteration ratios: {np.median(ratios):.2f}x "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 def bench_caffe(args):
+    """The Caffe side of --bench: one timed solver step per 'step' line on stdin."""
     caffe = import_caffe()
     caffe.set_mode_cpu()
-    print(json.dumps(time_steps(caffe.SGDSolver(args.bench_caffe), args.iters)))
+    solver = caffe.SGDSolver(args.bench_caffe)
+    for _ in sys.stdin:
+        print(timed_step(solver), flush=True)
 
 
 # ---------------------------------------------------------------- main
@@ -510,7 +528,9 @@ def build_parser():
                         help="the Python pycaffe was built for (default $SEC_CAFFE_PYTHON or %(default)s)")
     parser.add_argument("--size", type=int, default=321, help="--bench: input side (SEC: 321)")
     parser.add_argument("--batch", type=int, default=1, help="--bench: images per iteration (SEC: 15)")
-    parser.add_argument("--iters", type=int, default=3, help="--bench: timed iterations after one warm-up")
+    parser.add_argument("--iters", type=int, default=5, help="--bench: timed iterations of each engine after one warm-up")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="--bench: threads of both engines (torch and OpenBLAS; default: their own defaults)")
     parser.add_argument("--bench-caffe", metavar="SOLVER", help=argparse.SUPPRESS)
     return parser
 
