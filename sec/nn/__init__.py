@@ -4,11 +4,19 @@ torch.nn.Modules and functions, on any device (the twins of the numpy `pylayers`
     from sec.nn import SECLoss, SeedLoss, ExpandLoss, ConstrainLoss, DenseCRF, SoftmaxWithFloor
 
 `functional` holds the loss math, `crf` the mean-field (permutohedral lattice or exact kernels),
-`lattice` the torch lattice, `cues` the cue lookup kept on the device.
+`lattice` the torch lattice, `cues` the cue lookup kept on the device, `speed` the engine's speed
+options. Names are imported on first use, so `sec.nn.speed` or `sec.nn.functional` never need
+the CRF extension.
 """
-from .crf import dense_crf
-from .cues import DeviceCues
-from .modules import ConstrainLoss, DenseCRF, ExpandLoss, SECLoss, SeedLoss, SoftmaxWithFloor
+import importlib
 
-__all__ = ["ConstrainLoss", "DenseCRF", "DeviceCues", "ExpandLoss", "SECLoss", "SeedLoss",
-           "SoftmaxWithFloor", "dense_crf"]
+_HOMES = {"ConstrainLoss": "modules", "DenseCRF": "modules", "ExpandLoss": "modules", "SECLoss": "modules",
+          "SeedLoss": "modules", "SoftmaxWithFloor": "modules", "DeviceCues": "cues", "dense_crf": "crf"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    raise AttributeError(f"module '{__name__}' has no attribute '{name}'")

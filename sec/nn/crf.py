@@ -21,7 +21,7 @@ from krahenbuhl2013 import (DEFAULT_ITERATIONS, SEC_BILATERAL_SRGB, SEC_BILATERA
 from pylayers.crf import MAX_ITER, MEAN_BGR, PIXEL_MAX, SCALE_FACTOR
 from pylayers.functions import MIN_PROB
 
-from .functional import clamp_and_normalise
+from .functional import clamp_and_normalise, float32
 from .lattice import NORM_EPSILON, Lattice, slice_scale
 
 METHODS = ("lattice", "exact")
@@ -102,6 +102,7 @@ class _ExactKernel:
         return torch.matmul(self.matrix, q)
 
 
+@float32
 def dense_crf(images, unaries, *, maxiter=DEFAULT_ITERATIONS, gaussian_sxy=SEC_GAUSSIAN_SXY,
               gaussian_weight=SEC_GAUSSIAN_WEIGHT, bilateral_sxy=SEC_BILATERAL_SXY,
               bilateral_srgb=SEC_BILATERAL_SRGB, bilateral_weight=SEC_BILATERAL_WEIGHT, method="lattice"):

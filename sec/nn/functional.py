@@ -18,6 +18,8 @@ or no absent foreground class) contributes 0 for that image, and means still div
 Reductions that numpy does in float64 are done in float64 here too; the loss returned has the
 dtype of the (upcast) probabilities.
 """
+import functools
+
 import torch
 
 from pylayers.functions import MIN_PROB, POOLINGS, PRESENT_THRESHOLD, Q_BG, Q_FG
@@ -26,11 +28,22 @@ __all__ = ["MIN_PROB", "POOLINGS", "Q_BG", "Q_FG", "clamp_and_normalise", "const
            "expand_loss", "global_pool", "rank_weights", "seed_loss", "softmax_with_floor"]
 
 
+def float32(fn):
+    """Run ``fn`` with autocast off on the device of its first argument (float32 math under a
+    bf16/fp16 autocast region of the network)."""
+    @functools.wraps(fn)
+    def wrapper(tensor, *args, **kwargs):
+        with torch.autocast(device_type=tensor.device.type, enabled=False):
+            return fn(tensor, *args, **kwargs)
+    return wrapper
+
+
 def _as_float(tensor):
     """float32 for half-precision inputs (losses stay in float32 under autocast), else as is."""
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
+@float32
 def softmax_with_floor(scores, min_prob=MIN_PROB):
     """Channel softmax of N x C x H x W ``scores`` plus ``min_prob``, renormalised: every
     probability is at least min_prob / (1 + C min_prob)."""
@@ -44,6 +57,7 @@ def _per_image_weights(counts, num_images):
     return torch.where(counts > 0, 1.0 / (num_images * counts.clamp(min=1e-300)), torch.zeros_like(counts))
 
 
+@float32
 def seed_loss(probs, cues):
     """-mean over images of sum(cues * log probs) / (number of cue pixels); logs only where seeded."""
     probs = _as_float(probs)
@@ -80,6 +94,7 @@ def global_pool(rows, pooling="gwrp", decay=Q_FG):
     return ordered.to(torch.float64) @ rank_weights(rows.shape[-1], decay, rows.device)
 
 
+@float32
 def expand_loss(probs, labels, q_fg=Q_FG, q_bg=Q_BG, pooling="gwrp"):
     """Expansion loss of SEC (`pylayers.functions.expand_loss`):
 
@@ -109,6 +124,7 @@ def expand_loss(probs, labels, q_fg=Q_FG, q_bg=Q_BG, pooling="gwrp"):
     return loss.to(probs.dtype)
 
 
+@float32
 def constrain_loss(probs, log_q):
     """Mean over images and pixels of KL(Q || P) = sum_c Q log(Q / P); no gradient to ``log_q``."""
     probs = _as_float(probs)
