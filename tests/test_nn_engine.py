@@ -164,3 +164,14 @@ def test_device_cues_refuse_a_bad_image_only_when_a_batch_asks_for_it(tmp_path):
     np.testing.assert_array_equal(lookup.lookup([1])[1].numpy(), pycues.batch_labels_and_cues(cues, [1], CLASSES, CUE)[1])
     with pytest.raises(ValueError, match="image id 2 in c.pickle: cue coordinates"):
         lookup.lookup([1, 2])
+
+
+def test_cpu_default_is_bitwise_the_engine_before_the_twins(sec_net, monkeypatch):
+    from sec.caffe import layers as caffe_layers
+    from sec.caffe.pybridge import PythonLayer
+    _, now, now_grad = run(sec_net, monkeypatch, "auto")
+    monkeypatch.setitem(caffe_layers.LAYER_TYPES, "Python", PythonLayer)   # the mapping before issue 14
+    _, before, before_grad = run(sec_net, monkeypatch, "auto")
+    for name in before:
+        np.testing.assert_array_equal(now[name], before[name], err_msg=name)
+    np.testing.assert_array_equal(now_grad, before_grad)
