@@ -10,6 +10,7 @@ writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, 
 * layers.json + layers.npz: one-layer nets of every layer type sec.caffe supports, with their
   parameter variants (the table is bench/caffe_reference_cases.py). Per case: the prototxt, the Caffe-written .caffemodel (bytes), and per layer
   the bottoms, tops, top diffs fed to backward, bottom diffs and parameter diffs.
+* edge_nets.json: nets at the edge of what Caffe builds, and whether Net::Init accepts each.
 * image_data.json + image_data.npz: ImageData tops of small odd-sized images (uint8 BGR stored,
   written as PNG for Caffe) resized by Caffe's cv::resize, for two new_height x new_width.
 * sec_nets.json + sec_nets.npz + sec_init.caffemodel: the SEC training and deploy nets, faithful
@@ -37,6 +38,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caffe_reference_cases import CASES, INPUT_CASE, case_prototxt, make_input
+from caffe_reference_cases import CASES, EDGE_DIFFERENCES, EDGE_NETS, INPUT_CASE, case_prototxt, make_input
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH_DIVISOR = 32
@@ -184,6 +186,31 @@ def write_layer_cases(caffe, out, tmp):
     save(out, "layers", {"caffe": caffe_version(caffe), "cases": manifest}, {**store.arrays, **extra})
 
 
+
+
+# ---------------------------------------------------------------- what Caffe refuses
+
+PROBE = """
+import sys, caffe
+caffe.set_mode_cpu()
+caffe.Net(sys.argv[1], caffe.TEST)
+"""
+
+
+def write_edge_nets(caffe, out, tmp):
+    """Whether Net::Init accepts each of EDGE_NETS (a subprocess each: Caffe aborts on a failed
+    CHECK), with the first line of Caffe's complaint."""
+    results = {}
+    for name, text in EDGE_NETS.items():
+        path = os.path.join(tmp, f"{name}.prototxt")
+        Path(path).write_text(text)
+        env = {**os.environ, "GLOG_minloglevel": "0", "PYTHONPATH": str(REPO / "pylayers")}
+        run = subprocess.run([sys.executable, "-c", PROBE, path], env=env, capture_output=True, text=True)
+        complaints = [line for line in run.stderr.splitlines() if line.startswith("F") or "Error" in line]
+        results[name] = {"prototxt": text, "accepted": run.returncode == 0,
+                         "caffe_says": complaints[0] if complaints else "",
+                         "sec_refuses_on_purpose": EDGE_DIFFERENCES.get(name, "")}
+    save(out, "edge_nets", {"caffe": caffe_version(caffe), "nets": results}, {})
 
 
 # ---------------------------------------------------------------- ImageData
@@ -490,6 +517,8 @@ def caffe_version(caffe):
 
 def save(out, name, manifest, arrays):
     Path(out, f"{name}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    if not arrays:
+        return
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     Path(out, f"{name}.npz").write_bytes(buffer.getvalue())
@@ -501,17 +530,26 @@ def write_fixtures(args):
     caffe.set_random_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for step in ("layers", "image_data", "sec"):
+    # A fixed work folder: Caffe writes its paths into the .caffemodel files, so that
+    # regenerating gives the same bytes.
+    tmp = os.path.join(tempfile.gettempdir(), "sec_caffe_reference")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.mkdir(tmp)
+    try:
+        for step in ("layers", "edge", "image_data", "sec"):
             sub = os.path.join(tmp, step)
             os.mkdir(sub)
             if step == "layers":
                 write_layer_cases(caffe, out, sub)
+            elif step == "edge":
+                write_edge_nets(caffe, out, sub)
             elif step == "image_data":
                 write_image_data(caffe, out, sub)
             else:
                 train_path, init_model = write_sec_nets(caffe, out, sub)
                 write_solver(caffe, out, sub, train_path, init_model)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     total = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {len(list(out.iterdir()))} files, {total / 1e6:.2f} MB, to {out}")
 

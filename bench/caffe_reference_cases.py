@@ -204,3 +204,50 @@ def case_prototxt(name, spec):
         text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
     text += layer(type_, param, opts.get("bottoms", ("x",)), opts.get("tops", ("y",))) + "\n"
     return text
+
+
+def _net(*layers, shape=(2, 3, 5, 6)):
+    dims = " ".join(f"dim: {d}" for d in shape)
+    return ("\n".join([f'layer {{ name: "input_x" type: "Input" top: "x" input_param {{ shape {{ {dims} }} }} }}']
+                      + list(layers)) + "\n")
+
+
+_X2 = 'layer { name: "input_x2" type: "Input" top: "x2" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 6 } } }'
+_LABEL = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 2 dim: 1 dim: 5 dim: 6 } } }'
+
+# Nets at the edge of what Caffe builds: name -> prototxt. bench/caffe_reference.py records
+# whether BVLC Caffe's Net::Init accepts each (and its message); sec.caffe must agree.
+EDGE_NETS = {
+    "softmax_loss_two_tops": _net(_LABEL, layer("SoftmaxWithLoss", "", ("x", "label"), ("loss", "prob"))),
+    "softmax_loss_two_tops_weighted": _net(_LABEL, layer("SoftmaxWithLoss", "loss_weight: 1 loss_weight: 0",
+                                                         ("x", "label"), ("loss", "prob"))),
+    "conv_bottoms_differ": _net(_X2, layer(*conv("kernel_size: 3"), ("x", "x2"), ("y", "y2"))),
+    "conv_group_not_dividing": _net(layer(*conv("kernel_size: 3 group: 2"))),
+    "pool_pad_one_axis": _net(layer(*pool("pool: MAX kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 4 pad_h: 1 "
+                                         "pad_w: 0")), shape=(1, 1, 7, 7)),
+    "pool_pad_equals_kernel": _net(layer(*pool("pool: MAX kernel_size: 2 pad: 2"))),
+    "pool_global_with_kernel": _net(layer(*pool("pool: AVE global_pooling: true kernel_size: 2"))),
+    "lrn_even_size": _net(layer("LRN", "lrn_param { local_size: 4 }")),
+    "concat_mismatch": _net(_X2, layer("Concat", "", ("x", "x2"))),
+    "eltwise_mismatch": _net(_X2, layer("Eltwise", "", ("x", "x2"))),
+    "eltwise_prod_coeff": _net(layer("Eltwise", "eltwise_param { operation: PROD coeff: 1 coeff: 2 }", ("x", "x"))),
+    "accuracy_top_k_too_large": _net(_LABEL, layer("Accuracy", "accuracy_param { top_k: 4 }", ("x", "label"))),
+    "reshape_two_inferred": _net(layer("Reshape", "reshape_param { shape { dim: -1 dim: -1 } }")),
+    "flatten_axes_reversed": _net(layer("Flatten", "flatten_param { axis: 2 end_axis: 1 }")),
+    "softmax_axis_out_of_range": _net(layer("Softmax", "softmax_param { axis: 4 }")),
+    "top_reused_not_in_place": _net(layer("ReLU", "", ("x",), ("y",), "a"), layer("ReLU", "", ("x",), ("y",), "b")),
+    "unknown_bottom": _net(layer("ReLU", "", ("nothere",))),
+    "input_shapes_mismatch": ('layer { name: "input_x" type: "Input" top: "x" top: "y" input_param { shape { dim: 1 } '
+                              'shape { dim: 2 } shape { dim: 3 } } }\n'),
+    "scale_bottom_mismatch": _net(_X2, layer("Scale", "scale_param { axis: 1 }", ("x", "x2"))),
+    "duplicate_layer_names": _net(layer("ReLU", "", ("x",), ("y",), "a"), layer("ReLU", "", ("y",), ("z",), "a")),
+    "ip_without_num_output": _net(layer("InnerProduct", "")),
+    "dropout_ratio_one": _net(layer("Dropout", "dropout_param { dropout_ratio: 1 }")),
+    "pool_window_outside_unpadded": _net(layer(*pool("pool: MAX kernel_size: 2 stride: 4")), shape=(1, 1, 7, 7)),
+}
+# Where sec.caffe refuses on purpose what Caffe builds (sec/caffe/README, "Differences").
+EDGE_DIFFERENCES = {
+    "duplicate_layer_names": "weights and net.params go by layer name",
+    "dropout_ratio_one": "scale 1 / (1 - 1); Caffe checks the ratio only in debug builds",
+    "pool_window_outside_unpadded": "Caffe outputs -FLT_MAX for MAX there (and 0/0 for AVE)",
+}
