@@ -196,9 +196,11 @@ def main(args):
     if args.threads or args.dry:
         torch.set_num_threads(args.threads or 1)
     started = time.perf_counter()
+    from sec.nn import speed
+    speed.set_tf32(True)   # the default of every run (sec.nn.speed)
     name = torch.cuda.get_device_name() if sizes.device == "cuda" else platform.processor() or "CPU"
     print(f"gpu_check{' --dry' if args.dry else ''}: torch {torch.__version__}, Python {platform.python_version()}, "
-          f"device {name}; TF32 convolutions {'on' if args.dry or torch.backends.cudnn.allow_tf32 else 'off'}")
+          f"device {name}; TF32 convolutions {'on' if speed.tf32_enabled() else 'off'}")
     table = [("check", "value", "target", "status")]
     if not args.skip_tests:
         summary, passed = cuda_tests(sizes)

@@ -14,6 +14,7 @@ from conftest import REPO_ROOT
 TIMEOUT_S = 300
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_prints_the_whole_table():
     env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_TIMEOUT=str(TIMEOUT_S))
     result = subprocess.run(["bash", str(REPO_ROOT / "bench" / "gpu_check.sh"), "--dry", "--no-build"],

@@ -87,6 +87,7 @@ def test_training_batch_scale_12_matches_krahenbuhl2013():
     assert largest <= MARGINAL_TOLERANCE and agreement >= ARGMAX_AGREEMENT
 
 
+@pytest.mark.slow
 def test_full_resolution_scale_1_matches_krahenbuhl2013():
     images = photo_like(375, 500, seed=3)
     unaries = network_like_unary(1, 375, 500, 21, seed=4)

@@ -28,6 +28,14 @@ def set_tf32(enabled):
         torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
+def tf32_enabled():
+    """Whether float32 cuDNN convolutions may use TF32 (read through the API set_tf32 writes)."""
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):
+        return cudnn_conv.fp32_precision == "tf32"
+    return bool(torch.backends.cudnn.allow_tf32)
+
+
 def check_options(precision="fp32", channels_last=False):
     if precision not in PRECISIONS:
         raise ValueError(f"need precision in {PRECISIONS}, got {precision!r}")
