@@ -160,6 +160,7 @@ def test_deploy_crf_in_torch_gives_the_cpp_masks(monkeypatch):
 def test_device_cues_refuse_a_bad_image_only_when_a_batch_asks_for_it(tmp_path):
     cues = write_cues(tmp_path / "c.pickle", [1, 2], seed=6)
     cues["2_cues"] = np.array([[0], [CUE], [0]])           # row outside the grid
+    cues["2007_000032_labels"] = np.array([1])              # a key no integer id can ask for
     lookup = DeviceCues(cues, CLASSES, CUE, source="c.pickle")
     np.testing.assert_array_equal(lookup.lookup([1])[1].numpy(), pycues.batch_labels_and_cues(cues, [1], CLASSES, CUE)[1])
     with pytest.raises(ValueError, match="image id 2 in c.pickle: cue coordinates"):

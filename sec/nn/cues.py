@@ -23,7 +23,8 @@ class DeviceCues:
     def __init__(self, cues, num_classes=NUM_CLASSES, cue_size=CUE_SIZE, source="<cues>", device="cpu"):
         self.num_classes, self.cue_size, self.source = int(num_classes), int(cue_size), source
         self.cues = cues
-        ids = sorted({int(key[:-len("_labels")]) for key in cues if str(key).endswith("_labels")})
+        ids = sorted({int(key[:-len("_labels")]) for key in cues
+                      if str(key).endswith("_labels") and str(key)[:-len("_labels")].lstrip("-").isdigit()})
         self.row = {image: row for row, image in enumerate(ids)}
         # images pylayers refuses are kept out of the tables; looking one up raises pylayers'
         # error then, as the numpy layer does (a bad entry no batch uses stops nothing)
