@@ -86,6 +86,19 @@ def test_expand_loss_custom_decays_and_flat_labels():
     assert_close(got[1], want[1])
 
 
+@pytest.mark.parametrize("pooling", ["gwrp", "gmp"])
+def test_expand_gradient_at_ties_goes_where_pylayers_sends_it(pooling):
+    probs = np.full((2, 3, 4, 5), 0.25, np.float32)       # every class map flat: all values tied
+    probs[1, :, 1, 2] = 0.5                                 # and a tied pair of maxima
+    probs[1, :, 3, 0] = 0.5
+    labels = np.ones((2, 1, 1, 3), np.float32)
+    labels[1, ..., 2] = 0.0
+    want = P.expand_loss(probs, labels, pooling=pooling)
+    got = torch_loss_and_grad(F.expand_loss, probs, labels, pooling=pooling)
+    assert got[0] == pytest.approx(want[0], rel=RTOL)
+    np.testing.assert_allclose(got[1], want[1], rtol=RTOL, atol=1e-7)
+
+
 def test_degenerate_images_give_zero_terms_not_nan():
     probs = torch.full((2, 3, 2, 2), 1.0 / 3, requires_grad=True)
     cues = torch.zeros(2, 3, 2, 2)

@@ -81,16 +81,17 @@ def rank_weights(length, decay, device=None):
 def global_pool(rows, pooling="gwrp", decay=Q_FG):
     """Pool the last axis of ``rows`` (... x K); float64 result.
 
-    ``gwrp``: sorted descending, weighted by d^j / sum d^j; ``gmp``: max (the gradient goes to the
-    first maximum); ``gap``: mean. At ties in GWRP the gradient goes to one of the tied entries.
+    ``gwrp``: sorted descending, weighted by d^j / sum d^j; ``gmp``: the same with d = 0 (max);
+    ``gap``: mean. Tied values are ranked as pylayers ranks them (a stable ascending sort, read
+    backwards: of equal values the later one ranks first), so gradients agree at ties too.
     """
     if pooling == "gap":
         return rows.to(torch.float64).mean(dim=-1)
     if pooling == "gmp":
-        return rows.max(dim=-1).values.to(torch.float64)
-    if pooling != "gwrp":
+        decay = 0.0
+    elif pooling != "gwrp":
         raise ValueError(f"need pooling in {POOLINGS}, got {pooling!r}")
-    ordered = torch.sort(rows, dim=-1, descending=True).values
+    ordered = torch.sort(rows, dim=-1, stable=True).values.flip(-1)
     return ordered.to(torch.float64) @ rank_weights(rows.shape[-1], decay, rows.device)
 
 
