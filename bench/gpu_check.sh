@@ -9,7 +9,8 @@
 #   bash bench/gpu_check.sh --no-build   # use the krahenbuhl2013 already importable, build nothing
 #
 # Needs a Python with torch (CUDA build, 2.11 or newer), numpy, scipy, Pillow, PyYAML, protobuf,
-# tqdm, pytest, setuptools and pybind11. PYTHON picks the interpreter (default python3);
+# tqdm, pytest, setuptools and pybind11 (OpenCV optional: without it the check's data layer
+# resizes with scipy, and says so). PYTHON picks the interpreter (default python3);
 # GPU_CHECK_TIMEOUT the limit in seconds (default 480).
 set -euo pipefail
 
