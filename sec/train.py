@@ -8,7 +8,10 @@ A run lives in `runs/<name>/`:
   smoothed loss, each loss blob, forward/backward/update seconds) and `losses.png`;
 - `eval.json` and `panels.png` (image | ground truth | prediction) after evaluation.
 After a finished run `runs/latest.json` names the final weights and the deploy prototxt
-(read by deploy/deploy.py).
+(read by deploy/deploy.py); it only ever names a file that exists.
+A new run never replaces an earlier one silently: a folder that holds one is refused unless
+`resume` (continue it) or `overwrite` (delete it first); see sec.run_folder, which also checks
+the list, images and cues before the first iteration.
 The synthetic recipe's earlier stages (localization nets and cues) are training/train.py's.
 """
 import csv
@@ -26,7 +29,10 @@ from tqdm import tqdm
 
 from sec import data, metrics, visualize
 from sec.caffe import io as caffe_io
-from sec.caffe.solver import NetOverrides, make_solver, snapshot_paths
+from sec.caffe.solver import NetOverrides, apply_net_overrides, make_solver, snapshot_paths
+from sec.run_folder import (RunInputError, check_iterations, check_train_net_inputs, clear_snapshots,  # noqa: F401
+                            latest_snapshot, prepare_new_run, remove_stale_temporaries,
+                            require_some_weights, restore_newest_readable)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,7 @@ class RunConfig:
     seed: int | None = None
     device: str = "cpu"
     resume: bool = False
+    overwrite: bool = False         # a new run may delete an earlier run in its folder
     precision: str = "fp32"         # "bf16": autocast of the net body (sec.nn.speed)
     tf32: bool = True               # TF32 convolutions on CUDA (PyTorch's default)
     channels_last: bool = False     # NHWC parameters and inputs
@@ -70,25 +77,10 @@ class RunConfig:
 
 
 # ----- run folder ---------------------------------------------------------------------------------
-def latest_snapshot(run_dir, name):
-    """The .solverstate with the highest iteration in run_dir, or None."""
-    found = []
-    for path in Path(run_dir).glob(f"{name}_iter_*.solverstate"):
-        number = path.name[len(f"{name}_iter_"):-len(".solverstate")]
-        if number.isdigit():
-            found.append((int(number), path))
-    return max(found)[1] if found else None
-
-
-def clear_snapshots(run_dir, name):
-    """Remove a previous run's snapshots so that a later --resume cannot pick up stale ones."""
-    for pattern in (f"{name}_iter_*.caffemodel", f"{name}_iter_*.solverstate", f"{name}_iter_*.solverstate.rng"):
-        for path in Path(run_dir).glob(pattern):
-            path.unlink()
-
-
 def write_latest(runs_root, weights, deploy, classes, num_classes, dataset):
     """runs/latest.json as the contract describes it (absolute paths)."""
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"not writing {Path(runs_root) / 'latest.json'}: weights {weights} do not exist")
     info = {"weights": str(Path(weights).resolve()), "deploy_prototxt": str(Path(deploy).resolve()),
             "classes": classes, "num_classes": int(num_classes), "dataset": str(Path(dataset).resolve())}
     Path(runs_root).mkdir(parents=True, exist_ok=True)
@@ -199,18 +191,31 @@ def plot_losses(csv_path, png_path):
 
 
 # ----- training -----------------------------------------------------------------------------------
+def run_overrides(cfg, source=None, local_batch=None):
+    """NetOverrides of a run: its list (or `source`, a rank's shard), root folder, cues, batch."""
+    source = source if source is not None else cfg.source
+    return NetOverrides(
+        batch_size=local_batch if local_batch is not None else cfg.batch,
+        source=str(source) if source is not None else None,
+        root_folder=cfg.root_folder,
+        python_params={"AnnotationLayer": {"cues": str(cfg.cues)}} if cfg.cues else None)
+
+
+def check_inputs(cfg):
+    """Everything a run reads, checked before anything is written or trained (RunInputError):
+    iteration and batch counts, the list's images, the cue file and every id's cues."""
+    check_iterations(cfg.iters, cfg.batch)
+    check_train_net_inputs(apply_net_overrides(caffe_io.read_net_prototxt(str(cfg.net)), run_overrides(cfg)))
+
+
 def build_solver(cfg, rank=0, world_size=1):
     """The solver (SGD, or Adam by the solver's type) of a run: the model prototxts plus the run's paths and overrides."""
-    global_batch = cfg.batch or global_batch_of(cfg.net)
+    global_batch = cfg.batch if cfg.batch is not None else global_batch_of(cfg.net)
     source = cfg.source
     if world_size > 1 and source is not None:
         source = shard_list(source, cfg.run_dir / f"list_rank{rank}.txt", rank, world_size)
     local_batch = rank_batch(global_batch, rank, world_size)
-    overrides = NetOverrides(
-        batch_size=local_batch if (cfg.batch or world_size > 1) else None,
-        source=str(source) if source is not None else None,
-        root_folder=cfg.root_folder,
-        python_params={"AnnotationLayer": {"cues": str(cfg.cues)}} if cfg.cues else None)
+    overrides = run_overrides(cfg, source, local_batch if (cfg.batch is not None or world_size > 1) else None)
     from sec.nn.speed import net_factory
     return make_solver(cfg.solver, net=cfg.net, max_iter=cfg.iters, snapshot_prefix=cfg.prefix,
                      net_factory=net_factory(cfg.precision, cfg.tf32, cfg.channels_last),
@@ -219,24 +224,34 @@ def build_solver(cfg, rank=0, world_size=1):
 
 
 def train(cfg):
-    """Train (or resume) one run; returns the final .caffemodel path (on every rank)."""
+    """Train (or resume) one run; returns the final .caffemodel path (on every rank).
+
+    Raises RunInputError (bad flag, list, image, cues, an earlier run in the way, no readable
+    snapshot to resume) before the first iteration, NonFiniteLossError on divergence."""
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    check_inputs(cfg)
+    if cfg.resume and latest_snapshot(cfg.run_dir, cfg.name) is None:
+        raise RunInputError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
+    if not cfg.resume and rank == 0:
+        for path in prepare_new_run(cfg.run_dir, cfg.name, cfg.overwrite, cfg.runs_root):
+            print(f"--overwrite: deleted {path}")
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        remove_stale_temporaries(cfg.run_dir, cfg.name)
     handler = attach_log_file(cfg.run_dir / ("train.log" if rank == 0 else f"train_rank{rank}.log"))
     try:
-        state = latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
-        if cfg.resume and state is None:
-            raise FileNotFoundError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
-        if not cfg.resume and rank == 0:
-            clear_snapshots(cfg.run_dir, cfg.name)
         if world_size > 1:
             dist.barrier()
         solver = build_solver(cfg, rank, world_size)
-        if state is not None:
-            solver.restore(str(state))
+        if cfg.resume:
+            state, skipped = restore_newest_readable(solver, cfg.run_dir, cfg.name)
+            if rank == 0:
+                for bad, reason in skipped:
+                    print(f"--resume: skipped unreadable snapshot {bad} ({reason})")
+                print(f"resuming from {state} at iteration {solver.iter} (weights {solver.restored_from[1]})")
         elif cfg.weights is not None:
-            solver.load_weights(cfg.weights)
-        run_loop(solver, cfg.run_dir, resume_iter=solver.iter if state is not None else None, show=rank == 0)
+            require_some_weights(solver.load_weights(cfg.weights), cfg.weights)
+        run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0)
         return snapshot_paths(cfg.prefix, solver.iter)[0]
     finally:
         for name in ("sec", "pylayers"):
@@ -330,7 +345,9 @@ def pick_device(name):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        raise RunInputError(f"--device {name}: torch sees no CUDA device (use --device cpu or auto)")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise RunInputError(f"--device {name}: need auto, cpu or cuda[:N]")
     return name
 
 

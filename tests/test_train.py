@@ -176,7 +176,11 @@ def test_latest_snapshot_and_clear(tmp_path):
 
 
 def test_write_latest_and_caffe_files(tmp_path):
-    info = write_latest(tmp_path, "w.caffemodel", "d.prototxt", "synthetic", 7, "data")
+    with pytest.raises(FileNotFoundError, match="w.caffemodel"):      # never names a missing file
+        write_latest(tmp_path, tmp_path / "w.caffemodel", "d.prototxt", "synthetic", 7, "data")
+    assert not (tmp_path / "latest.json").exists()
+    (tmp_path / "w.caffemodel").write_bytes(b"x")
+    info = write_latest(tmp_path, tmp_path / "w.caffemodel", "d.prototxt", "synthetic", 7, "data")
     assert json.loads((tmp_path / "latest.json").read_text()) == info
     assert set(info) == {"weights", "deploy_prototxt", "classes", "num_classes", "dataset"}
     cfg = RunConfig(name="r", solver=MODELS / "sec" / "solver.prototxt", net=MODELS / "sec" / "train.prototxt",
@@ -320,22 +324,30 @@ def test_resume_with_the_real_net_is_bitwise(tiny_set, tmp_path):
         assert a.param.detach().equal(b.param.detach()), a.layer
 
 
-@pytest.mark.slow
-def test_train_run_writes_the_run_folder_and_evaluates(tiny_set, tmp_path, capsys):
-    from sec import train as sec_train
+def tiny_run_config(tiny_set, tmp_path, **fields):
+    """RunConfig 't' of the synthetic recipe on the tiny set (batch 2, 3 iterations; `fields`
+    override), with the train and deploy nets rewritten for its 81 x 81 input (written to tmp_path)."""
     cfg = RunConfig(name="t", solver=MODELS / "synthetic" / "solver.prototxt",
-                    net=MODELS / "synthetic" / "train.prototxt", deploy=tmp_path / "deploy.prototxt",
+                    net=tmp_path / "train.prototxt", deploy=tmp_path / "deploy.prototxt",
                     runs_root=tmp_path / "runs", classes="synthetic", num_classes=7, dataset=tiny_set,
                     source=tiny_set / "train.txt", root_folder=str(tiny_set / "images") + "/",
                     cues=tiny_set / "cues.pickle", batch=2, iters=3)
+    for key, value in fields.items():
+        setattr(cfg, key, value)
     deploy = (MODELS / "synthetic" / "deploy.prototxt").read_text()
     (tmp_path / "deploy.prototxt").write_text(deploy.replace("dim: 161", f"dim: {TINY_NET_SIDE}"))
     # the tiny set's 11 x 11 cues need the 81 x 81 input; rewrite the net the way overrides do
     train_net = (MODELS / "synthetic" / "train.prototxt").read_text()
-    cfg.net = tmp_path / "train.prototxt"
-    cfg.net.write_text(train_net.replace("new_height: 161", f"new_height: {TINY_NET_SIDE}")
-                       .replace("new_width: 161", f"new_width: {TINY_NET_SIDE}")
-                       .replace('"cue_size": 21', f'"cue_size": {TINY_CUE_SIDE}'))
+    (tmp_path / "train.prototxt").write_text(train_net.replace("new_height: 161", f"new_height: {TINY_NET_SIDE}")
+                                             .replace("new_width: 161", f"new_width: {TINY_NET_SIDE}")
+                                             .replace('"cue_size": 21', f'"cue_size": {TINY_CUE_SIDE}'))
+    return cfg
+
+
+@pytest.mark.slow
+def test_train_run_writes_the_run_folder_and_evaluates(tiny_set, tmp_path, capsys):
+    from sec import train as sec_train
+    cfg = tiny_run_config(tiny_set, tmp_path)
     weights = sec_train.train(cfg)
     assert Path(weights).name == "t_iter_3.caffemodel" and Path(weights).is_file()
     run = cfg.run_dir

@@ -96,6 +96,8 @@ def resolve(args):
         raise FileNotFoundError(f"--root: folder {args.root} not found")
     if args.batch < 1 or args.save_every < 1:
         raise ValueError(f"need --batch and --save-every >= 1, got {args.batch} and {args.save_every}")
+    if args.workers < 0:
+        raise ValueError(f"--workers: need 0 or more, got {args.workers}")
     return args
 
 
@@ -172,6 +174,7 @@ def build_nets(args, device):
     nets = []
     for prototxt, weights in ((args.fg_net, args.fg_weights), (args.bg_net, args.bg_weights)):
         net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+        net.weight_report.require_complete()     # a layer left at its filler would make garbage cues
         net.to(torch.device(device))
         net.eval()
         nets.append(net)
@@ -264,18 +267,18 @@ def class_names_of(preset, num_classes):
 
 
 def main(args):
-    from sec import data
+    from sec.run_folder import check_image_list
     from sec.train import pick_device
-    try:
+    try:                      # every input checked (and both nets loaded) before the first image
         args = resolve(args)
-        entries = data.read_image_list(args.list)
+        device = pick_device(args.device)
+        entries = check_image_list(args.list, args.root)
         labels = image_labels(args, entries)
+        started = time.perf_counter()
+        nets = build_nets(args, device)
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"make_cues: {err}", file=sys.stderr)
         return 2
-    device = pick_device(args.device)
-    started = time.perf_counter()
-    nets = build_nets(args, device)
     partial = Path(str(args.out) + PARTIAL_SUFFIX)
     done = load_partial(partial, fingerprint(args), args.restart)
     done = generate(args, entries, labels, nets, done)

@@ -11,6 +11,8 @@ file that the next one reads and that can be rerun alone (the command of each st
   5. evaluation on the synthetic val split (per-class IoU, mIoU, panels)
 A stage whose file exists (and is newer than the dataset) is kept; delete the file, or pass
 --redo-localization, to redo it. --cues FILE skips stages 2-3, --cues and --weights skip 1-3.
+A run folder that already holds a run is refused unless --resume (continue it) or --overwrite
+(delete it and start again); the list, its images and the cues are checked before training.
 With --voc/--cues/--weights: the paper's recipe with models/sec/ (DeepLab-LargeFOV, 8000 iterations
 at batch 15). Everything not given by a flag comes from the prototxts. Runs go to runs/<name>/ and,
 once finished, runs/latest.json names the weights for deploy/deploy.py.
@@ -36,9 +38,21 @@ SYNTHETIC_IMAGE_SIZE = 160
 SYNTHETIC_CUE_SIZE = 21
 VOC_NUM_CLASSES = 21
 VOC_TRAIN_SPLIT = "trainaug"
-EXIT_MISSING_INPUT = 2
-EXIT_NONFINITE = 3
-EXIT_STAGE_FAILED = 4
+EXIT_MISSING_INPUT = 2         # a missing or unusable input, flag or run folder; nothing was trained
+EXIT_NONFINITE = 3             # training diverged (NaN/Inf); the earlier snapshots are kept
+EXIT_STAGE_FAILED = 4          # a pipeline stage (subprocess) failed; its message is above
+EXIT_INTERRUPTED = 130         # Ctrl-C; the snapshots written so far are kept (--resume)
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1 (argparse names the flag and exits with status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"need a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"need a positive integer, got {value}")
+    return value
 
 
 def build_parser():
@@ -55,7 +69,7 @@ def build_parser():
     parser.add_argument("--list", type=Path, help="training image list '<image> <id>' (default with --voc: "
                         f"written from ImageSets/Segmentation/{VOC_TRAIN_SPLIT}.txt with ids 0..N-1; "
                         "pass the original input_list.txt to match the original cue ids)")
-    parser.add_argument("--gpus", type=int, default=1, help="data-parallel processes (torchrun, one per GPU; "
+    parser.add_argument("--gpus", type=positive_int, default=1, help="data-parallel processes (torchrun, one per GPU; "
                         "with --device cpu they run on the gloo backend); the global batch is split across them")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     parser.add_argument("--engine", choices=("torch", "caffe"), default="torch",
@@ -68,24 +82,26 @@ def build_parser():
                         "imports its own numpy, not this Python's; a failing Python layer prints its traceback")
     parser.add_argument("--caffe-bin", help="--engine caffe: the `caffe` binary (default: beside that Python's "
                         "pycaffe, <prefix>/bin/caffe, else `caffe` on PATH)")
-    parser.add_argument("--resume", action="store_true", help="continue the run from its last .solverstate")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last readable .solverstate")
+    parser.add_argument("--overwrite", action="store_true", help="delete an earlier run of the same name in its "
+                        "folder (snapshots, losses, log) and start again; without it such a folder is refused")
     parser.add_argument("--name", help="run name: folder runs/<name>/ (default: synthetic or voc)")
     parser.add_argument("--runs", type=Path, default=REPO_ROOT / "runs", help="folder of runs and latest.json")
     parser.add_argument("--solver", type=Path, help="solver prototxt (default: models/<recipe>/solver.prototxt)")
     parser.add_argument("--net", type=Path, help="train net prototxt (default: models/<recipe>/train.prototxt)")
     parser.add_argument("--synthetic-dir", type=Path, default=SYNTHETIC_DIR,
                         help="synthetic dataset folder (generated when absent or incomplete)")
-    parser.add_argument("--iters", type=int, help="override max_iter of the solver")
-    parser.add_argument("--batch", type=int, help="override the global batch size of the ImageData layer")
+    parser.add_argument("--iters", type=positive_int, help="override max_iter of the solver")
+    parser.add_argument("--batch", type=positive_int, help="override the global batch size of the ImageData layer")
     parser.add_argument("--seed", type=int, help="override random_seed of the solver")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     parser.add_argument("--localization-only", action="store_true", help="synthetic recipe: stop after the "
                         "localization stages (fg net, bg net, cues)")
     parser.add_argument("--redo-localization", action="store_true", help="synthetic recipe: redo the "
                         "localization stages even when their files exist")
-    parser.add_argument("--loc-iters", type=int, help="override max_iter of the two localization solvers "
+    parser.add_argument("--loc-iters", type=positive_int, help="override max_iter of the two localization solvers "
                         "(models/localization/synthetic/{fg,bg}_solver.prototxt)")
-    parser.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's, one per "
+    parser.add_argument("--threads", type=positive_int, help="torch intra-op CPU threads (default: torch's, one per "
                         "core)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: the net body runs under "
                         "bf16 autocast (losses and CRF stay float32); default fp32")
@@ -108,7 +124,8 @@ def recipe(args):
     common = dict(name=name, solver=args.solver or models / "solver.prototxt",
                   net=args.net or models / "train.prototxt", deploy=models / "deploy.prototxt",
                   runs_root=args.runs, weights=args.weights, batch=args.batch, iters=args.iters,
-                  seed=args.seed, device=pick_device(args.device), resume=args.resume, classes=kind)
+                  seed=args.seed, device=pick_device(args.device), resume=args.resume,
+                  overwrite=args.overwrite, classes=kind)
     for path in (common["solver"], common["net"]):
         if not Path(path).is_file():
             raise FileNotFoundError(f"prototxt not found: {path}")
@@ -185,7 +202,7 @@ def localization_stages(args, stages):
     iters = [] if args.loc_iters is None else ["--iters", args.loc_iters]
     commands = {
         net: [sys.executable, TRAIN_LOCALIZATION, "--net", net, "--preset", LOCALIZATION_PRESET, *inputs,
-              "--run-dir", files["folder"] / net, "--out", files[net], *iters]
+              "--run-dir", files["folder"] / net, "--out", files[net], "--overwrite", *iters]
         for net in ("fg", "bg")}
     commands["cues"] = [sys.executable, MAKE_CUES, "--preset", LOCALIZATION_PRESET, *inputs,
                         "--masks", dataset / "masks", "--fg-weights", files["fg"], "--bg-weights", files["bg"],
@@ -281,6 +298,7 @@ def main(args, argv=()):
     under_torchrun = "WORLD_SIZE" in os.environ
     started = time.perf_counter()
     try:
+        sec_train.pick_device(args.device)          # before any stage runs on it
         if not under_torchrun:
             prepare_inputs(args)
             if args.localization_only:
@@ -293,7 +311,7 @@ def main(args, argv=()):
         for path in (cfg.source, cfg.cues):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path} not found")
-    except (FileNotFoundError, StageError) as err:
+    except (*expected_errors(), StageError) as err:
         return report_failure(err)
     if args.engine == "caffe":
         return run_with_caffe(cfg, args)
@@ -305,23 +323,44 @@ def main(args, argv=()):
         torch.set_num_threads(args.threads)
     try:
         weights = sec_train.train(cfg)
-    except (NonFiniteLossError, FileNotFoundError) as err:
+    except (NonFiniteLossError, *expected_errors()) as err:
         return report_failure(err)
+    except KeyboardInterrupt:
+        print(f"train.py: interrupted; the snapshots in {cfg.run_dir} are kept (continue with --resume)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     if rank != 0:
         return 0
     print(f"weights: {weights}")
-    sec_train.finish(cfg, weights, evaluate_after=not args.no_eval)
+    try:
+        sec_train.finish(cfg, weights, evaluate_after=not args.no_eval)
+    except expected_errors() as err:
+        return report_failure(err)
     print(f"time: {time.perf_counter() - started:.0f} s wall (the stages this process ran), "
           f"{cpu_seconds():.0f} s CPU (this process: SEC training and evaluation)")
     return 0
 
 
+def expected_errors():
+    """Exception types that mean a missing or unusable input (exit status 2, one line, no traceback):
+    files, flags, run folder, image list and images, cues, prototxts, weights and snapshots."""
+    from sec import data
+    from sec.caffe import NetError
+    from sec.caffe import io as caffe_io
+    from sec.caffe.solver import SnapshotError, SolverConfigError
+    from sec.caffe.weights import MissingWeightsError
+    from sec.run_folder import RunInputError
+    return (FileNotFoundError, RunInputError, data.ImageListError, data.ImageLoadError, caffe_io.PrototxtError,
+            caffe_io.CaffeFormatError, caffe_io.WeightShapeError, SolverConfigError, SnapshotError,
+            MissingWeightsError, NetError)
+
+
 def report_failure(err):
-    """Print an expected failure and return its exit status (missing input, failed stage, NaN loss)."""
+    """Print an expected failure as one line and return its exit status (bad input, failed stage, NaN)."""
     from sec.caffe.solver import NonFiniteLossError
     print(f"train.py: {err}", file=sys.stderr)
-    for kind, status in ((FileNotFoundError, EXIT_MISSING_INPUT), (StageError, EXIT_STAGE_FAILED),
-                         (NonFiniteLossError, EXIT_NONFINITE)):
+    for kind, status in ((StageError, EXIT_STAGE_FAILED), (NonFiniteLossError, EXIT_NONFINITE),
+                         (expected_errors(), EXIT_MISSING_INPUT)):
         if isinstance(err, kind):
             return status
     raise err

@@ -12,7 +12,9 @@ flags give paths and overrides only. Labels: --labels (JSON {"<id>": [classes]} 
 <run>/labels.json, which the net's ImageLabelsLayer reads. The run folder (default
 runs/localization/<preset>/<net>/) holds snapshots, losses.csv/png and train.log; the final
 weights are copied to --out (default runs/localization/<preset>/<net>.caffemodel), the file
-make_cues.py reads.
+make_cues.py reads. A run folder that already holds snapshots is refused unless --resume or
+--overwrite. Exit status: 0 done, 2 a missing or unusable input (nothing trained), 3 diverged
+(NaN/Inf; earlier snapshots kept), 130 interrupted (snapshots kept).
 """
 import argparse
 import logging
@@ -22,6 +24,20 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_INTERRUPTED = 130
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"need a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"need a positive integer, got {value}")
+    return value
 
 
 def build_parser():
@@ -41,11 +57,13 @@ def build_parser():
     parser.add_argument("--solver", type=Path, help="solver prototxt (default: <preset models>/<net>_solver.prototxt)")
     parser.add_argument("--run-dir", type=Path, help="run folder (default: runs/localization/<preset>/<net>)")
     parser.add_argument("--out", type=Path, help="final weights (default: runs/localization/<preset>/<net>.caffemodel)")
-    parser.add_argument("--iters", type=int, help="override max_iter of the solver")
+    parser.add_argument("--iters", type=positive_int, help="override max_iter of the solver")
     parser.add_argument("--seed", type=int, help="override random_seed of the solver")
-    parser.add_argument("--batch", type=int, help="override batch_size of the net's ImageData layer")
+    parser.add_argument("--batch", type=positive_int, help="override batch_size of the net's ImageData layer")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's last .solverstate")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last readable .solverstate")
+    parser.add_argument("--overwrite", action="store_true", help="delete an earlier run in --run-dir and start "
+                        "again (without it such a folder is refused)")
     return parser
 
 
@@ -104,34 +122,62 @@ def build_solver(args, labels_path, device):
                      net_overrides=overrides, device=device, random_seed=args.seed)
 
 
+def prepare_run_folder(args):
+    """Inputs checked, then the run folder: refuse an earlier run unless --resume/--overwrite,
+    remove stale temporary files, write labels.json; returns its path."""
+    from sec import run_folder
+    run_folder.check_image_list(args.list, args.root)
+    if args.resume and run_folder.latest_snapshot(args.run_dir, args.net) is None:
+        raise run_folder.RunInputError(f"--resume: no {args.net}_iter_*.solverstate in {args.run_dir}")
+    if not args.resume:
+        for path in run_folder.prepare_new_run(args.run_dir, args.net, args.overwrite):
+            print(f"--overwrite: deleted {path}")
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    run_folder.remove_stale_temporaries(args.run_dir, args.net)
+    return write_run_labels(args)
+
+
+def train(args, labels_path, device):
+    """Build the solver, resume or load the initial weights, train; returns the solver."""
+    from sec import run_folder
+    from sec import train as sec_train
+    solver = build_solver(args, labels_path, device)
+    if args.resume:
+        state, skipped = run_folder.restore_newest_readable(solver, args.run_dir, args.net)
+        for bad, reason in skipped:
+            print(f"--resume: skipped unreadable snapshot {bad} ({reason})")
+        print(f"resuming from {state} at iteration {solver.iter} (weights {solver.restored_from[1]})")
+    elif args.weights is not None:
+        run_folder.require_some_weights(solver.load_weights(args.weights), args.weights)
+    sec_train.run_loop(solver, args.run_dir, resume_iter=solver.iter if args.resume else None)
+    return solver
+
+
 def main(args):
     from sec import train as sec_train
     from sec.caffe.solver import NonFiniteLossError, snapshot_paths
+    bad_input = (FileNotFoundError, ValueError, KeyError)   # every project input error is a ValueError
     try:
         args = resolve(args)
-        args.run_dir.mkdir(parents=True, exist_ok=True)
-        labels_path = write_run_labels(args)
-    except (FileNotFoundError, ValueError, KeyError) as err:
+        device = sec_train.pick_device(args.device)
+        labels_path = prepare_run_folder(args)
+    except bad_input as err:
         print(f"train_localization: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     started = time.perf_counter()
-    state = sec_train.latest_snapshot(args.run_dir, args.net) if args.resume else None
-    if args.resume and state is None:
-        print(f"train_localization: --resume: no {args.net}_iter_*.solverstate in {args.run_dir}", file=sys.stderr)
-        return 2
-    if state is None:
-        sec_train.clear_snapshots(args.run_dir, args.net)
     handler = sec_train.attach_log_file(args.run_dir / "train.log")
     try:
-        solver = build_solver(args, labels_path, sec_train.pick_device(args.device))
-        if state is not None:
-            solver.restore(str(state))
-        elif args.weights is not None:
-            solver.load_weights(args.weights)
-        sec_train.run_loop(solver, args.run_dir, resume_iter=solver.iter if state is not None else None)
+        solver = train(args, labels_path, device)
     except NonFiniteLossError as err:
         print(f"train_localization: {err}", file=sys.stderr)
-        return 3
+        return EXIT_NONFINITE
+    except bad_input as err:
+        print(f"train_localization: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"train_localization: interrupted; the snapshots in {args.run_dir} are kept (--resume)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         for name in ("sec", "pylayers"):
             logging.getLogger(name).removeHandler(handler)

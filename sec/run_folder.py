@@ -1,0 +1,196 @@
+"""A training run's folder: what is already there, what a new run may replace, which snapshot a
+resume starts from, and the checks of the run's inputs before its first iteration.
+
+Files of run `<name>` in its folder: `<name>_iter_<N>.caffemodel`, `.solverstate`,
+`.solverstate.rng` (snapshots), `losses.csv`, `losses.png`, `train.log`, `eval.json`, `panels.png`;
+hidden `.<file>.<hex>.tmp` files are atomic writes in progress (sec.caffe.io.atomic_write_bytes)
+or left behind by a killed process.
+"""
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from sec import data
+from sec.caffe import io as caffe_io
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_SUFFIXES = (".caffemodel", ".solverstate", ".solverstate.rng")
+RUN_RECORDS = ("losses.csv", "losses.png", "eval.json", "panels.png", "train.log")
+EXAMPLES = 3                  # offending entries quoted in an input error
+
+
+class RunInputError(ValueError):
+    """A run's input (flag, list, image, cue file, run folder) that training cannot use."""
+
+
+def snapshots(run_dir, name):
+    """[(iteration, .solverstate path)] of run `name` in run_dir, newest first."""
+    found = []
+    for path in Path(run_dir).glob(f"{name}_iter_*.solverstate"):
+        number = path.name[len(f"{name}_iter_"):-len(".solverstate")]
+        if number.isdigit():
+            found.append((int(number), path))
+    return sorted(found, reverse=True)
+
+
+def latest_snapshot(run_dir, name):
+    """The .solverstate with the highest iteration in run_dir, or None."""
+    found = snapshots(run_dir, name)
+    return found[0][1] if found else None
+
+
+def snapshot_files(run_dir, name):
+    """Every snapshot file (.caffemodel, .solverstate, .rng) of run `name`, sorted."""
+    files = set()
+    for suffix in SNAPSHOT_SUFFIXES:
+        files.update(p for p in Path(run_dir).glob(f"{name}_iter_*{suffix}") if p.name.endswith(suffix))
+    return sorted(files)
+
+
+def clear_snapshots(run_dir, name):
+    """Remove a previous run's snapshots so that a later --resume cannot pick up stale ones."""
+    for path in snapshot_files(run_dir, name):
+        path.unlink()
+
+
+def remove_stale_temporaries(run_dir, name):
+    """Delete `.<name>_*.tmp` files in run_dir (atomic writes of a process that was killed: only
+    one process trains a run at a time); returns how many were removed."""
+    removed = 0
+    for path in Path(run_dir).glob(f".{name}_*.tmp"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.info("Removed %d stale temporary file(s) of an interrupted snapshot in %s", removed, run_dir)
+    return removed
+
+
+def prepare_new_run(run_dir, name, overwrite, runs_root=None):
+    """Before a run that does not resume: refuse (RunInputError naming --resume and --overwrite)
+    when run_dir already holds snapshots or a losses.csv of `name`; with overwrite, delete them
+    and the run's records, and runs/latest.json when it names one of the deleted files.
+    Returns the deleted paths."""
+    run_dir = Path(run_dir)
+    old = snapshot_files(run_dir, name)
+    records = [run_dir / f for f in RUN_RECORDS if (run_dir / f).is_file()]
+    if not old and not (run_dir / "losses.csv").is_file():
+        return []
+    if not overwrite:
+        newest = latest_snapshot(run_dir, name)
+        what = f"snapshots up to {newest.name}" if newest else "a losses.csv"
+        raise RunInputError(
+            f"{run_dir} already holds run '{name}' ({what}); pass --resume to continue it, "
+            "--overwrite to delete it and start again, or --name (or --runs) for a new run beside it")
+    deleted = old + records
+    latest = Path(runs_root) / "latest.json" if runs_root is not None else None
+    if latest is not None and latest.is_file():
+        named = _latest_weights(latest)
+        if named is not None and any(named == path.resolve() for path in deleted):
+            deleted.append(latest)
+    for path in deleted:
+        path.unlink()
+    return deleted
+
+
+def _latest_weights(path):
+    import json
+    try:
+        return Path(json.loads(Path(path).read_text())["weights"]).resolve()
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def check_iterations(iters, batch):
+    """--iters and --batch must be positive when given."""
+    for flag, value in (("--iters", iters), ("--batch", batch)):
+        if value is not None and value < 1:
+            raise RunInputError(f"{flag}: need a positive number, got {value}")
+
+
+# ----- the inputs of a train net ----------------------------------------------------------------
+def check_image_list(source, root_folder):
+    """Every image of the list exists under root_folder (joined as the ImageData reader does);
+    returns the entries [(image, id, line)]. Raises RunInputError naming the list and examples."""
+    try:
+        entries = data.read_image_list(source)
+    except data.ImageListError as err:
+        raise RunInputError(str(err)) from None
+    missing = [(line, image) for image, _, line in entries
+               if not os.path.isfile(os.path.join(str(root_folder or ""), image))]
+    if missing:
+        examples = ", ".join(f"line {line}: {image}" for line, image in missing[:EXAMPLES])
+        raise RunInputError(f"{source}: {len(missing)} of {len(entries)} images not found under "
+                            f"'{root_folder or '.'}' ({examples})")
+    return entries
+
+
+def load_cue_file(path):
+    """The cue pickle's dict; RunInputError naming the file when it cannot be read."""
+    from pylayers import cues as pycues
+    if not Path(path).is_file():
+        raise RunInputError(f"cue file {path} not found")
+    try:
+        return pycues.load_cues(str(path))
+    except Exception as err:  # a damaged pickle raises nearly any exception type
+        raise RunInputError(f"{path}: not a readable cue pickle ({type(err).__name__}: {err})") from None
+
+
+def check_cues(path, entries, source, num_classes, cue_size):
+    """Every id of the list has valid labels and cues in the cue file."""
+    from pylayers import cues as pycues
+    cues = load_cue_file(path)
+    bad = []
+    for _, image_id, line in entries:
+        try:
+            pycues.image_labels_and_cues(cues, image_id, num_classes, cue_size, source=str(path))
+        except (KeyError, ValueError, TypeError, IndexError) as err:
+            reason = err.args[0] if isinstance(err, KeyError) and err.args else err
+            bad.append(f"{source}:{line} id {image_id}: {reason}")
+    if bad:
+        raise RunInputError(f"{path}: {len(bad)} of the {len(entries)} ids of {source} have no valid cues "
+                            f"(first: {'; '.join(bad[:EXAMPLES])})")
+
+
+def check_train_net_inputs(netparam):
+    """Before the first iteration: the lists, images and cue files a train NetParameter (overrides
+    applied) reads: every image of every ImageData list exists and every id has cues in the file
+    of each AnnotationLayer. Raises RunInputError."""
+    from pylayers.layers import AnnotationLayer
+    lists = [(layer.image_data_param.source, layer.image_data_param.root_folder)
+             for layer in netparam.layer if layer.type == "ImageData"]
+    entries = [(source, check_image_list(source, root)) for source, root in lists]
+    for layer in netparam.layer:
+        if layer.type != "Python" or layer.python_param.layer != "AnnotationLayer":
+            continue
+        params = dict(AnnotationLayer.defaults)
+        params.update(yaml.safe_load(layer.python_param.param_str or "{}") or {})
+        for source, listed in entries:
+            check_cues(params["cues"], listed, source, int(params["num_classes"]), int(params["cue_size"]))
+
+
+def restore_newest_readable(solver, run_dir, name):
+    """Restore the newest snapshot of `name` that reads; a damaged newer one is skipped with a
+    warning. Returns (state used, [(skipped state, reason)]); RunInputError when none reads."""
+    found = snapshots(run_dir, name)
+    if not found:
+        raise RunInputError(f"--resume: no {name}_iter_*.solverstate in {run_dir}")
+    skipped = []
+    for _, state in found:
+        try:
+            solver.restore(str(state))
+            return state, skipped
+        except (ValueError, FileNotFoundError) as err:  # CaffeFormatError, SnapshotError, shapes
+            log.warning("Skipping snapshot %s: %s", state, err)
+            skipped.append((state, str(err)))
+    reasons = "; ".join(f"{Path(s).name}: {r}" for s, r in skipped)
+    raise RunInputError(f"--resume: no readable snapshot in {run_dir} ({reasons})")
+
+
+def require_some_weights(report, path):
+    """Initial weights that fill no parameter layer at all are a mistake (wrong file or net)."""
+    if not report.loaded:
+        raise RunInputError(f"--weights {path}: no layer of the file matches a parameter layer of the net "
+                            f"by name (file layers: {', '.join(report.ignored[:8]) or 'none'})")
