@@ -240,7 +240,7 @@ def train_subprocess(job, log_path):
     command = [sys.executable, str(TRAIN_SCRIPT), "--synthetic-dir", job["dataset"], "--runs", job["runs"],
                "--name", job["name"], "--seed", str(job["seed"]), "--iters", str(job["iters"]),
                "--threads", str(job["threads"]), "--net", job["net"], "--cues", job["cues"],
-               "--weights", job["init"], "--no-eval"]
+               "--weights", job["init"], "--no-eval", "--overwrite"]   # an unfinished run starts again
     run_logged(command, log_path, what=f"run {job['name']}")
 
 
