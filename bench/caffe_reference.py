@@ -445,9 +445,10 @@ def bench_prototxts(tmp, size, batch):
 
 
 def timed_step(solver):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of this process, all threads) of one solver iteration."""
+    wall, cpu = time.perf_counter(), time.process_time()
     solver.step(1)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def bench(args):
@@ -472,7 +473,7 @@ def bench(args):
             line = worker.stdout.readline()
             if not line:
                 sys.exit(f"Caffe benchmark worker ({args.caffe_python}) died; run it alone to see why")
-            return float(line)
+            return tuple(float(v) for v in line.split())
 
         sec_caffe.set_mode_cpu()
         solver = sec_caffe.SGDSolver(solver_path)
@@ -480,16 +481,14 @@ def bench(args):
         pairs = [(caffe_step(), timed_step(solver)) for _ in range(args.iters)]
         worker.stdin.close()
         worker.wait()
-    caffe_times, sec_times = zip(*pairs)
-    ratios = [c / s for c, s in pairs]
     print(f"SEC training step (forward, backward, update), {args.batch} x 3 x {args.size} x {args.size}, CPU "
           f"({os.cpu_count()} cores; torch {torch.get_num_threads()} threads, OpenBLAS "
-          f"{args.threads or 'its default'}), "
-          f"{args.iters} alternating iterations after one warm-up each:")
-    print(f"  BVLC Caffe 1.0 : median {np.median(caffe_times):.2f} s/iter  {['%.2f' % t for t in caffe_times]}")
-    print(f"  sec.caffe      : median {np.median(sec_times):.2f} s/iter  {['%.2f' % t for t in sec_times]}")
-    print(f"  Caffe / sec.caffe, median of the per-iteration ratios: {np.median(ratios):.2f}x "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+          f"{args.threads or 'its default'}), {args.iters} alternating iterations after one warm-up each:")
+    for index, what in enumerate(("wall", "CPU")):
+        caffe_t, sec_t = [p[0][index] for p in pairs], [p[1][index] for p in pairs]
+        ratios = [c / s for c, s in zip(caffe_t, sec_t)]
+        print(f"  {what:4s} BVLC Caffe 1.0 {np.median(caffe_t):6.2f} s, sec.caffe {np.median(sec_t):6.2f} s "
+              f"(medians); Caffe / sec.caffe {np.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 def bench_caffe(args):
@@ -498,7 +497,7 @@ def bench_caffe(args):
     caffe.set_mode_cpu()
     solver = caffe.SGDSolver(args.bench_caffe)
     for _ in sys.stdin:
-        print(timed_step(solver), flush=True)
+        print(*timed_step(solver), flush=True)
 
 
 # ---------------------------------------------------------------- main

@@ -8,6 +8,10 @@ docstring lists the files). How the engines are compared:
   tops, bottom diffs and parameter diffs. This holds for the one-layer nets and for every layer
   of the SEC nets, so rounding-level differences upstream cannot decide an argmax tie in MAX
   pooling or a ReLU at 0, nor be amplified by the CRF: each layer is checked on its own.
+* The one-layer nets also run through the pycaffe API (forward(**inputs), diffs set in
+  net.blobs, backward()), which checks the net's plumbing (in place, Split, layers handing back
+  their bottom); and edge_nets.json says which nets Caffe's Net::Init refuses: sec.caffe refuses
+  the same ones, and three more on purpose (listed with the reason).
 * The SEC nets are also run whole, as a user runs them (ImageData reading the PNGs, the
   Annotation layer the cue pickle, pylayers and krahenbuhl2013 inside sec.caffe): every blob,
   the three losses, every diff and parameter diff. The CRF amplifies the forward's rounding
