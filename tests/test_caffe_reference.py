@@ -475,7 +475,8 @@ def agreement_rows(tmp_path):
         sub.mkdir()
         errors, _ = sec_layer_errors(sub, which)
         fwd = max(e for errs in errors.values() for w, e in errs.items() if w.startswith(("top", "param_after")))
-        bwd = max([e for errs in errors.values() for w, e in errs.items() if not w.startswith("top")] or [0.0])
+        bwd = max([e for errs in errors.values() for w, e in errs.items() if not w.startswith("top")] or [None],
+                  key=lambda e: -1 if e is None else e)
         rows.append((f"SEC {which} net, each layer fed Caffe's inputs", fwd, bwd, f"{len(errors)} layers"))
     sub = tmp_path / "whole"
     sub.mkdir()
