@@ -62,10 +62,24 @@ def image_id(value, source="image ids"):
 
 
 def _lookup(cues, key, image, source):
+    """cues[key] as an integer array (integral floats are accepted); KeyError or ValueError
+    naming the image id and the file otherwise."""
     try:
-        return np.asarray(cues[key])
+        value = cues[key]
     except KeyError:
         raise KeyError(f"image id {image}: key {key!r} not found in cue file {source}") from None
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"image id {image} in {source}: {key!r} is not an array ({err})") from None
+    if array.dtype.kind in "iu":
+        return array
+    if array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
+        return array.astype(np.int64)
+    if array.size == 0 and array.dtype.kind in "fO":  # [] and [[], [], []] read as float64
+        return array.astype(np.int64)
+    raise ValueError(f"image id {image} in {source}: {key!r} needs integer values, got "
+                     f"dtype {array.dtype}")
 
 
 def image_labels_and_cues(cues, image, num_classes=NUM_CLASSES, cue_size=CUE_SIZE, source="<cues>"):

@@ -13,6 +13,7 @@ so files written by Caffe read here and files written here load in Caffe.
 - Writers are atomic: a temporary file in the target folder, fsync, then os.replace,
   so an interrupted write never leaves a truncated snapshot behind.
 """
+import math
 import os
 import re
 import secrets
@@ -233,12 +234,17 @@ def blob_to_array(blob):
     """float32 array of a BlobProto's values (double_data when present) in its stored
     shape; raises CaffeFormatError when the value count does not fit the shape."""
     shape = blob_shape(blob)
+    if any(d < 0 for d in shape):
+        raise CaffeFormatError(f"blob shape {shape} has a negative dimension")
     values = blob.double_data if len(blob.double_data) else blob.data
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # exact: np.prod wraps around for huge dimensions
     if len(values) != count:
         raise CaffeFormatError(f"blob of shape {shape} holds {len(values)} values, "
                                f"needs {count}")
-    return np.array(values, dtype=np.float32).reshape(shape)
+    try:
+        return np.array(values, dtype=np.float32).reshape(shape)
+    except ValueError as error:  # an empty blob with dimensions numpy cannot address
+        raise CaffeFormatError(f"blob of shape {shape}: {error}") from None
 
 
 def array_to_blob(array):

@@ -130,7 +130,8 @@ def dense_crf_batch(
     if image_stack.shape[0] == 0:
         return out
     # Checking the whole stack at once keeps the per-image views contiguous and cheap.
-    checked_images = _checks.as_image(image_stack.reshape((-1,) + image_stack.shape[2:]), "images: ")
+    rows = image_stack.shape[0] * image_stack.shape[1]  # not -1: ambiguous when an axis is 0
+    checked_images = _checks.as_image(image_stack.reshape((rows,) + image_stack.shape[2:]), "images: ")
     checked_images = checked_images.reshape(image_stack.shape)
     checked_unaries = [
         _checks.as_unary(unary_stack[i], image_stack.shape[1:], f"image {i}: ") for i in range(len(out))
