@@ -453,8 +453,8 @@ def test_solver_with_weights_field_parses(tmp_path):
 
 
 @pytest.mark.parametrize("layer, reason", [
-    ('name: "pool" type: "Pooling" pooling_param { kernel_size: 3 round_mode: FLOOR }',
-     "round_mode FLOOR is not supported"),
+    ('name: "pool" type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 }',
+     "STOCHASTIC is not supported"),
     ('name: "prelu" type: "PReLU" prelu_param { channel_shared: true }',
      "unknown layer type 'PReLU'"),
 ])

@@ -81,20 +81,21 @@ def deconv_ref(x, w, b, stride, pad):
     return out + b[None, :, None, None]
 
 
-def caffe_pooled(size, k, s, p, padded=None):
+def caffe_pooled(size, k, s, p, padded=None, floor=False):
     """Caffe's pooled size along one axis; the clip rule applies when either axis is padded."""
-    pooled = int(math.ceil(float(size + 2 * p - k) / s)) + 1
+    rounding = math.floor if floor else math.ceil
+    pooled = int(rounding(float(size + 2 * p - k) / s)) + 1
     if (p if padded is None else padded) and (pooled - 1) * s >= size + p:
         pooled -= 1
     return pooled
 
 
-def pool_ref(x, k, s, p, method):
+def pool_ref(x, k, s, p, method, floor=False):
     """Caffe's PoolingLayer::Forward_cpu, loop for loop; k, s, p are ints or (h, w) pairs."""
     (kh, kw), (sh, sw), (ph_, pw_) = [v if isinstance(v, tuple) else (v, v) for v in (k, s, p)]
     n, c, h, w = x.shape
     padded = bool(ph_ or pw_)
-    ph, pw = caffe_pooled(h, kh, sh, ph_, padded), caffe_pooled(w, kw, sw, pw_, padded)
+    ph, pw = caffe_pooled(h, kh, sh, ph_, padded, floor), caffe_pooled(w, kw, sw, pw_, padded, floor)
     out = np.zeros((n, c, ph, pw))
     for i in range(ph):
         for j in range(pw):
@@ -192,6 +193,29 @@ def test_pooling_against_caffe_loops(tmp_path, method, size, kernel, stride, pad
     ref = pool_ref(x.astype(np.float64), kernel, stride, pad, method)
     assert net.blobs["y"].shape == ref.shape
     np.testing.assert_allclose(net.forward(x=x)["y"], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("size,kernel,stride,pad", POOL_CASES)
+def test_pooling_round_mode_floor_against_caffe_loops(tmp_path, method, size, kernel, stride, pad):
+    """round_mode FLOOR (BVLC 9b89154): floor((size + 2 pad - kernel) / stride) + 1 windows."""
+    x = RNG.standard_normal((2, 3, size, size + 1)).astype(np.float32)
+    net = one_layer_net(tmp_path, x.shape, "Pooling",
+                        f"pooling_param {{ pool: {method} kernel_size: {kernel} stride: {stride} pad: {pad} "
+                        "round_mode: FLOOR }")
+    ref = pool_ref(x.astype(np.float64), kernel, stride, pad, method, floor=True)
+    assert net.blobs["y"].shape == ref.shape
+    np.testing.assert_allclose(net.forward(x=x)["y"], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_round_mode_floor_size(tmp_path):
+    # 4x4, kernel 3, stride 2: FLOOR gives 1x1 (as the real Caffe built here), CEIL 2x2.
+    shapes = {}
+    for mode in ("CEIL", "FLOOR"):
+        net = one_layer_net(tmp_path, (1, 1, 4, 4), "Pooling",
+                            f"pooling_param {{ pool: MAX kernel_size: 3 stride: 2 round_mode: {mode} }}")
+        shapes[mode] = net.blobs["y"].shape
+    assert shapes == {"CEIL": (1, 1, 2, 2), "FLOOR": (1, 1, 1, 1)}
 
 
 def test_pooling_clip_rule_drops_window_in_padding(tmp_path):

@@ -98,11 +98,13 @@ class Deconvolution(Convolution):
     transposed = True
 
 
-def pool_out_size(size, kernel, pad, stride, padded):
-    """Caffe's pooling output size along one axis: ceil((size + 2 pad - kernel) / stride) + 1,
-    minus one when the last window would start at or past the end of the image plus its padding.
-    Caffe makes that correction on both axes when either is padded (`padded`: pad_h or pad_w)."""
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
+def pool_out_size(size, kernel, pad, stride, padded, ceil=True):
+    """Caffe's pooling output size along one axis: ceil((size + 2 pad - kernel) / stride) + 1
+    (floor with round_mode FLOOR), minus one when the last window would start at or past the end
+    of the image plus its padding. Caffe makes that correction on both axes when either is padded
+    (`padded`: pad_h or pad_w)."""
+    rounding = math.ceil if ceil else math.floor
+    out = int(rounding((size + 2 * pad - kernel) / stride)) + 1
     if padded and (out - 1) * stride >= size + pad:
         out -= 1
     return out
@@ -117,7 +119,9 @@ def caffe_ave_divisor(size, kernel, pad, stride, out):
 
 
 class Pooling:
-    """Caffe's MAX/AVE pooling, 2-D, with Caffe's ceil output size and padding-counting AVE.
+    """Caffe's MAX/AVE pooling, 2-D, with Caffe's output size (ceil, or floor with round_mode
+    FLOOR) and padding-counting AVE. With FLOOR every window lies inside the padded image, so
+    torch's floor mode and Caffe agree on sizes and divisors.
 
     torch's ceil_mode pooling uses the same output-size rule (it clips the last window on every
     axis; Caffe does so when either axis is padded, and an unpadded net whose last window would
@@ -134,8 +138,7 @@ class Pooling:
         self.method = p.pool
         if self.method not in (POOL_MAX, POOL_AVE):
             raise ValueError("pooling_param.pool STOCHASTIC is not supported (MAX or AVE)")
-        if p.round_mode != p.CEIL:
-            raise ValueError("pooling_param.round_mode FLOOR is not supported (CEIL, Caffe's default)")
+        self.ceil = p.round_mode == p.CEIL
         self.global_pooling = p.global_pooling
         self.pad = pair([p.pad] if p.HasField("pad") else [], p.pad_h, p.pad_w, _has_hw(p, "pad"), 0, "pad")
         self.stride = pair([p.stride] if p.HasField("stride") else [], p.stride_h, p.stride_w,
@@ -168,7 +171,7 @@ class Pooling:
             size, k, pad, s = shape[2 + i], self.kernel[i], self.pad[i], self.stride[i]
             if size + 2 * pad < k:
                 raise ValueError(f"kernel {self.kernel} is larger than the padded input {tuple(shape)}")
-            n = pool_out_size(size, k, pad, s, self.padded)
+            n = pool_out_size(size, k, pad, s, self.padded, self.ceil)
             if (n - 1) * s >= size + pad:
                 raise ValueError(f"the last pooling window of input {tuple(shape)} would lie wholly "
                                  f"outside the image (stride {self.stride} > kernel {self.kernel} "
@@ -183,15 +186,15 @@ class Pooling:
             return (x.mean(dim=(2, 3), keepdim=True),)
         if self.use_torch:
             if self.method == POOL_MAX:
-                return (F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True),)
-            return (F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True,
+                return (F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil),)
+            return (F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil,
                                  count_include_pad=True),)
         return (self._explicit(x),)
 
     def _explicit(self, x):
         height, width = x.shape[2], x.shape[3]
-        out_h = pool_out_size(height, self.kernel[0], self.pad[0], self.stride[0], self.padded)
-        out_w = pool_out_size(width, self.kernel[1], self.pad[1], self.stride[1], self.padded)
+        out_h = pool_out_size(height, self.kernel[0], self.pad[0], self.stride[0], self.padded, self.ceil)
+        out_w = pool_out_size(width, self.kernel[1], self.pad[1], self.stride[1], self.padded, self.ceil)
         # Pad left/top by `pad`, right/bottom so that the last window ends inside (a negative
         # amount crops rows no window reaches).
         extra_h = (out_h - 1) * self.stride[0] + self.kernel[0] - height - self.pad[0]
