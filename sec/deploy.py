@@ -369,12 +369,16 @@ def prepare(images, out_dir, *, overlay=False, probs=False, overwrite=False, crf
     return Plan(Path(out_dir), outputs, todo, overwrite, report, manifest)
 
 
+def _check_counts(batch, jobs):
+    if batch < 1 or jobs < 1:
+        raise DeployError(f"need --batch >= 1 and --jobs >= 1, got {batch} and {jobs}")
+
+
 def run(plan, segmenter, *, batch=1, jobs=2, progress=True):
     """Segment plan.todo into plan.out_dir; returns plan.report completed. Images that cannot
     be decoded, or that the CRF refuses, are reported (tqdm.write) and skipped; every other
     image is processed."""
-    if batch < 1 or jobs < 1:
-        raise DeployError(f"need --batch >= 1 and --jobs >= 1, got {batch} and {jobs}")
+    _check_counts(batch, jobs)
     report = plan.report
     for path, reason in report.failed:
         tqdm.write(f"FAILED: {reason}")
@@ -436,8 +440,7 @@ def run(plan, segmenter, *, batch=1, jobs=2, progress=True):
 def deploy(images, out_dir, segmenter, *, overlay=False, probs=False, batch=1, jobs=2,
            overwrite=False, progress=True, options=None):
     """prepare + run: segment `images` (paths) into `out_dir`; returns a Report."""
-    if batch < 1 or jobs < 1:
-        raise DeployError(f"need --batch >= 1 and --jobs >= 1, got {batch} and {jobs}")
+    _check_counts(batch, jobs)
     plan = prepare(images, out_dir, overlay=overlay, probs=probs, overwrite=overwrite,
                    crf=segmenter.crf, options=options)
     return run(plan, segmenter, batch=batch, jobs=jobs, progress=progress)
