@@ -39,6 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from sec import data, visualize
+# The file helpers live in sec.deploy_files; they stay importable from here (sec.deploy.list_images).
 from sec.deploy_files import (IMAGE_EXTENSIONS, MANIFEST_NAME, OVERLAY_DIR, PROBS_DIR,  # noqa: F401
                               DeployError, Outputs, atomic_save, check_image_header,
                               check_output_folder, claim, file_sha256, list_images, output_paths)

@@ -6,10 +6,8 @@ the output folder's manifest (masks made with other options are refused, not kep
 that leave a layer at its filler values or hold NaN.
 """
 import json
-import os
 import struct
 import zlib
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
