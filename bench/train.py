@@ -224,8 +224,10 @@ def compare(args):
     times = {k: [] for k in solvers}
     timers = {k: Timer(args.device) for k in solvers}
     for k in solvers:
+        instrument(solvers[k].net, timers[k])
         for _ in range(args.warmup):
             one_iteration(solvers[k], timers[k])
+        timers[k].seconds.clear()
     for _ in range(args.iters):
         for k, solver in solvers.items():
             start = timers[k].now()
@@ -238,6 +240,10 @@ def compare(args):
         print(f"{k:7s} median {statistics.median(times[k]):8.4f} s/iter  (all: "
               + ", ".join(f"{t:.3f}" for t in times[k]) + ")")
     print(f"ratio after / before: {after / before:.3f}")
+    layers = {k: (timers[k].python_total("forward") + timers[k].python_total("backward")) / args.iters
+              for k in solvers}
+    print(f"Python layers (forward + backward) s/iter: before {layers['before']:.4f}, after {layers['after']:.4f}, "
+          f"ratio {layers['after'] / layers['before']:.3f}")
     return 0
 
 
