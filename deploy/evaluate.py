@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +119,12 @@ def check_json_path(path):
         raise EvaluationError(f"--json {path} is a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8"):
-            pass
+        if path.exists():
+            with open(path, "a", encoding="utf-8"):  # neither truncates nor changes it
+                pass
+        else:                                         # leaves no empty file behind
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
     except OSError as err:
         raise EvaluationError(f"cannot write --json {path}: {err}") from err
     return path
