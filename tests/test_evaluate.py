@@ -192,8 +192,8 @@ def test_unwritable_json_is_bad_input_before_any_work(tmp_path, capsys):
         out, err = capsys.readouterr()
         assert "--json" in err and str(target) in err and "mIoU" not in out
     good = tmp_path / "out" / "results.json"
-    assert run("--pred", tmp_path / "nowhere", "--gt", tmp_path / "gt", "--classes", 3,
-               "--json", good) == evaluate.EXIT_BAD_INPUT
+    assert run("--pred", tmp_path / "pred", "--gt", tmp_path / "nowhere", "--classes", 3,
+               "--json", good) == evaluate.EXIT_BAD_INPUT   # checked after the --json
     assert not good.exists()   # the check leaves no empty file behind
     assert run("--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--classes", 3,
                "--json", good, "--allow-missing") == 0
