@@ -411,6 +411,8 @@ def run(plan, segmenter, *, batch=1, jobs=2, progress=True):
                 continue
             stored = p.cpu().numpy() if plan.outputs[path].probs is not None else None
             try:
+                if plan.manifest is not None:
+                    plan.manifest.record()
                 save_outputs(plan.outputs[path], decoded.image, mask, stored, plan.overwrite)
             except OSError as err:
                 raise DeployError(f"cannot write the outputs of {path} into {plan.out_dir}: "

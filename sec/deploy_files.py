@@ -163,13 +163,22 @@ def _write_manifest(path, options, overwrite_in_progress):
 
 @dataclass
 class Claim:
-    """The manifest a run wrote; finish() records that an overwriting run rewrote everything."""
+    """A run's right to write into an output folder (from `claim`). record() writes the
+    manifest, once, before the run's first output (so a run that fails before writing anything,
+    a model that does not load, leaves the folder as it was); finish() records that an
+    overwriting run rewrote every image."""
     path: Path
     options: dict
     overwriting: bool
+    recorded: bool = False
+
+    def record(self):
+        if not self.recorded:
+            _write_manifest(self.path, self.options, self.overwriting)
+            self.recorded = True
 
     def finish(self, complete):
-        if self.overwriting and complete:
+        if self.recorded and self.overwriting and complete:
             _write_manifest(self.path, self.options, False)
             self.overwriting = False
 
@@ -184,7 +193,7 @@ def _changes(old, new):
 
 
 def claim(out_dir, options, outputs, overwrite):
-    """Check `options` against the manifest of `out_dir` and record them; returns a Claim.
+    """Check `options` against the manifest of `out_dir`; returns a Claim (not yet recorded).
 
     outputs: the Outputs of this run's images. DeployError, naming --overwrite, when outputs
     exist that other options made (or that no manifest accounts for), or when an earlier
@@ -213,5 +222,4 @@ def claim(out_dir, options, outputs, overwrite):
                 f"some outputs there may still be from the earlier options: rerun with "
                 f"--overwrite")
         overwriting = bool(changes) or unfinished
-    _write_manifest(path, options, overwriting)
     return Claim(path, options, overwriting)

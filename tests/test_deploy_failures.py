@@ -184,6 +184,7 @@ def test_changed_weights_or_crf_are_refused_not_kept(stand_in, capsys):
         err = capsys.readouterr().err
         assert named in err and "--overwrite" in err and not stand_in.loaded
         assert {p.name: p.read_bytes() for p in stand_in.out.glob("*.png")} == first
+        assert manifest(stand_in)["options"]["crf"] is None
 
     assert run_script(stand_in, "--crf", "--overwrite") == 0
     assert "3 written" in capsys.readouterr().err
@@ -261,6 +262,11 @@ def test_a_layer_without_weights_is_an_error_unless_allowed(tiny_files, capsys):
     err = capsys.readouterr().err
     assert "'refine'" in err and "--allow-missing-weights" in err
     assert not list(tiny_files.out.glob("*.png"))
+    # Nothing was written, so no manifest claims the folder for these weights either.
+    assert not (tiny_files.out / pipeline.MANIFEST_NAME).exists()
+    assert run_tiny(tiny_files, tiny_files.prototxt, tiny_files.weights) == 0
+    (tiny_files.out / "a.png").unlink()
+    (tiny_files.out / pipeline.MANIFEST_NAME).unlink()
     assert run_tiny(tiny_files, tiny_files.bigger, tiny_files.weights,
                     "--allow-missing-weights") == 0
     assert (tiny_files.out / "a.png").is_file()
