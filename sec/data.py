@@ -93,13 +93,16 @@ def write_image_list(path, entries):
 # Pillow modes whose samples are wider than 8 bits; Image.convert("RGB") clips them at 255.
 WIDE_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 WIDE_INTEGER_MAX = 65535  # wide integer images are read as 16-bit: 0..65535 -> 0..255
+WIDE_INTEGER_SHIFT = 8    # 16 -> 8 bits keeps the high byte, as Caffe's cv::imread (and Pillow for RGB)
 FLOAT_MODE = "F"          # float images are read as 0..1 -> 0..255
 
 
 def _wide_to_uint8(image, path):
     """A greyscale 16-bit (mode I;16*, I) or float (mode F) image -> HxW uint8, by its range.
 
-    16-bit: v * 255 / 65535 rounded; float: v * 255 rounded, for values in 0..1. Values outside
+    16-bit: v >> 8, the high byte (what Caffe's cv::imread in colour mode gives, measured against
+    the real Caffe, and what Pillow does for 16-bit RGB); float: v * 255 rounded, for values in
+    0..1. Values outside
     that range (32-bit integers above 65535, floats outside 0..1 or NaN) raise ImageLoadError
     naming the file and the mode: there is no single right way to show them."""
     values = np.asarray(image, dtype=np.float64)
@@ -111,7 +114,9 @@ def _wide_to_uint8(image, path):
     if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= top):
         raise ImageLoadError(f"cannot read image {path}: mode {image.mode} with values in "
                              f"[{low:g}, {high:g}]; need {expected}, or save it as 8-bit")
-    return np.rint(values * (255.0 / top)).astype(np.uint8)
+    if image.mode == FLOAT_MODE:
+        return np.rint(values * 255.0).astype(np.uint8)
+    return (values.astype(np.uint32) >> WIDE_INTEGER_SHIFT).astype(np.uint8)
 
 
 def load_image(path):

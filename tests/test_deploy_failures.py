@@ -41,11 +41,13 @@ def write_png16(path, array):
 
 
 def test_16bit_png_is_scaled_by_its_range(tmp_path):
-    """65535 is white, 257 * v is v: before, Pillow's convert('RGB') clipped at 255 (all white)."""
-    values = np.array([[0, 257, 257 * 100], [257 * 200, 65535, 128]], np.uint16)
+    """65535 is white, 257 * v is v, and 16 -> 8 bits keeps the high byte as Caffe's cv::imread
+    does (65280 -> 255, where rounding v * 255 / 65535 gives 254); before, Pillow's
+    convert('RGB') clipped at 255 (all white)."""
+    values = np.array([[0, 257, 257 * 100, 65280], [257 * 200, 65535, 128, 511]], np.uint16)
     image = data.load_image(write_png16(tmp_path / "deep.png", values))
-    assert image.shape == (2, 3, 3) and image.dtype == np.uint8
-    np.testing.assert_array_equal(image[:, :, 0], [[0, 1, 100], [200, 255, 0]])
+    assert image.shape == (2, 4, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[:, :, 0], [[0, 1, 100, 255], [200, 255, 0, 1]])
     assert (image == image[:, :, :1]).all()
 
 
