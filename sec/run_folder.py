@@ -13,7 +13,6 @@ from pathlib import Path
 import yaml
 
 from sec import data
-from sec.caffe import io as caffe_io
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_script
-from test_train import TINY_CUE_SIDE, tiny_run_config, tiny_set  # noqa: F401  (tiny_set: a fixture)
+from test_train import tiny_run_config, tiny_set  # noqa: F401  (tiny_set: a fixture)
 
 from sec import run_folder
 from sec.caffe import io as caffe_io
@@ -278,3 +278,47 @@ def test_make_cues_refuses_nets_with_layers_left_at_their_fillers(small_set, tmp
     assert make_cues.main(make_cues.build_parser().parse_args(argv)) == 2
     err = capsys.readouterr().err
     assert str(weights["bg"]) in err and f"'{dropped}'" in err and not (tmp_path / "cues.pickle").exists()
+
+
+KILL_MID_SNAPSHOT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_solver import SGDSolver, TinyNet
+solver = SGDSolver({solver!r}, net_factory=TinyNet)
+solver.step(2)
+solver.snapshot()
+solver.step(2)
+def killed(src, dst):          # kill -9 once the first file of the iteration-4 snapshot is written
+    os.kill(os.getpid(), signal.SIGKILL)
+os.replace = killed
+solver.snapshot()
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_snapshot_keeps_a_readable_snapshot_and_resumes_bitwise(tmp_path):
+    """A real SIGKILL inside the snapshot write: the previous snapshot is intact, the half-written
+    temporary file is cleaned at the next start, and the resumed run equals the uninterrupted one."""
+    import subprocess
+    import sys
+    import torch
+    from test_solver import SGDSolver, TinyNet, params_of
+    from test_solver import write_solver as write_tiny_solver
+    from sec.caffe.solver import snapshot_paths
+    solver_path = write_tiny_solver(tmp_path)
+    script = KILL_MID_SNAPSHOT.format(tests=str(Path(__file__).parent), solver=str(solver_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr
+    folder = tmp_path / "snap"
+    assert len(list(folder.glob(".tiny_iter_4.*.tmp"))) == 1           # what kill -9 leaves behind
+    state = snapshot_paths(folder / "tiny", 2)[1]
+    assert not Path(snapshot_paths(folder / "tiny", 4)[1]).exists()
+    assert run_folder.remove_stale_temporaries(folder, "tiny") == 1
+    straight = SGDSolver(solver_path, net_factory=TinyNet)
+    straight.step(6)
+    resumed = SGDSolver(solver_path, net_factory=TinyNet)
+    resumed.restore(state)
+    resumed.step(4)
+    for a, b in zip(params_of(straight.net), params_of(resumed.net)):
+        assert np.array_equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(straight.history, resumed.history))
