@@ -11,8 +11,8 @@ the class after the solver prototxt's type, as pycaffe's `caffe.get_solver` does
 Snapshots are Caffe's pair `<prefix>_iter_<N>.caffemodel` + `<prefix>_iter_<N>.solverstate`
 (history = momentum buffers in `net.learnable_params()` order), plus a sidecar
 `<prefix>_iter_<N>.solverstate.rng` (pickle: torch/numpy/python RNG states, the data
-sources' `state_dict()`, the loss window). Caffe's SolverState has no field for these; the
-sidecar is what lets a resumed run follow the uninterrupted trajectory exactly (smoothed loss
+sources' `state_dict()`, the loss window; sec.caffe.snapshots reads it). Caffe's SolverState
+has no field for these; the sidecar is what lets a resumed run follow the uninterrupted trajectory exactly (smoothed loss
 included). Every file is written atomically, sidecar and weights first and the .solverstate
 last, so an existing .solverstate always has its partners. `restore` reads and checks all three
 before it changes anything, and takes the .caffemodel beside the .solverstate over the path
@@ -43,23 +43,17 @@ import yaml
 from google.protobuf import text_format
 
 from sec.caffe import io as caffe_io
+from sec.caffe.snapshots import (SIDECAR_FORMAT, SIDECAR_SUFFIX, SnapshotError, first_nonfinite_blob,  # noqa: F401
+                                 read_sidecar, resolve_learned_net, snapshot_paths)
 
 log = logging.getLogger(__name__)
 
-SIDECAR_SUFFIX = ".rng"
-SIDECAR_FORMAT = 2          # 2: "losses" oldest first (1: Caffe's ring order)
-SIDECAR_KEYS = ("format", "iter", "torch", "cuda", "numpy", "python", "data_sources", "losses",
-                "smoothed_loss")
 TRAIN_PHASE = 0
 
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged: a loss or another blob became NaN or Inf (or the update made the weights
     non-finite); the weights were not updated and nothing was snapshotted."""
-
-
-class SnapshotError(ValueError):
-    """A snapshot file (.solverstate, its .caffemodel or .rng sidecar) that cannot be used."""
 
 
 class SolverConfigError(ValueError):
@@ -141,13 +135,6 @@ def learning_rate(param, iteration, current_step=0):
 def _require_positive(param, field):
     if getattr(param, field) <= 0:
         raise SolverConfigError(f"lr_policy '{param.lr_policy}' needs a positive '{field}', got {getattr(param, field)}")
-
-
-def snapshot_paths(prefix, iteration):
-    """(caffemodel, solverstate, sidecar) paths of the snapshot at `iteration`, Caffe's naming."""
-    stem = f"{prefix}_iter_{iteration}"
-    state = stem + ".solverstate"
-    return stem + ".caffemodel", state, state + SIDECAR_SUFFIX
 
 
 class SGDSolver:
@@ -323,13 +310,11 @@ class SGDSolver:
 
     def _kept(self):
         """The end of a divergence message: what was kept, and whether it holds these weights."""
-        kept = self.last_snapshot or "none written yet"
-        text = (f"stopped before the update (weights are those of iteration {self.iter}; "
-                f"last good snapshot: {kept})")
+        text = f"stopped before the update (weights are those of iteration {self.iter}; "
         if self.last_snapshot and self.last_snapshot == snapshot_paths(self.param.snapshot_prefix, self.iter)[1]:
-            text += ("; that snapshot holds the weights that diverged: resume from an earlier one "
-                     "or lower base_lr")
-        return text
+            return text + (f"the last snapshot, {self.last_snapshot}, holds these weights: resume from an "
+                           "earlier one or lower base_lr)")
+        return text + f"last good snapshot: {self.last_snapshot or 'none written yet'})"
 
     def _raise_if_diverged(self, err):
         """After a failed forward/backward: raise NonFiniteLossError (from err) naming the first
@@ -340,13 +325,16 @@ class SGDSolver:
                 raise NonFiniteLossError(
                     f"iteration {self.iter}: parameter {info.index} of layer '{info.layer}' is non-finite "
                     f"({type(err).__name__}: {err}); {self._kept()}") from err
-        found = _first_nonfinite_blob(self.net)
+        found = first_nonfinite_blob(self.net)
         if found is not None:
             blob, layer, failure = found
-            then = f"; layer '{failure[0]}' then failed: {failure[1]}" if failure else ""
+            first = f"{type(err).__name__}: {err}"
+            then = f"layer '{failure[0]}' then failed: {failure[1]}" if failure else f"then: {first}"
+            if failure and failure[1] != first:
+                then += f" (first failure: {first})"
             raise NonFiniteLossError(
-                f"iteration {self.iter}: blob '{blob}' (top of layer '{layer}') is non-finite{then} "
-                f"(first failure: {type(err).__name__}: {err}); {self._kept()}") from err
+                f"iteration {self.iter}: blob '{blob}' (top of layer '{layer}') is non-finite; {then}; "
+                f"{self._kept()}") from err
 
     def _allreduce_values(self, values):
         names = list(values)
@@ -465,7 +453,7 @@ class SGDSolver:
         """
         state_path = str(state_path)
         state = caffe_io.read_solverstate(state_path)
-        model = _resolve_learned_net(state["learned_net"], state_path)
+        model = resolve_learned_net(state["learned_net"], state_path)
         history = state["history"]
         if len(history) != len(self.history):
             raise SnapshotError(f"{state_path}: {len(history)} history blobs, the net has {len(self.history)} "
@@ -479,7 +467,8 @@ class SGDSolver:
                 raise SnapshotError(f"{state_path}: history of layer '{info.layer}' param {info.index} "
                                     "holds NaN or Inf")
         sidecar = state_path + SIDECAR_SUFFIX
-        extra = self._read_sidecar(sidecar) if os.path.isfile(sidecar) else None
+        extra = (read_sidecar(sidecar, len(self.net.data_layers()), self.param.average_loss)
+                 if os.path.isfile(sidecar) else None)
         self.load_weights(model)                  # checks everything before it copies
         for saved, buf in zip(history, self.history):
             buf.copy_(torch.as_tensor(np.asarray(saved, dtype=np.float32)).to(buf.device))
@@ -492,30 +481,6 @@ class SGDSolver:
                         "match an uninterrupted one bitwise", state_path, sidecar)
         self.restored_from = (state_path, model)
         log.info("Restored %s at iteration %d (weights %s)", state_path, self.iter, model)
-
-    def _read_sidecar(self, path):
-        """The .rng sidecar's dict, checked against this net; SnapshotError naming the file otherwise."""
-        try:
-            with open(path, "rb") as f:
-                extra = pickle.load(f)
-        except Exception as err:  # unpickling a damaged file can raise almost any exception type
-            raise SnapshotError(f"{path}: unreadable solver sidecar ({type(err).__name__}: {err}); delete it "
-                                "to resume without the exact RNG and data order") from None
-        if not isinstance(extra, dict) or extra.get("format") not in (1, SIDECAR_FORMAT):
-            found = extra.get("format") if isinstance(extra, dict) else type(extra).__name__
-            raise SnapshotError(f"{path}: solver sidecar format {found!r}, expected {SIDECAR_FORMAT}")
-        missing = [key for key in SIDECAR_KEYS if key not in extra]
-        if missing:
-            raise SnapshotError(f"{path}: solver sidecar lacks {missing}")
-        sources = list(self.net.data_layers())
-        if len(sources) != len(extra["data_sources"]):
-            raise SnapshotError(f"{path}: {len(extra['data_sources'])} data source states, "
-                                f"the net has {len(sources)} ImageData layers")
-        if extra["format"] == 1:    # ring order, next slot (iter - start) % window; the start was 0
-            losses = list(extra["losses"])
-            slot = extra["iter"] % len(losses) if len(losses) >= max(1, self.param.average_loss) else 0
-            extra["losses"] = losses[slot:] + losses[:slot]
-        return extra
 
     def _apply_rng_state(self, extra):
         torch.set_rng_state(extra["torch"])
@@ -581,42 +546,6 @@ def make_solver(solver_prototxt, **kwargs):
     param = caffe_io.read_solver_prototxt(str(solver_prototxt))
     kind = param.type if param.HasField("type") else "SGD"
     return (AdamSolver if kind == "Adam" else SGDSolver)(solver_prototxt, **kwargs)
-
-
-def _resolve_learned_net(learned_net, state_path):
-    """The weights of a .solverstate: the file of learned_net's name beside it (what a copied or
-    moved run folder holds), else learned_net as stored (Caffe: relative to the current folder)."""
-    beside = os.path.join(os.path.dirname(state_path), os.path.basename(learned_net))
-    if os.path.isfile(beside):
-        return beside
-    if learned_net and os.path.isfile(learned_net):
-        log.warning("%s: no %s beside it; using its learned_net %s", state_path, beside, learned_net)
-        return learned_net
-    raise FileNotFoundError(f"{state_path}: its weights {beside} are missing (learned_net '{learned_net}' "
-                            "not found either)")
-
-
-def _first_nonfinite_blob(net):
-    """Probe a failed forward: run the net's layers one at a time (pycaffe's forward(start, end),
-    no autograd) and return (blob, layer, failure) for the first top holding NaN or Inf, where
-    failure is (layer, 'Type: message') of a later layer that raised, or None. None when every
-    blob stays finite, or when the net has no pycaffe side (a stand-in net)."""
-    names = getattr(net, "layer_names", None)
-    if names is None or not hasattr(net, "forward") or not hasattr(net, "top_names"):
-        return None
-    found = None
-    with torch.no_grad():
-        for name in names:
-            try:
-                net.forward(start=name, end=name)
-            except Exception as err:  # the layer that fails on the non-finite blob found before it
-                return (*found, (name, f"{type(err).__name__}: {err}")) if found else None
-            if found is None:
-                for top in net.top_names[name]:
-                    if not np.isfinite(net.blobs[top].data).all():
-                        found = (top, name)
-                        break
-    return (*found, None) if found else None
 
 
 def _distributed_rank():
