@@ -12,8 +12,8 @@ Snapshots are Caffe's pair `<prefix>_iter_<N>.caffemodel` + `<prefix>_iter_<N>.s
 (history = momentum buffers in `net.learnable_params()` order), plus a sidecar
 `<prefix>_iter_<N>.solverstate.rng` (pickle: torch/numpy/python RNG states, the data
 sources' `state_dict()`, the loss window; sec.caffe.snapshots reads it). Caffe's SolverState
-has no field for these; the sidecar is what lets a resumed run follow the uninterrupted trajectory exactly (smoothed loss
-included). Every file is written atomically, sidecar and weights first and the .solverstate
+has no field for these; the sidecar is what lets a resumed run follow the uninterrupted
+trajectory exactly (smoothed loss included). Every file is written atomically, sidecar and weights first and the .solverstate
 last, so an existing .solverstate always has its partners. `restore` reads and checks all three
 before it changes anything, and takes the .caffemodel beside the .solverstate over the path
 stored in it (a copied run folder resumes from its own weights).
