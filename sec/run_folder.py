@@ -79,10 +79,10 @@ def prepare_new_run(run_dir, name, overwrite, runs_root=None):
         return []
     if not overwrite:
         newest = latest_snapshot(run_dir, name)
-        what = f"snapshots up to {newest.name}" if newest else "a losses.csv"
-        raise RunInputError(
-            f"{run_dir} already holds run '{name}' ({what}); pass --resume to continue it, "
-            "--overwrite to delete it and start again, or --name (or --runs) for a new run beside it")
+        what = (f"snapshots up to {newest.name}); pass --resume to continue it, " if newest else
+                "a losses.csv but no snapshot to resume from); pass ")
+        raise RunInputError(f"{run_dir} already holds run '{name}' ({what}--overwrite to delete it and start "
+                            "again, or --name (or --runs) for a new run beside it")
     deleted = old + records
     latest = Path(runs_root) / "latest.json" if runs_root is not None else None
     if latest is not None and latest.is_file():

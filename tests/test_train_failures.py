@@ -322,3 +322,10 @@ def test_kill_9_mid_snapshot_keeps_a_readable_snapshot_and_resumes_bitwise(tmp_p
     for a, b in zip(params_of(straight.net), params_of(resumed.net)):
         assert np.array_equal(a, b)
     assert all(torch.equal(a, b) for a, b in zip(straight.history, resumed.history))
+
+
+def test_a_run_without_snapshots_is_refused_without_offering_resume(tmp_path):
+    (tmp_path / "losses.csv").write_text("iter,loss\n0,1.0\n")
+    with pytest.raises(run_folder.RunInputError, match="no snapshot to resume from.*--overwrite") as info:
+        run_folder.prepare_new_run(tmp_path, "t", overwrite=False)
+    assert "--resume" not in str(info.value) and (tmp_path / "losses.csv").is_file()
