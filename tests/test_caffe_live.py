@@ -133,6 +133,21 @@ def test_train_sh_engine_caffe_names_a_missing_caffe_python(tmp_path):
     assert f"--caffe-python: Caffe's Python {tmp_path / 'no-python'} not found" in result.stderr
 
 
+def test_train_sh_engine_caffe_keeps_an_earlier_run(tmp_path):
+    """As with the torch engine, a used run folder is refused (before Caffe is even looked for)."""
+    fixture = write_tiny_voc(tmp_path)
+    run = tmp_path / "runs" / "c"
+    run.mkdir(parents=True)
+    earlier = run / "c_iter_2.caffemodel"
+    earlier.write_bytes(b"an earlier run")
+    (run / "c_iter_2.solverstate").write_bytes(b"an earlier run")
+    result = train_sh(fixture, tmp_path / "runs", "c", "--engine", "caffe", "--iters", "1",
+                      "--caffe-python", tmp_path / "no-python")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--resume" in result.stderr and "--overwrite" in result.stderr
+    assert earlier.read_bytes() == b"an earlier run"
+
+
 # ----- with the real Caffe ------------------------------------------------------------------------
 def live_caffe_python():
     """$SEC_CAFFE_PYTHON when it imports caffe; else the test is skipped, saying why."""

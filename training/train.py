@@ -20,7 +20,6 @@ once finished, runs/latest.json names the weights for deploy/deploy.py.
 import argparse
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -258,16 +257,25 @@ def run_with_caffe(cfg, args):
               "several (\"PythonLayer does not support CLI Multi-GPU\")", file=sys.stderr)
         return EXIT_MISSING_INPUT
     try:
+        # The same checks as the torch engine: inputs first, and an earlier run is never destroyed.
+        sec_train.check_inputs(cfg)
+        state = sec_train.latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
+        if cfg.resume and state is None:
+            raise sec_train.RunInputError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
+        if not cfg.resume and not cfg.overwrite:
+            sec_train.prepare_new_run(cfg.run_dir, cfg.name, False, cfg.runs_root)  # refuses an earlier run
+    except expected_errors() as err:
+        return report_failure(err)
+    try:
         python = bvlc_caffe.find_caffe_python(args.caffe_python)
         env = bvlc_caffe.caffe_environment(python, bvlc_caffe.locate_pycaffe(python))
         found = bvlc_caffe.probe(python, env)
         caffe = bvlc_caffe.find_caffe_binary(args.caffe_bin, found["caffe"], env)
     except bvlc_caffe.CaffeUnavailable as err:
         return report_failure(err)
-    state = sec_train.latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
-    if cfg.resume and state is None:
-        print(f"train.py: --resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}", file=sys.stderr)
-        return EXIT_MISSING_INPUT
+    if not cfg.resume and cfg.overwrite:  # only now that Caffe is there to train the new run
+        for path in sec_train.prepare_new_run(cfg.run_dir, cfg.name, True, cfg.runs_root):
+            print(f"--overwrite: deleted {path}")
     solver_path = sec_train.write_caffe_files(cfg)
     command = [str(caffe), "train", f"--solver={solver_path}"]
     if state is not None:

@@ -24,7 +24,8 @@ Q_FG = 0.996
 """GWRP decay for foreground classes (d+ in the paper)."""
 
 Q_BG = 0.999
-"""GWRP decay for the background class (d- in the paper)."""
+"""GWRP decay for the background class (d_bg in the paper). The paper's d- is the decay for
+absent classes: 0, i.e. global max pooling, which expand_loss applies to them."""
 
 POOLINGS = ("gwrp", "gmp", "gap")
 """Global pooling choices of the expansion loss: weighted rank, max, average."""
