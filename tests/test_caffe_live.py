@@ -348,14 +348,32 @@ def test_caffe_loads_and_resumes_this_engines_snapshot(caffe_python, voc, tmp_pa
 
 
 def test_a_failing_python_layer_shows_its_traceback_under_caffe(caffe_python, tmp_path):
-    """Caffe's tool aborts on a Python layer's exception without printing it; pylayers prints it."""
+    """Caffe's tool aborts on a Python layer's exception without printing it; pylayers prints it.
+    The failure must be one only the layer sees (a missing cue id is caught before Caffe starts):
+    an ExpandLossLayer whose param_str names an unknown pooling."""
+    from google.protobuf import text_format
+    fixture = write_tiny_voc(tmp_path)
+    net = caffe_io.read_net_prototxt(str(MODELS / "sec" / "train.prototxt"))
+    expand = next(layer for layer in net.layer if layer.python_param.layer == "ExpandLossLayer")
+    expand.python_param.param_str = '{"pooling": "bogus"}'
+    net_path = tmp_path / "train.prototxt"
+    net_path.write_text(text_format.MessageToString(net))
+    result = train_sh(fixture, tmp_path / "runs", "broken", "--engine", "caffe", "--iters", "1",
+                      "--net", net_path, "--caffe-python", caffe_python)
+    assert result.returncode == 4, result.stderr[-3000:]
+    assert "pylayers: ExpandLossLayer.setup failed" in result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "param_str pooling must be one of" in result.stderr
+    assert "caffe train failed (killed by signal 6)" in result.stderr
+
+
+def test_train_sh_engine_caffe_checks_the_cues_before_caffe_starts(tmp_path):
+    """A list id without cues is one line and exit 2 before Caffe is looked for, as with torch."""
     fixture = write_tiny_voc(tmp_path, missing_id=1)
     list_path = tmp_path / "list.txt"
     list_path.write_text("2007_000002.jpg 1\n")
     result = train_sh(fixture, tmp_path / "runs", "broken", "--engine", "caffe", "--iters", "1",
-                      "--list", list_path, "--caffe-python", caffe_python)
-    assert result.returncode == 4, result.stderr[-3000:]
-    assert "pylayers: AnnotationLayer.forward failed" in result.stderr
-    assert "Traceback (most recent call last)" in result.stderr
-    assert f"KeyError: \"image id 1: key '1_labels' not found in cue file {fixture['cues']}\"" in result.stderr
-    assert "caffe train failed (killed by signal 6)" in result.stderr
+                      "--list", list_path, "--caffe-python", tmp_path / "no-python")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert str(fixture["cues"]) in result.stderr
+    assert "--caffe-python" not in result.stderr
