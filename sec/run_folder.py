@@ -6,6 +6,7 @@ Files of run `<name>` in its folder: `<name>_iter_<N>.caffemodel`, `.solverstate
 hidden `.<file>.<hex>.tmp` files are atomic writes in progress (sec.caffe.io.atomic_write_bytes)
 or left behind by a killed process.
 """
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -100,6 +101,18 @@ def _latest_weights(path):
         return Path(json.loads(Path(path).read_text())["weights"]).resolve()
     except (ValueError, KeyError, TypeError, OSError):
         return None
+
+
+def positive_int(text):
+    """argparse type for counts (--iters, --batch, ...): an integer >= 1; argparse names the flag
+    and exits with status 2."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"need a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"need a positive integer, got {value}")
+    return value
 
 
 def check_iterations(iters, batch):

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from sec.run_folder import positive_int
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = REPO_ROOT / "models"
 SYNTHETIC_DIR = REPO_ROOT / "generated" / "synthetic"
@@ -41,17 +43,6 @@ EXIT_MISSING_INPUT = 2         # a missing or unusable input, flag or run folder
 EXIT_NONFINITE = 3             # training diverged (NaN/Inf); the earlier snapshots are kept
 EXIT_STAGE_FAILED = 4          # a pipeline stage (subprocess) failed; its message is above
 EXIT_INTERRUPTED = 130         # Ctrl-C; the snapshots written so far are kept (--resume)
-
-
-def positive_int(text):
-    """argparse type: an integer >= 1 (argparse names the flag and exits with status 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"need a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"need a positive integer, got {value}")
-    return value
 
 
 def build_parser():

@@ -23,21 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+from sec.run_folder import positive_int
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_INTERRUPTED = 130
-
-
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"need a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"need a positive integer, got {value}")
-    return value
 
 
 def build_parser():
