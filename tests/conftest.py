@@ -39,3 +39,32 @@ def load_script(relative_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def write_tiny_voc(folder, missing_id=None):
+    """A VOC-shaped folder (2 random 120 x 160 JPEGs, trainaug.txt), their cues (ids 0, 1; one
+    foreground class each) and initial weights for conv1_1 only (the rest keep their fillers)."""
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    from sec.caffe import io as caffe_io
+    voc = folder / "VOC2012"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = ["2007_000001", "2007_000002"]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{name}.jpg")
+    (voc / "ImageSets" / "Segmentation" / "trainaug.txt").write_text("\n".join(names) + "\n")
+    cues = {}
+    for image_id in range(len(names)):
+        if image_id != missing_id:
+            cues[f"{image_id}_labels"] = np.array([image_id + 1])
+            cues[f"{image_id}_cues"] = np.array([[0, 0, image_id + 1], [0, 40, 20], [0, 40, 20]])
+    with open(folder / "cues.pickle", "wb") as handle:   # numpy 2 pickles: Caffe's numpy 1 reads them
+        pickle.dump(cues, handle)
+    conv1 = [rng.normal(0, 0.01, (64, 3, 3, 3)).astype(np.float32), np.zeros(64, np.float32)]
+    caffe_io.write_caffemodel(folder / "init.caffemodel", "vgg", [("conv1_1", "Convolution", conv1)])
+    return {"voc": voc, "cues": folder / "cues.pickle", "weights": folder / "init.caffemodel"}

@@ -3,15 +3,13 @@ import csv
 import json
 import math
 import os
-import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import load_script
+from conftest import load_script, write_tiny_voc
 
 from sec.caffe import io as caffe_io
 from sec.train import (LossLog, RunConfig, clear_snapshots, latest_snapshot, plot_losses, rank_batch,
@@ -212,23 +210,9 @@ def test_train_sh_help_documents_every_flag():
 def test_train_sh_voc_form_runs_on_a_tiny_voc_fixture(tmp_path):
     """The paper's form (faithful DeepLab-LargeFOV prototxts at 321x321) on a VOC-shaped folder:
     list written from trainaug.txt, cues keyed by those ids, init weights copied by name."""
-    from PIL import Image
-    voc = tmp_path / "VOC2012"
-    (voc / "JPEGImages").mkdir(parents=True)
-    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    names = ["2007_000001", "2007_000002"]
-    for name in names:
-        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{name}.jpg")
-    (voc / "ImageSets" / "Segmentation" / "trainaug.txt").write_text("\n".join(names) + "\n")
-    cues = {}
-    for image_id in range(len(names)):  # ids 0..N-1 in trainaug order, as train.sh writes the list
-        cues[f"{image_id}_labels"] = np.array([image_id + 1])
-        cues[f"{image_id}_cues"] = np.array([[0, 0, image_id + 1], [0, 40, 20], [0, 40, 20]])
-    with open(tmp_path / "cues.pickle", "wb") as f:
-        pickle.dump(cues, f)
-    conv1 = [rng.normal(0, 0.01, (64, 3, 3, 3)).astype(np.float32), np.zeros(64, np.float32)]
-    caffe_io.write_caffemodel(tmp_path / "init.caffemodel", "vgg", [("conv1_1", "Convolution", conv1)])
+    fixture = write_tiny_voc(tmp_path)
+    voc = fixture["voc"]
+    conv1 = caffe_io.blob_to_array(caffe_io.read_caffemodel(fixture["weights"]).layer[0].blobs[0])
     runs = tmp_path / "runs"
     result = subprocess.run(
         ["bash", str(TRAIN_SH), "--voc", str(voc), "--cues", str(tmp_path / "cues.pickle"),
@@ -241,7 +225,7 @@ def test_train_sh_voc_form_runs_on_a_tiny_voc_fixture(tmp_path):
     trained = caffe_io.read_caffemodel(latest["weights"])
     blobs = {layer.name: layer.blobs for layer in trained.layer}
     # conv1_1 started from the given weights and moved by one SGD step; fc8-SEC exists with 21 outputs.
-    start = conv1[0]
+    start = conv1
     after = caffe_io.blob_to_array(blobs["conv1_1"][0])
     assert after.shape == start.shape and not np.array_equal(after, start)
     assert np.abs(after - start).max() < 0.01
