@@ -354,6 +354,22 @@ def test_train_run_writes_the_run_folder_and_evaluates(tiny_set, tmp_path, capsy
         assert [int(r["iter"]) for r in csv.DictReader(handle)] == [0, 1, 2, 3, 4]
 
 
+def test_evaluate_refuses_weights_that_leave_a_layer_at_its_filler(tiny_set, tmp_path):
+    """sec.train.evaluate, like deploy, errors (naming the layer) instead of scoring a net part of
+    which kept its random fillers."""
+    from sec import caffe, train as sec_train
+    from sec.caffe.weights import MissingWeightsError
+    cfg = tiny_run_config(tiny_set, tmp_path)
+    net = caffe.Net(str(cfg.deploy), caffe.TEST)
+    first = next(name for name, blobs in net.params.items() if len(blobs))
+    weights = tmp_path / "partial.caffemodel"
+    caffe_io.write_caffemodel(weights, "partial", [(first, "Convolution", [b.data for b in net.params[first]])])
+    untouched = [name for name, blobs in net.params.items() if len(blobs) and name != first]
+    with pytest.raises(MissingWeightsError, match=untouched[-1]):
+        sec_train.evaluate(cfg.deploy, weights, tiny_set / "val.txt", str(tiny_set / "images") + "/",
+                           tiny_set / "masks", 7)
+
+
 # ----- the synthetic pipeline: shared trunk, stages --------------------------------------------
 TRUNK_TYPES = ("Convolution", "BatchNorm", "Scale")
 
