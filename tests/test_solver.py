@@ -419,6 +419,19 @@ def test_step_in_pieces_smooths_as_one_step(tmp_path):
     assert trace == whole
 
 
+def test_solver_weights_field_loads_its_files_as_caffe_does(tmp_path):
+    """SolverParameter.weights (Caffe's Solver::Init): every listed file, comma-separated too, is
+    copied into the net before training; before, the field parsed and was silently ignored."""
+    first, second = tmp_path / "a.caffemodel", tmp_path / "b.caffemodel"
+    caffe_io.write_caffemodel(first, "tiny", [("fc", "InnerProduct", [np.ones((2, 4)), np.ones(2)])])
+    caffe_io.write_caffemodel(second, "tiny", [("fc", "InnerProduct", [np.full((2, 4), 3.0), np.zeros(2)])])
+    solver = SGDSolver(write_solver(tmp_path, weights=f"{first},{second}"), net_factory=TinyNet)
+    np.testing.assert_array_equal(solver.net.weight.detach().numpy(), np.full((2, 4), 3.0))
+    assert solver.weight_report is not None
+    with pytest.raises(FileNotFoundError, match="missing.caffemodel"):
+        SGDSolver(write_solver(tmp_path, weights=str(tmp_path / "missing.caffemodel")), net_factory=TinyNet)
+
+
 def test_a_copied_run_folder_resumes_from_its_own_weights(tmp_path, caplog):
     import shutil
     solver = SGDSolver(write_solver(tmp_path), net_factory=TinyNet)

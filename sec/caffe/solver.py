@@ -183,6 +183,10 @@ class SGDSolver:
             from sec.caffe import Net as net_factory  # the engine package imports this module
         self.net = net_factory(net_path, TRAIN_PHASE)
         self.net.to(self.device)
+        self.weight_report = None
+        for listed in self.param.weights:  # Caffe's Solver::Init: each entry, comma-separated files
+            for path in filter(None, (part.strip() for part in listed.split(","))):
+                self.load_weights(path)
         self.params = list(self.net.learnable_params())
         if self.world_size > 1:
             with torch.no_grad():
@@ -198,7 +202,6 @@ class SGDSolver:
         self.last_timings = {}
         self.last_snapshot = None
         self.restored_from = None
-        self.weight_report = None
         self.test_nets = []
         self._output_names = None
         self.on_iteration_end = []
