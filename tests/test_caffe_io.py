@@ -273,15 +273,20 @@ def test_prototxt_bad_value_names_line():
                           source="net.prototxt")
 
 
-def test_project_prototxts_parse():
-    paths = sorted(MODELS.rglob("*.prototxt"))
-    if not paths:
-        pytest.skip(f"no prototxt files under {MODELS} yet")
+def assert_prototxts_parse(paths):
+    """Each solver prototxt reads with a learning rate, each net prototxt with layers."""
     for path in paths:
         if "solver" in path.name:
             assert io.read_solver_prototxt(path).base_lr > 0, path
         else:
             assert len(io.read_net_prototxt(path).layer) > 0, path
+
+
+def test_project_prototxts_parse():
+    paths = sorted(MODELS.rglob("*.prototxt"))
+    if not paths:
+        pytest.skip(f"no prototxt files under {MODELS} yet")
+    assert_prototxts_parse(paths)
 
 
 def test_v1_prototxt_is_upgraded():
@@ -430,11 +435,7 @@ def _caffe_source_prototxts(tmp_path):
 def test_caffe_source_prototxts_parse(tmp_path):
     paths = _caffe_source_prototxts(tmp_path)
     assert paths, f"no prototxt under models/ or examples/ in {CAFFE_SOURCE}"
-    for path in paths:
-        if "solver" in path.name:
-            assert io.read_solver_prototxt(path).base_lr > 0, path
-        else:
-            assert len(io.read_net_prototxt(path).layer) > 0, path
+    assert_prototxts_parse(paths)
 
 
 def test_bvlc_fields_beyond_the_engine_parse():
