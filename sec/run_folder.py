@@ -50,12 +50,6 @@ def snapshot_files(run_dir, name):
     return sorted(files)
 
 
-def clear_snapshots(run_dir, name):
-    """Remove a previous run's snapshots so that a later --resume cannot pick up stale ones."""
-    for path in snapshot_files(run_dir, name):
-        path.unlink()
-
-
 def remove_stale_temporaries(run_dir, name):
     """Delete `.<name>_*.tmp` files in run_dir (atomic writes of a process that was killed: only
     one process trains a run at a time); returns how many were removed."""

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from sec import data, metrics, visualize
 from sec.caffe import io as caffe_io
 from sec.caffe.solver import NetOverrides, apply_net_overrides, make_solver, snapshot_paths
-from sec.run_folder import (RunInputError, check_iterations, check_train_net_inputs, clear_snapshots,  # noqa: F401
+from sec.run_folder import (RunInputError, check_iterations, check_train_net_inputs,  # noqa: F401
                             latest_snapshot, prepare_new_run, remove_stale_temporaries,
                             require_some_weights, restore_newest_readable)
 

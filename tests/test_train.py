@@ -12,7 +12,7 @@ import yaml
 from conftest import load_script, write_tiny_voc
 
 from sec.caffe import io as caffe_io
-from sec.train import (LossLog, RunConfig, clear_snapshots, latest_snapshot, plot_losses, rank_batch,
+from sec.train import (LossLog, RunConfig, latest_snapshot, prepare_new_run, plot_losses, rank_batch,
                        shard_list, write_caffe_files, write_latest)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -162,13 +162,13 @@ def test_loss_log_truncates_on_resume_and_plots(tmp_path):
     assert Path(png).stat().st_size > 1000
 
 
-def test_latest_snapshot_and_clear(tmp_path):
+def test_latest_snapshot_and_overwrite_clear_only_that_run(tmp_path):
     for it in (2, 10, 4):
         (tmp_path / f"run_iter_{it}.solverstate").write_bytes(b"")
         (tmp_path / f"run_iter_{it}.caffemodel").write_bytes(b"")
     (tmp_path / "other_iter_99.solverstate").write_bytes(b"")
     assert latest_snapshot(tmp_path, "run").name == "run_iter_10.solverstate"
-    clear_snapshots(tmp_path, "run")
+    prepare_new_run(tmp_path, "run", overwrite=True)
     assert latest_snapshot(tmp_path, "run") is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other_iter_99.solverstate"]
 
