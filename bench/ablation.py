@@ -42,7 +42,7 @@ from pylayers import functions as loss_functions, load_cues  # noqa: E402
 
 from sec import data, localization, metrics, synthetic  # noqa: E402
 from sec.localization import UNSEEDED  # noqa: E402
-from sec.caffe import io as caffe_io  # noqa: E402
+from sec.caffe import formats  # noqa: E402
 from sec.proto import caffe_pb2  # noqa: E402
 
 TRAIN_SCRIPT = REPO_ROOT / "training" / "train.py"
@@ -138,7 +138,7 @@ def make_variant_net(base, losses, expand=None, source="<net>"):
 
 def write_net(net, path):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    caffe_io.atomic_write_bytes(str(path), text_format.MessageToString(net).encode())
+    formats.atomic_write_bytes(str(path), text_format.MessageToString(net).encode())
     return Path(path)
 
 
@@ -168,7 +168,7 @@ def ground_truth_cues(image_list, mask_folder, cue_size=CUE_SIZE, num_classes=NU
 
 def write_cues(cues, path):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    caffe_io.atomic_write_bytes(str(path), pickle.dumps(cues, protocol=PICKLE_PROTOCOL))
+    formats.atomic_write_bytes(str(path), pickle.dumps(cues, protocol=PICKLE_PROTOCOL))
     return Path(path)
 
 
@@ -232,7 +232,7 @@ def run_one(job):
         record[f"eval{suffix}_s"] = time.perf_counter() - started
         record[f"miou{suffix}"] = confusion.miou()
         record[f"iou{suffix}"] = nan_to_none(confusion.iou())
-    caffe_io.atomic_write_bytes(str(scores_path), (json.dumps(record, indent=1) + "\n").encode())
+    formats.atomic_write_bytes(str(scores_path), (json.dumps(record, indent=1) + "\n").encode())
     return dict(record, skipped=False)
 
 
@@ -385,7 +385,7 @@ def build_parser():
 def settings_of(args):
     quick = args.quick
     out = (args.out or (QUICK_OUT if quick else DEFAULT_OUT)).resolve()
-    iters = args.iters or (QUICK_SEC_ITERS if quick else caffe_io.read_solver_prototxt(SOLVER).max_iter)
+    iters = args.iters or (QUICK_SEC_ITERS if quick else formats.read_solver_prototxt(SOLVER).max_iter)
     loc_iters = args.loc_iters or (QUICK_LOC_ITERS if quick else None)
     dataset = (args.synthetic_dir or (out / "data" if quick else DEFAULT_DATA)).resolve()
     seeds = list(range(args.first_seed, args.first_seed + (1 if quick else args.seeds)))
@@ -427,7 +427,7 @@ def is_newer(path, *sources):
 
 
 def make_jobs(s, stage, threads):
-    base = caffe_io.read_net_prototxt(BASE_NET)
+    base = formats.read_net_prototxt(BASE_NET)
     gt_cues = s["out"] / "gt_cues.pickle"
     if any(v.cues == "gt" for v in s["variants"]) and not is_newer(gt_cues, s["dataset"] / "manifest.json"):
         write_cues(ground_truth_cues(s["dataset"] / "train.txt", s["dataset"] / "masks"), gt_cues)

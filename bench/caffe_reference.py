@@ -7,9 +7,12 @@ the path; krahenbuhl2013 must be installed there: `pip install ./CRF`):
 
 writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, no Caffe needed):
 
-* layers.json + layers.npz: one-layer nets of every layer type sec.caffe supports, with their
-  parameter variants (the table is bench/caffe_reference_cases.py). Per case: the prototxt, the Caffe-written .caffemodel (bytes), and per layer
-  the bottoms, tops, top diffs fed to backward, bottom diffs and parameter diffs.
+* layers.json + layers.npz: one-layer nets of the layer types sec.caffe first supported, with
+  their parameter variants (the table is bench/caffe_reference_cases.py); layers_<family>.json +
+  .npz likewise for each table bench/caffe_cases_<family>.py (a module with CASES and, optionally,
+  INPUT_KINDS: kind -> fn(rng, shape) for inputs make_input does not know). Per case: the prototxt,
+  the Caffe-written .caffemodel (bytes), and per layer the bottoms, tops, top diffs fed to
+  backward, bottom diffs and parameter diffs.
 * edge_nets.json: nets at the edge of what Caffe builds, and whether Net::Init accepts each.
 * image_data.json + image_data.npz: ImageData tops of small odd-sized images (uint8 BGR stored,
   written as PNG for Caffe) resized by Caffe's cv::resize, for two new_height x new_width.
@@ -154,11 +157,23 @@ def caffemodel_bytes(net, tmp):
     return np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
 
 
-def write_layer_cases(caffe, out, tmp):
+def case_families():
+    """{fixture name: (CASES, INPUT_KINDS)}: "layers" (bench/caffe_reference_cases.py) and one
+    "layers_<family>" per bench/caffe_cases_<family>.py."""
+    import importlib
+    families = {"layers": (CASES, {})}
+    for path in sorted(Path(__file__).resolve().parent.glob("caffe_cases_*.py")):
+        module = importlib.import_module(path.stem)
+        families["layers_" + path.stem[len("caffe_cases_"):]] = (module.CASES, getattr(module, "INPUT_KINDS", {}))
+    return families
+
+
+def write_layer_cases(caffe, out, tmp, fixture_name, cases, input_kinds):
+    """One fixture file of one-layer nets: `cases` (name -> spec, see caffe_reference_cases)."""
     rng = np.random.default_rng(0)
     store = Store("a")
     manifest, extra = [], {}
-    for name, spec in CASES.items():
+    for name, spec in cases.items():
         text = case_prototxt(name, spec)
         inputs, opts = spec[1], spec[2]
         path = os.path.join(tmp, f"{name}.prototxt")
@@ -169,7 +184,8 @@ def write_layer_cases(caffe, out, tmp):
             randomize_params(net, rng, opts.get("bn_factor"))
         extra[f"{name}/caffemodel"] = caffemodel_bytes(net, tmp)
         for blob, (shape, kind) in inputs.items():
-            net.blobs[blob].data[...] = make_input(rng, shape, kind)
+            make = input_kinds.get(kind)
+            net.blobs[blob].data[...] = make(rng, shape) if make else make_input(rng, shape, kind)
         backward = opts.get("backward", True)
         records = record_forward(net, store)
         if backward:
@@ -177,13 +193,14 @@ def write_layer_cases(caffe, out, tmp):
             record_backward(net, records, store)
         manifest.append({"name": name, "type": spec[0][0], "prototxt": text, "phase": opts.get("phase", "TEST"),
                          "backward": backward, "fill": bool(opts.get("fill")), "layers": records})
-    path = os.path.join(tmp, "input.prototxt")
-    Path(path).write_text(INPUT_CASE + "\n")
-    net = caffe.Net(path, caffe.TEST)
-    manifest.append({"name": "input_two_tops", "type": "Input", "prototxt": INPUT_CASE + "\n", "phase": "TEST",
-                     "backward": False, "fill": False, "layers": [],
-                     "shapes": {b: list(net.blobs[b].data.shape) for b in net.blobs}})
-    save(out, "layers", {"caffe": caffe_version(caffe), "cases": manifest}, {**store.arrays, **extra})
+    if fixture_name == "layers":
+        path = os.path.join(tmp, "input.prototxt")
+        Path(path).write_text(INPUT_CASE + "\n")
+        net = caffe.Net(path, caffe.TEST)
+        manifest.append({"name": "input_two_tops", "type": "Input", "prototxt": INPUT_CASE + "\n", "phase": "TEST",
+                         "backward": False, "fill": False, "layers": [],
+                         "shapes": {b: list(net.blobs[b].data.shape) for b in net.blobs}})
+    save(out, fixture_name, {"caffe": caffe_version(caffe), "cases": manifest}, {**store.arrays, **extra})
 
 
 
@@ -534,12 +551,17 @@ def write_fixtures(args):
     tmp = os.path.join(tempfile.gettempdir(), "sec_caffe_reference")
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
+    families = case_families()
+    steps = list(families) + ["edge", "image_data", "sec"]
+    unknown = sorted(set(args.only or []) - set(steps))
+    if unknown:
+        raise SystemExit(f"--only: unknown part(s) {unknown}; known: {steps}")
     try:
-        for step in ("layers", "edge", "image_data", "sec"):
+        for step in [s for s in steps if not args.only or s in args.only]:
             sub = os.path.join(tmp, step)
             os.mkdir(sub)
-            if step == "layers":
-                write_layer_cases(caffe, out, sub)
+            if step in families:
+                write_layer_cases(caffe, out, sub, step, *families[step])
             elif step == "edge":
                 write_edge_nets(caffe, out, sub)
             elif step == "image_data":
@@ -557,6 +579,9 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(REPO / "tests" / "fixtures" / "caffe"),
                         help="fixture folder to write (run with pycaffe's Python)")
+    parser.add_argument("--only", action="append", metavar="PART",
+                        help="write only this part (repeatable): layers, layers_<family> (one per "
+                             "bench/caffe_cases_<family>.py), edge, image_data, sec (the SEC nets and solver)")
     parser.add_argument("--bench", action="store_true",
                         help="time Caffe's and sec.caffe's SEC solver step instead (run with the project's python)")
     parser.add_argument("--agreement", action="store_true",

@@ -33,8 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from sec.caffe import layers as caffe_layers  # noqa: E402
-from sec.caffe.layers_sec import LAYER_IMPL_ENV, LAYER_IMPLS  # noqa: E402
-from sec.caffe.pybridge import PythonLayer  # noqa: E402
+from sec.caffe.layers.sec_twins import LAYER_IMPL_ENV, LAYER_IMPLS  # noqa: E402
+from sec.caffe.layers.python import PythonLayer  # noqa: E402
 from sec.caffe.solver import NetOverrides, SGDSolver  # noqa: E402
 from sec.nn import speed  # noqa: E402
 

@@ -196,7 +196,7 @@ class Segmenter:
                 for image, p in zip(images, probs)]
 
     def _crf_masks(self, images, probs):
-        from sec.caffe.layers_sec import layer_impl
+        from sec.caffe.layers.sec_twins import layer_impl
         impl = layer_impl()
         if impl == "torch" or (impl == "auto" and self.device.type != "cpu"):
             return [self._device_crf_mask(image, p) for image, p in zip(images, probs)]

@@ -3,7 +3,7 @@ resume starts from, and the checks of the run's inputs before its first iteratio
 
 Files of run `<name>` in its folder: `<name>_iter_<N>.caffemodel`, `.solverstate`,
 `.solverstate.rng` (snapshots), `losses.csv`, `losses.png`, `train.log`, `eval.json`, `panels.png`;
-hidden `.<file>.<hex>.tmp` files are atomic writes in progress (sec.caffe.io.atomic_write_bytes)
+hidden `.<file>.<hex>.tmp` files are atomic writes in progress (sec.caffe.formats.atomic_write_bytes)
 or left behind by a killed process.
 """
 import argparse

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from sec import data, metrics, visualize
-from sec.caffe import io as caffe_io
+from sec.caffe import formats
 from sec.caffe.solver import NetOverrides, apply_net_overrides, make_solver, snapshot_paths
 from sec.run_folder import (RunInputError, check_iterations, check_train_net_inputs,  # noqa: F401
                             latest_snapshot, prepare_new_run, remove_stale_temporaries,
@@ -84,7 +84,7 @@ def write_latest(runs_root, weights, deploy, classes, num_classes, dataset):
     info = {"weights": str(Path(weights).resolve()), "deploy_prototxt": str(Path(deploy).resolve()),
             "classes": classes, "num_classes": int(num_classes), "dataset": str(Path(dataset).resolve())}
     Path(runs_root).mkdir(parents=True, exist_ok=True)
-    caffe_io.atomic_write_bytes(str(Path(runs_root) / "latest.json"), (json.dumps(info, indent=1) + "\n").encode())
+    formats.atomic_write_bytes(str(Path(runs_root) / "latest.json"), (json.dumps(info, indent=1) + "\n").encode())
     return info
 
 
@@ -117,7 +117,7 @@ def shard_list(source, out_path, rank, world_size):
 
 def global_batch_of(net_path):
     """batch_size of the (first) ImageData layer of a train prototxt."""
-    for layer in caffe_io.read_net_prototxt(str(net_path)).layer:
+    for layer in formats.read_net_prototxt(str(net_path)).layer:
         if layer.type == "ImageData":
             return layer.image_data_param.batch_size
     raise ValueError(f"{net_path}: no ImageData layer")
@@ -205,7 +205,7 @@ def check_inputs(cfg):
     """Everything a run reads, checked before anything is written or trained (RunInputError):
     iteration and batch counts, the list's images, the cue file and every id's cues."""
     check_iterations(cfg.iters, cfg.batch)
-    check_train_net_inputs(apply_net_overrides(caffe_io.read_net_prototxt(str(cfg.net)), run_overrides(cfg)))
+    check_train_net_inputs(apply_net_overrides(formats.read_net_prototxt(str(cfg.net)), run_overrides(cfg)))
 
 
 def build_solver(cfg, rank=0, world_size=1):
@@ -337,7 +337,7 @@ def format_iou_table(confusion, class_names):
 def save_eval(path, confusion, class_names, extra=None):
     summary = confusion.summary(list(class_names))
     summary.update(extra or {})
-    caffe_io.atomic_write_bytes(str(path), (json.dumps(summary, indent=1) + "\n").encode())
+    formats.atomic_write_bytes(str(path), (json.dumps(summary, indent=1) + "\n").encode())
     return summary
 
 
@@ -377,10 +377,10 @@ def write_caffe_files(cfg):
     overrides = NetOverrides(batch_size=cfg.batch, source=str(cfg.source) if cfg.source else None,
                              root_folder=cfg.root_folder,
                              python_params={"AnnotationLayer": {"cues": str(cfg.cues)}} if cfg.cues else None)
-    net = apply_net_overrides(caffe_io.read_net_prototxt(str(cfg.net)), overrides)
+    net = apply_net_overrides(formats.read_net_prototxt(str(cfg.net)), overrides)
     net_path = cfg.run_dir / f"{cfg.name}_train.prototxt"
-    caffe_io.atomic_write_bytes(str(net_path), text_format.MessageToString(net).encode())
-    solver = caffe_io.read_solver_prototxt(str(cfg.solver))
+    formats.atomic_write_bytes(str(net_path), text_format.MessageToString(net).encode())
+    solver = formats.read_solver_prototxt(str(cfg.solver))
     solver.net = str(net_path.resolve())
     solver.snapshot_prefix = str(cfg.prefix.resolve())
     if cfg.iters is not None:
@@ -389,7 +389,7 @@ def write_caffe_files(cfg):
         solver.random_seed = cfg.seed
     solver.solver_mode = solver.GPU if cfg.device.startswith("cuda") else solver.CPU
     solver_path = cfg.run_dir / f"{cfg.name}_solver.prototxt"
-    caffe_io.atomic_write_bytes(str(solver_path), text_format.MessageToString(solver).encode())
+    formats.atomic_write_bytes(str(solver_path), text_format.MessageToString(solver).encode())
     return solver_path
 
 

@@ -49,7 +49,7 @@ def write_tiny_voc(folder, missing_id=None):
     import numpy as np
     from PIL import Image
 
-    from sec.caffe import io as caffe_io
+    from sec.caffe import formats
     voc = folder / "VOC2012"
     (voc / "JPEGImages").mkdir(parents=True)
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
@@ -66,5 +66,5 @@ def write_tiny_voc(folder, missing_id=None):
     with open(folder / "cues.pickle", "wb") as handle:   # numpy 2 pickles: Caffe's numpy 1 reads them
         pickle.dump(cues, handle)
     conv1 = [rng.normal(0, 0.01, (64, 3, 3, 3)).astype(np.float32), np.zeros(64, np.float32)]
-    caffe_io.write_caffemodel(folder / "init.caffemodel", "vgg", [("conv1_1", "Convolution", conv1)])
+    formats.write_caffemodel(folder / "init.caffemodel", "vgg", [("conv1_1", "Convolution", conv1)])
     return {"voc": voc, "cues": folder / "cues.pickle", "weights": folder / "init.caffemodel"}

@@ -12,7 +12,7 @@ from conftest import load_script
 from test_pylayers_blob import Driver
 
 import pylayers
-from sec.caffe import io as caffe_io
+from sec.caffe import formats
 from sec.visualize import save_palette_png
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ EXPECTED_VARIANTS = {
 
 @pytest.fixture(scope="module")
 def base_net():
-    return caffe_io.read_net_prototxt(BASE_NET)
+    return formats.read_net_prototxt(BASE_NET)
 
 
 def expand_layer_from(layer):
@@ -60,7 +60,7 @@ def test_every_variant_is_listed_here():
 def test_variant_nets_have_the_expected_losses_and_expand_params(tmp_path, base_net, variant):
     path = ablation.write_net(ablation.make_variant_net(base_net, variant.losses, variant.expand),
                               tmp_path / f"{variant.key}.prototxt")
-    net = caffe_io.read_net_prototxt(path)     # parsed back from the written file
+    net = formats.read_net_prototxt(path)     # parsed back from the written file
     losses, expand = EXPECTED_VARIANTS[variant.key]
     names = [layer.name for layer in net.layer]
     assert {n for n in names if n.startswith("loss-")} == losses

@@ -15,7 +15,7 @@ import pytest
 from sec.proto import caffe_pb2
 
 # sec/caffe/__init__.py belongs to the Net's engineer; importlib works with or without it.
-io = importlib.import_module("sec.caffe.io")
+io = importlib.import_module("sec.caffe.formats")
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 LENET_SHAPES = {

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import write_tiny_voc
 from sec import bvlc_caffe
-from sec.caffe import io as caffe_io
+from sec.caffe import formats
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SH = REPO_ROOT / "training" / "train.sh"
@@ -156,7 +156,7 @@ def run_in_caffe(caffe_python, script, *args):
 def display_solver(folder):
     """models/sec/solver.prototxt with display: 1 (Caffe prints every iteration's losses)."""
     from google.protobuf import text_format
-    solver = caffe_io.read_solver_prototxt(str(MODELS / "sec" / "solver.prototxt"))
+    solver = formats.read_solver_prototxt(str(MODELS / "sec" / "solver.prototxt"))
     solver.display = 1
     path = folder / "solver.prototxt"
     path.write_text(text_format.MessageToString(solver))
@@ -236,7 +236,7 @@ def test_sec_train_net_forward_backward_inside_real_caffe(caffe_python, voc):
                     deploy=MODELS / "sec" / "deploy.prototxt", runs_root=voc["folder"] / "net_runs", classes="voc",
                     num_classes=21, dataset=voc_root, source=list_path, root_folder=f"{voc_root}/JPEGImages/",
                     cues=voc["cues"], batch=1)
-    net_path = caffe_io.read_solver_prototxt(str(write_caffe_files(cfg))).net
+    net_path = formats.read_solver_prototxt(str(write_caffe_files(cfg))).net
     out = run_in_caffe(caffe_python, NET_SCRIPT, net_path, voc["weights"])
     assert out["pylayers"].startswith(str(REPO_ROOT / "pylayers")), out["pylayers"]
     assert out["base"] == ["pylayers.base.Layer", "caffe._caffe.Layer"]
@@ -270,9 +270,9 @@ def test_this_engine_resumes_caffes_snapshot(caffe_run, voc, tmp_path):
     caffe_dir, _ = caffe_run
     run_dir = tmp_path / "runs" / "bvlc"
     shutil.copytree(caffe_dir, run_dir)
-    state = caffe_io.read_solverstate(run_dir / "bvlc_iter_2.solverstate")
-    weights = {layer.name: [caffe_io.blob_to_array(b) for b in layer.blobs]
-               for layer in caffe_io.read_caffemodel(run_dir / "bvlc_iter_2.caffemodel").layer if layer.blobs}
+    state = formats.read_solverstate(run_dir / "bvlc_iter_2.solverstate")
+    weights = {layer.name: [formats.blob_to_array(b) for b in layer.blobs]
+               for layer in formats.read_caffemodel(run_dir / "bvlc_iter_2.caffemodel").layer if layer.blobs}
     solver = SGDSolver(run_dir / "bvlc_solver.prototxt")
     solver.restore(str(run_dir / "bvlc_iter_2.solverstate"))
     assert solver.iter == 2 and state["iter"] == 2
@@ -307,8 +307,8 @@ def test_caffe_loads_and_resumes_this_engines_snapshot(caffe_python, voc, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = runs / "mixed"
     model = run_dir / "mixed_iter_1.caffemodel"
-    saved = {f"{layer.name}/{i}": caffe_io.blob_to_array(b)
-             for layer in caffe_io.read_caffemodel(model).layer for i, b in enumerate(layer.blobs)}
+    saved = {f"{layer.name}/{i}": formats.blob_to_array(b)
+             for layer in formats.read_caffemodel(model).layer for i, b in enumerate(layer.blobs)}
     out = run_in_caffe(caffe_python, LOAD_SCRIPT, run_dir / "mixed_train.prototxt", model, tmp_path / "p.npz")
     loaded = np.load(tmp_path / "p.npz")
     assert out["count"] == len(loaded.files) == len(saved)
@@ -329,7 +329,7 @@ def test_a_failing_python_layer_shows_its_traceback_under_caffe(caffe_python, tm
     an ExpandLossLayer whose param_str names an unknown pooling."""
     from google.protobuf import text_format
     fixture = write_tiny_voc(tmp_path)
-    net = caffe_io.read_net_prototxt(str(MODELS / "sec" / "train.prototxt"))
+    net = formats.read_net_prototxt(str(MODELS / "sec" / "train.prototxt"))
     expand = next(layer for layer in net.layer if layer.python_param.layer == "ExpandLossLayer")
     expand.python_param.param_str = '{"pooling": "bogus"}'
     net_path = tmp_path / "train.prototxt"

@@ -135,12 +135,21 @@ def check(errors, where):
 
 # ------------------------------------------------------------------ one-layer nets
 
-LAYER_CASES = [c for c in fixture("layers")[0]["cases"]] if (FIXTURES / "layers.json").is_file() else []
+def one_layer_cases():
+    """Every one-layer case of layers.json and of each family's layers_<family>.json, each with
+    its fixture's name under "fixture"."""
+    cases = []
+    for path in sorted(FIXTURES.glob("layers*.json")):
+        cases += [dict(case, fixture=path.stem) for case in fixture(path.stem)[0]["cases"]]
+    return cases
+
+
+LAYER_CASES = one_layer_cases()
 
 
 def one_layer_errors(tmp_path, case):
     """{(layer type, what): rel error} of a one-layer case; weights from Caffe's .caffemodel."""
-    _, arrays = fixture("layers")
+    _, arrays = fixture(case["fixture"])
     phase = phase_of(case["phase"])
     if case["name"] == "input_two_tops":
         net = build(tmp_path, case["prototxt"], phase)
@@ -166,7 +175,7 @@ def pycaffe_path_errors(tmp_path, case):
     """The same one-layer net driven as pycaffe drives it: forward(**inputs), top diffs set in
     net.blobs, backward(); {what: rel error} of the tops, input diffs and parameter diffs. This
     checks the net's plumbing (in place, Split, layers that hand back their bottom) as Caffe's."""
-    _, arrays = fixture("layers")
+    _, arrays = fixture(case["fixture"])
     net = build(tmp_path, case["prototxt"], phase_of(case["phase"]), arrays[f"{case['name']}/caffemodel"])
     inputs = {r["tops"][0]: arrays[r["top_data"][0]] for r in case["layers"] if r["type"] == "Input"}
     rec = next(r for r in case["layers"] if r["type"] != "Input")

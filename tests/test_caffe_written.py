@@ -20,7 +20,7 @@ from google.protobuf import unknown_fields
 
 from sec.proto import caffe_pb2
 
-io = importlib.import_module("sec.caffe.io")
+io = importlib.import_module("sec.caffe.formats")
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "pycaffe_small.caffemodel"
 CAFFE_PYTHON = os.environ.get("SEC_CAFFE_PYTHON")

@@ -231,7 +231,7 @@ def test_blob_reshape_then_net_reshape(tmp_path):
 
 
 def test_save_and_copy_from_round_trip(tmp_path):
-    pytest.importorskip("sec.caffe.io")
+    pytest.importorskip("sec.caffe.formats")
     torch.manual_seed(0)
     a = make_net(tmp_path, SMALL)
     a.save(str(tmp_path / "a.caffemodel"))
@@ -347,12 +347,12 @@ SCALAR_SCALE = (input_layer("x", (2, 3))
 def test_zero_dim_params_survive_save_and_load(tmp_path):
     """Scale and Bias with num_axes: 0 have shape-() blobs: saved as Caffe does (shape {} and one value) and
     read back by copy_from and by Net(prototxt, weights, phase)."""
-    from sec.caffe import io as caffe_io
+    from sec.caffe import formats
     torch.manual_seed(0)
     a = make_net(tmp_path, SCALAR_SCALE)
     path = tmp_path / "scalar.caffemodel"
     a.save(str(path))
-    stored = [layer for layer in caffe_io.read_caffemodel(str(path)).layer if layer.name == "s"][0]
+    stored = [layer for layer in formats.read_caffemodel(str(path)).layer if layer.name == "s"][0]
     assert [(tuple(b.shape.dim), len(b.data)) for b in stored.blobs] == [((), 1), ((), 1)]
     gamma, beta = (float(b.data) for b in a.params["s"])
     shift = float(a.params["b"][0].data)
@@ -372,7 +372,7 @@ def test_zero_dim_params_survive_save_and_load(tmp_path):
 @pytest.mark.parametrize("legacy, loads", [((1, 1, 1, 1), True), ((1, 1, 1, 2), False)])
 def test_zero_dim_params_from_legacy_blobs(tmp_path, legacy, loads):
     """A legacy blob (num/channels/height/width) fills a 0-d parameter when it is 1x1x1x1."""
-    from sec.caffe import io as caffe_io
+    from sec.caffe import formats
     from sec.proto import caffe_pb2
     model = caffe_pb2.NetParameter(name="legacy")
     layer = model.layer.add(name="s", type="Scale")
@@ -381,7 +381,7 @@ def test_zero_dim_params_from_legacy_blobs(tmp_path, legacy, loads):
         blob = layer.blobs.add(num=legacy[0], channels=legacy[1], height=legacy[2], width=legacy[3])
         blob.data.extend([value] * count)
     path = tmp_path / "legacy.caffemodel"
-    caffe_io.atomic_write_bytes(path, model.SerializeToString())
+    formats.atomic_write_bytes(path, model.SerializeToString())
     net = make_net(tmp_path, SCALAR_SCALE)
     if not loads:
         with pytest.raises(ValueError) as err:

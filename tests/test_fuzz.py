@@ -2,7 +2,7 @@
 
 Whatever bytes or arguments come in, each entry point either works or raises one of its
 documented exceptions; no crash, no hang, no stray IndexError/TypeError without a file name:
-- .caffemodel / .solverstate (sec.caffe.io, sec.caffe.weights.copy_weights): CaffeFormatError or
+- .caffemodel / .solverstate (sec.caffe.formats, sec.caffe.weights.copy_weights): CaffeFormatError or
   WeightShapeError (ValueErrors naming the file), on random bytes, on byte-level mutations of a
   valid file and on well-formed files with odd blob shapes;
 - the cue pickle's arrays (pylayers.cues, as the Annotation layer reads them): ValueError or
@@ -25,13 +25,13 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 from pylayers import cues as cue_reader  # noqa: E402
-from sec.caffe import io as caffe_io  # noqa: E402
+from sec.caffe import formats  # noqa: E402
 from sec.caffe.weights import copy_weights  # noqa: E402
 from sec.proto import caffe_pb2  # noqa: E402
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-READER_ERRORS = (caffe_io.CaffeFormatError, caffe_io.WeightShapeError)
+READER_ERRORS = (formats.CaffeFormatError, formats.WeightShapeError)
 
 
 def _as_file(data, suffix):
@@ -63,13 +63,13 @@ def _valid_caffemodel():
     for name, shapes in TARGETS.items():
         layer = net.layer.add(name=name, type="Convolution" if shapes else "ReLU")
         for shape in shapes:
-            layer.blobs.append(caffe_io.array_to_blob(np.ones(shape, np.float32)))
+            layer.blobs.append(formats.array_to_blob(np.ones(shape, np.float32)))
     return net.SerializeToString()
 
 
 def _valid_solverstate():
     state = caffe_pb2.SolverState(iter=7, learned_net="w.caffemodel", current_step=1)
-    state.history.append(caffe_io.array_to_blob(np.arange(6, dtype=np.float32).reshape(2, 3)))
+    state.history.append(formats.array_to_blob(np.arange(6, dtype=np.float32).reshape(2, 3)))
     return state.SerializeToString()
 
 
@@ -105,8 +105,8 @@ def mutated(draw, original):
 @FUZZ
 @given(st.binary(max_size=256))
 def test_random_bytes_are_a_format_error(data):
-    _read_bytes(data, caffe_io.read_caffemodel, ".caffemodel")
-    _read_bytes(data, caffe_io.read_solverstate, ".solverstate")
+    _read_bytes(data, formats.read_caffemodel, ".caffemodel")
+    _read_bytes(data, formats.read_solverstate, ".solverstate")
 
 
 @FUZZ
@@ -118,7 +118,7 @@ def test_mutated_caffemodel_loads_or_names_the_file(data):
 @FUZZ
 @given(mutated(VALID["solverstate"]))
 def test_mutated_solverstate_reads_or_names_the_file(data):
-    _read_bytes(data, caffe_io.read_solverstate, ".solverstate")
+    _read_bytes(data, formats.read_solverstate, ".solverstate")
 
 
 DIMS = st.integers(-3, 5) | st.sampled_from([2**31, 2**40, -(2**40)])
@@ -141,7 +141,7 @@ def test_odd_blob_shapes_are_a_format_or_shape_error(shape, legacy, count, doubl
     _read_bytes(net.SerializeToString(), _load_into_tiny_net, ".caffemodel")
     state = caffe_pb2.SolverState(iter=1)
     state.history.append(blob)
-    _read_bytes(state.SerializeToString(), caffe_io.read_solverstate, ".solverstate")
+    _read_bytes(state.SerializeToString(), formats.read_solverstate, ".solverstate")
 
 
 # --- the cue pickle's arrays ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The engine's choice between the numpy pylayers and their torch twins (sec/caffe/layers_sec.py):
+"""The engine's choice between the numpy pylayers and their torch twins (sec/caffe/layers/sec_twins.py):
 a SEC-shaped net gives the same tops and gradients either way; SEC_LAYERS overrides; the device
 cue lookup equals pylayers'; CUDA runs the twins (skipped without CUDA)."""
 import pickle
@@ -9,7 +9,7 @@ import torch
 
 from pylayers import cues as pycues
 from sec import caffe
-from sec.caffe.layers_sec import LAYER_IMPL_ENV, SECLayer
+from sec.caffe.layers.sec_twins import LAYER_IMPL_ENV, SECLayer
 from sec.nn import DeviceCues
 
 NUM, CLASSES, SIDE, CUE = 4, 5, 33, 5
@@ -169,7 +169,7 @@ def test_device_cues_refuse_a_bad_image_only_when_a_batch_asks_for_it(tmp_path):
 
 def test_cpu_default_is_bitwise_the_engine_before_the_twins(sec_net, monkeypatch):
     from sec.caffe import layers as caffe_layers
-    from sec.caffe.pybridge import PythonLayer
+    from sec.caffe.layers.python import PythonLayer
     _, now, now_grad = run(sec_net, monkeypatch, "auto")
     monkeypatch.setitem(caffe_layers.LAYER_TYPES, "Python", PythonLayer)   # the mapping before issue 14
     _, before, before_grad = run(sec_net, monkeypatch, "auto")

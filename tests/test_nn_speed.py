@@ -7,8 +7,8 @@ import torch
 
 from sec import caffe
 from sec import train as sec_train
-from sec.caffe.layers_loss import _to_device
-from sec.caffe.layers_sec import LAYER_IMPL_ENV
+from sec.caffe.layers.data import _to_device
+from sec.caffe.layers.sec_twins import LAYER_IMPL_ENV
 from sec.nn import speed
 
 from test_nn_engine import feed, sec_net  # noqa: F401  (fixture)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from sec.caffe import io as caffe_io
+from sec.caffe import formats
 from sec.caffe import solver as solver_mod
 from sec.caffe.solver import (NetOverrides, NonFiniteLossError, SGDSolver, apply_net_overrides,
                               learning_rate, snapshot_paths)
@@ -271,10 +271,10 @@ def test_snapshot_files_are_caffe_formats(tmp_path):
     solver.step(2)
     model, state, sidecar = snapshot_paths(tmp_path / "snap" / "tiny", 2)
     assert os.path.isfile(sidecar)
-    weights = caffe_io.read_caffemodel(model)
+    weights = formats.read_caffemodel(model)
     assert [layer.name for layer in weights.layer] == ["fc"]
-    np.testing.assert_array_equal(caffe_io.blob_to_array(weights.layer[0].blobs[0]), params_of(solver.net)[0])
-    saved = caffe_io.read_solverstate(state)
+    np.testing.assert_array_equal(formats.blob_to_array(weights.layer[0].blobs[0]), params_of(solver.net)[0])
+    saved = formats.read_solverstate(state)
     assert saved["iter"] == 2 and saved["learned_net"] == model
     np.testing.assert_array_equal(saved["history"][1], solver.history[1].numpy())
 
@@ -299,7 +299,7 @@ def test_crash_mid_snapshot_keeps_the_previous_snapshot(tmp_path, monkeypatch, c
         solver.snapshot()                   # the iteration-4 snapshot dies part way
     monkeypatch.undo()
     assert [open(f, "rb").read() for f in old] == before
-    assert caffe_io.read_solverstate(old[1])["iter"] == 2
+    assert formats.read_solverstate(old[1])["iter"] == 2
     assert not os.path.exists(snapshot_paths(tmp_path / "snap" / "tiny", 4)[1])
     assert [n for n in os.listdir(tmp_path / "snap") if n.endswith(".tmp")] == []
     resumed = SGDSolver(write_solver(tmp_path), net_factory=TinyNet)
@@ -314,8 +314,8 @@ def test_nan_loss_stops_naming_iteration_and_blob_and_keeps_last_snapshot(tmp_pa
         solver.step(6)
     model, state, _ = snapshot_paths(tmp_path / "snap" / "tiny", 4)
     assert solver.iter == 4 and solver.last_snapshot == state
-    saved = caffe_io.read_caffemodel(model)
-    np.testing.assert_array_equal(caffe_io.blob_to_array(saved.layer[0].blobs[0]), params_of(net)[0])
+    saved = formats.read_caffemodel(model)
+    np.testing.assert_array_equal(formats.blob_to_array(saved.layer[0].blobs[0]), params_of(net)[0])
     assert not any("iter_5" in n or "iter_6" in n for n in os.listdir(tmp_path / "snap"))
 
 
@@ -337,7 +337,7 @@ def test_unsupported_solver_type_and_missing_net_are_named(tmp_path):
 
 
 def test_net_overrides_rewrite_data_layer_and_python_params():
-    net = caffe_io.read_net_prototxt(str(REPO_ROOT / "models" / "synthetic" / "train.prototxt"))
+    net = formats.read_net_prototxt(str(REPO_ROOT / "models" / "synthetic" / "train.prototxt"))
     original_batch = [layer for layer in net.layer if layer.type == "ImageData"][0].image_data_param.batch_size
     assert original_batch != 3
     new = apply_net_overrides(net, NetOverrides(batch_size=3, source="/x/list.txt", root_folder="/x/",
@@ -423,8 +423,8 @@ def test_solver_weights_field_loads_its_files_as_caffe_does(tmp_path):
     """SolverParameter.weights (Caffe's Solver::Init): every listed file, comma-separated too, is
     copied into the net before training; before, the field parsed and was silently ignored."""
     first, second = tmp_path / "a.caffemodel", tmp_path / "b.caffemodel"
-    caffe_io.write_caffemodel(first, "tiny", [("fc", "InnerProduct", [np.ones((2, 4)), np.ones(2)])])
-    caffe_io.write_caffemodel(second, "tiny", [("fc", "InnerProduct", [np.full((2, 4), 3.0), np.zeros(2)])])
+    formats.write_caffemodel(first, "tiny", [("fc", "InnerProduct", [np.ones((2, 4)), np.ones(2)])])
+    formats.write_caffemodel(second, "tiny", [("fc", "InnerProduct", [np.full((2, 4), 3.0), np.zeros(2)])])
     solver = SGDSolver(write_solver(tmp_path, weights=f"{first},{second}"), net_factory=TinyNet)
     np.testing.assert_array_equal(solver.net.weight.detach().numpy(), np.full((2, 4), 3.0))
     assert solver.weight_report is not None
@@ -439,9 +439,9 @@ def test_a_copied_run_folder_resumes_from_its_own_weights(tmp_path, caplog):
     state = solver.snapshot()
     shutil.copytree(tmp_path / "snap", tmp_path / "copy")
     original_model = snapshot_paths(tmp_path / "snap" / "tiny", 2)[0]
-    caffe_io.write_caffemodel(original_model, "tiny", [("fc", "InnerProduct", [np.zeros((2, 4)), np.zeros(2)])])
+    formats.write_caffemodel(original_model, "tiny", [("fc", "InnerProduct", [np.zeros((2, 4)), np.zeros(2)])])
     copied_state = str(tmp_path / "copy" / os.path.basename(state))
-    assert caffe_io.read_solverstate(copied_state)["learned_net"] == original_model   # absolute, the original's
+    assert formats.read_solverstate(copied_state)["learned_net"] == original_model   # absolute, the original's
     resumed = SGDSolver(write_solver(tmp_path), net_factory=TinyNet)
     with caplog.at_level(logging.INFO, logger="sec.caffe"):
         resumed.restore(copied_state)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import load_script, write_tiny_voc
 
-from sec.caffe import io as caffe_io
+from sec.caffe import formats
 from sec.train import (LossLog, RunConfig, latest_snapshot, prepare_new_run, plot_losses, rank_batch,
                        shard_list, write_caffe_files, write_latest)
 
@@ -22,13 +22,13 @@ TRAIN_SH = REPO_ROOT / "training" / "train.sh"
 
 # ----- prototxts ----------------------------------------------------------------------------------
 def layers_by_name(path):
-    return {layer.name: layer for layer in caffe_io.read_net_prototxt(str(path)).layer}
+    return {layer.name: layer for layer in formats.read_net_prototxt(str(path)).layer}
 
 
 def output_side(path, side, last="fc8-SEC"):
     """Spatial side of `last` computed with Caffe's conv and (ceil) pooling size rules."""
     sizes = {"images": side}
-    for layer in caffe_io.read_net_prototxt(str(path)).layer:
+    for layer in formats.read_net_prototxt(str(path)).layer:
         if layer.type == "Convolution":
             p = layer.convolution_param
             k, pad = p.kernel_size[0], (p.pad[0] if p.pad else 0)
@@ -116,7 +116,7 @@ def test_sec_train_layer_names_match_the_deploy_net():
 
 
 def test_sec_solver_is_the_papers():
-    s = caffe_io.read_solver_prototxt(str(MODELS / "sec" / "solver.prototxt"))
+    s = formats.read_solver_prototxt(str(MODELS / "sec" / "solver.prototxt"))
     assert (s.lr_policy, s.stepsize, s.max_iter, s.snapshot, s.random_seed) == ("step", 2000, 8000, 1000, 0)
     assert (s.base_lr, s.gamma, s.momentum, s.weight_decay) == pytest.approx((1e-3, 0.1, 0.9, 5e-4))
 
@@ -185,7 +185,7 @@ def test_write_latest_and_caffe_files(tmp_path):
                     deploy=MODELS / "sec" / "deploy.prototxt", runs_root=tmp_path, classes="voc",
                     num_classes=21, dataset=tmp_path, source=tmp_path / "list.txt", root_folder="/voc/JPEGImages/",
                     cues=tmp_path / "cues.pickle", batch=10, iters=50)
-    solver = caffe_io.read_solver_prototxt(str(write_caffe_files(cfg)))
+    solver = formats.read_solver_prototxt(str(write_caffe_files(cfg)))
     assert (solver.max_iter, solver.base_lr) == (50, pytest.approx(1e-3))
     net = layers_by_name(solver.net)
     assert net["data"].image_data_param.batch_size == 10
@@ -212,7 +212,7 @@ def test_train_sh_voc_form_runs_on_a_tiny_voc_fixture(tmp_path):
     list written from trainaug.txt, cues keyed by those ids, init weights copied by name."""
     fixture = write_tiny_voc(tmp_path)
     voc = fixture["voc"]
-    conv1 = caffe_io.blob_to_array(caffe_io.read_caffemodel(fixture["weights"]).layer[0].blobs[0])
+    conv1 = formats.blob_to_array(formats.read_caffemodel(fixture["weights"]).layer[0].blobs[0])
     runs = tmp_path / "runs"
     result = subprocess.run(
         ["bash", str(TRAIN_SH), "--voc", str(voc), "--cues", str(tmp_path / "cues.pickle"),
@@ -222,14 +222,14 @@ def test_train_sh_voc_form_runs_on_a_tiny_voc_fixture(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     latest = json.loads((runs / "latest.json").read_text())
     assert latest["classes"] == "voc" and latest["num_classes"] == 21
-    trained = caffe_io.read_caffemodel(latest["weights"])
+    trained = formats.read_caffemodel(latest["weights"])
     blobs = {layer.name: layer.blobs for layer in trained.layer}
     # conv1_1 started from the given weights and moved by one SGD step; fc8-SEC exists with 21 outputs.
     start = conv1
-    after = caffe_io.blob_to_array(blobs["conv1_1"][0])
+    after = formats.blob_to_array(blobs["conv1_1"][0])
     assert after.shape == start.shape and not np.array_equal(after, start)
     assert np.abs(after - start).max() < 0.01
-    assert caffe_io.blob_to_array(blobs["fc8-SEC"][0]).shape[0] == 21
+    assert formats.blob_to_array(blobs["fc8-SEC"][0]).shape[0] == 21
     rows = list(csv.DictReader(open(runs / "voc" / "losses.csv")))
     assert rows and all(math.isfinite(float(v)) for k, v in rows[-1].items() if k.startswith("loss"))
 
@@ -363,7 +363,7 @@ def test_evaluate_refuses_weights_that_leave_a_layer_at_its_filler(tiny_set, tmp
     net = caffe.Net(str(cfg.deploy), caffe.TEST)
     first = next(name for name, blobs in net.params.items() if len(blobs))
     weights = tmp_path / "partial.caffemodel"
-    caffe_io.write_caffemodel(weights, "partial", [(first, "Convolution", [b.data for b in net.params[first]])])
+    formats.write_caffemodel(weights, "partial", [(first, "Convolution", [b.data for b in net.params[first]])])
     untouched = [name for name, blobs in net.params.items() if len(blobs) and name != first]
     with pytest.raises(MissingWeightsError, match=untouched[-1]):
         sec_train.evaluate(cfg.deploy, weights, tiny_set / "val.txt", str(tiny_set / "images") + "/",

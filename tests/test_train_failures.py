@@ -15,7 +15,7 @@ from conftest import load_script
 from test_train import tiny_run_config, tiny_set  # noqa: F401  (tiny_set: a fixture)
 
 from sec import run_folder
-from sec.caffe import io as caffe_io
+from sec.caffe import formats
 from sec.caffe.weights import copy_weights
 
 SCRIPT = load_script("training/train.py")
@@ -156,11 +156,11 @@ def test_every_image_of_the_list_must_exist(tiny_set, tmp_path, capsys):
 
 def test_weights_matching_no_layer_and_nan_weights_are_refused(tiny_set, tmp_path, capsys):
     stranger = tmp_path / "stranger.caffemodel"
-    caffe_io.write_caffemodel(stranger, "x", [("other", "Convolution", [np.ones((2, 2))])])
+    formats.write_caffemodel(stranger, "x", [("other", "Convolution", [np.ones((2, 2))])])
     status, _, err = cli(tiny_set, tmp_path, capsys, "--weights", stranger)
     assert status == 2 and "no layer of the file matches" in err and "other" in err
     poisoned = tmp_path / "nan.caffemodel"
-    caffe_io.write_caffemodel(poisoned, "x", [("conv1_1", "Convolution", [CONV1[0] * np.nan, CONV1[1]])])
+    formats.write_caffemodel(poisoned, "x", [("conv1_1", "Convolution", [CONV1[0] * np.nan, CONV1[1]])])
     status, _, err = cli(tiny_set, tmp_path, capsys, "--weights", poisoned, "--overwrite")
     assert status == 2 and "layer 'conv1_1' blob 0" in err and "non-finite" in err
 
@@ -173,7 +173,7 @@ def test_resume_after_a_kill_logs_what_the_uninterrupted_run_logs(tiny_set, tmp_
     the logged losses equal the straight run's. Initial weights fill conv1_1 only: train.log names
     the layers that kept their fillers and the ignored source layer."""
     init = tmp_path / "init.caffemodel"
-    caffe_io.write_caffemodel(init, "init", [("conv1_1", "Convolution", CONV1),
+    formats.write_caffemodel(init, "init", [("conv1_1", "Convolution", CONV1),
                                              ("conv9", "Convolution", [np.ones((1, 1))])])
     status, _, err = cli(tiny_set, tmp_path, capsys, "--weights", init, "--iters", 6, runs=tmp_path / "a")
     assert status == 0, err
@@ -213,8 +213,8 @@ def test_divergence_ends_with_status_3_and_keeps_only_finite_snapshots(tiny_set,
     assert "non-finite" in message[0] or "is nan" in message[0] or "is inf" in message[0]
     kept = sorted((tmp_path / "runs" / "t").glob("t_iter_*.caffemodel"))
     for model in kept:
-        net = caffe_io.read_caffemodel(model)
-        targets = {layer.name: [__import__("torch").zeros(caffe_io.blob_shape(b)) for b in layer.blobs]
+        net = formats.read_caffemodel(model)
+        targets = {layer.name: [__import__("torch").zeros(formats.blob_shape(b)) for b in layer.blobs]
                    for layer in net.layer}
         copy_weights(model, targets)                  # raises on NaN/Inf
     assert not (tmp_path / "runs" / "latest.json").exists()
@@ -270,7 +270,7 @@ def test_make_cues_refuses_nets_with_layers_left_at_their_fillers(small_set, tmp
         if which == "bg":
             dropped = layers.pop()[0]
         weights[which] = tmp_path / f"{which}.caffemodel"
-        caffe_io.write_caffemodel(weights[which], which, layers)
+        formats.write_caffemodel(weights[which], which, layers)
     make_cues = load_script("training/make_cues.py")
     argv = ["--list", str(small_set / "train.txt"), "--root", str(small_set / "images"),
             "--labels", str(small_set / "train_labels.json"), "--fg-weights", str(weights["fg"]),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sec import caffe
-from sec.caffe import io as caffe_io
+from sec.caffe import formats
 from sec.caffe.weights import MissingWeightsError, NonFiniteWeightsError, WeightReport, copy_weights
 
 NET = """name: "small"
@@ -30,7 +30,7 @@ def net(tmp_path):
 
 def write(tmp_path, layers, name="w.caffemodel"):
     path = tmp_path / name
-    caffe_io.write_caffemodel(path, "src", layers)
+    formats.write_caffemodel(path, "src", layers)
     return str(path)
 
 

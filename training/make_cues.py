@@ -162,9 +162,9 @@ def load_partial(path, key, restart):
 
 
 def save_pickle(path, value):
-    from sec.caffe import io as caffe_io
+    from sec.caffe import formats
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    caffe_io.atomic_write_bytes(str(path), pickle.dumps(value, protocol=PICKLE_PROTOCOL))
+    formats.atomic_write_bytes(str(path), pickle.dumps(value, protocol=PICKLE_PROTOCOL))
 
 
 def build_nets(args, device):

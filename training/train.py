@@ -241,7 +241,7 @@ def run_with_caffe(cfg, args):
     runs/latest.json (and, on the synthetic set, evaluate Caffe's weights with this engine)."""
     from sec import bvlc_caffe
     from sec import train as sec_train
-    from sec.caffe import io as caffe_io
+    from sec.caffe import formats
 
     if args.gpus > 1:
         print("train.py: --engine caffe trains on one GPU: Caffe's command line refuses Python layers on "
@@ -283,7 +283,7 @@ def run_with_caffe(cfg, args):
         print(f"train.py: caffe train failed ({how}); a Python layer's traceback, if one failed, is above",
               file=sys.stderr)
         return EXIT_STAGE_FAILED
-    max_iter = caffe_io.read_solver_prototxt(str(solver_path)).max_iter
+    max_iter = formats.read_solver_prototxt(str(solver_path)).max_iter
     weights = Path(f"{cfg.prefix.resolve()}_iter_{max_iter}.caffemodel")
     print(f"weights: {weights}")
     sec_train.finish(cfg, weights, evaluate_after=not args.no_eval)
@@ -345,12 +345,12 @@ def expected_errors():
     files, flags, run folder, image list and images, cues, prototxts, weights and snapshots."""
     from sec import data
     from sec.caffe import NetError
-    from sec.caffe import io as caffe_io
+    from sec.caffe import formats
     from sec.caffe.solver import SnapshotError, SolverConfigError
     from sec.caffe.weights import MissingWeightsError
     from sec.run_folder import RunInputError
-    return (FileNotFoundError, RunInputError, data.ImageListError, data.ImageLoadError, caffe_io.PrototxtError,
-            caffe_io.CaffeFormatError, caffe_io.WeightShapeError, SolverConfigError, SnapshotError,
+    return (FileNotFoundError, RunInputError, data.ImageListError, data.ImageLoadError, formats.PrototxtError,
+            formats.CaffeFormatError, formats.WeightShapeError, SolverConfigError, SnapshotError,
             MissingWeightsError, NetError)
 
 

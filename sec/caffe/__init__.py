@@ -8,9 +8,9 @@
 `caffe.SGDSolver` comes from sec.caffe.solver, imported on first use. See README.md here.
 """
 from sec.caffe.blob import Blob
-from sec.caffe.layers_common import TEST, TRAIN, NetError
+from sec.caffe.layers.base import TEST, TRAIN, NetError
 from sec.caffe.net import Net, ParamInfo, set_device, set_mode_cpu, set_mode_gpu
-from sec.caffe.pybridge import Layer
+from sec.caffe.layers.python import Layer
 
 __all__ = ["Blob", "Layer", "Net", "NetError", "ParamInfo", "SGDSolver", "TEST", "TRAIN",
            "set_device", "set_mode_cpu", "set_mode_gpu"]

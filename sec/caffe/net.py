@@ -19,7 +19,7 @@ import torch
 
 from sec.caffe.blob import NetBlob, ParamBlob, write_back
 from sec.caffe.layers import LAYER_TYPES
-from sec.caffe.layers_common import TEST, TRAIN, BuildContext, NetError
+from sec.caffe.layers.base import TEST, TRAIN, BuildContext, NetError
 
 _MODE = {"device": "cpu", "index": 0}
 
@@ -146,9 +146,9 @@ class Net(torch.nn.Module):
         return not any(_state_meets_rule(r, phase, level, stages) for r in lp.exclude)
 
     def _add_legacy_inputs(self, netparam):
-        from sec.caffe import io as caffe_io
+        from sec.caffe import formats
         try:
-            inputs = caffe_io.net_inputs(netparam, self.source)
+            inputs = formats.net_inputs(netparam, self.source)
         except ValueError as err:
             raise NetError(str(err)) from err
         for name, shape in inputs:
@@ -188,7 +188,7 @@ class Net(torch.nn.Module):
         step.index, step.name, step.type = len(self._layers), lp.name, lp.type
         step.bottoms, step.tops, step.impl, step.fn = list(lp.bottom), list(lp.top), impl, impl.forward
         step.detach = detach
-        step.kind = {"Input": "input", "ImageData": "data"}.get(lp.type, "layer")
+        step.kind = getattr(impl, "kind", "layer")   # "input", "data" (sec.caffe.layers.data) or "layer"
         self._layers.append(step)
         for name in lp.bottom:
             if name in available:
@@ -418,11 +418,11 @@ class Net(torch.nn.Module):
 
     def save(self, path):
         """Write every layer's parameters as a .caffemodel (current format)."""
-        from sec.caffe import io as caffe_io
+        from sec.caffe import formats
         if self._pending:
             write_back(self._pending)
         layers = [(n, t, [p.detach().cpu().numpy() for p in ps]) for n, t, ps in self.layer_params()]
-        caffe_io.write_caffemodel(str(path), self.name, layers)
+        formats.write_caffemodel(str(path), self.name, layers)
 
 
 def _distinct_tops(tops, bottoms):
@@ -440,9 +440,9 @@ def _load(prototxt):
     from sec.proto import caffe_pb2
     if isinstance(prototxt, caffe_pb2.NetParameter):
         return prototxt, f"<NetParameter {prototxt.name or 'unnamed'}>", ""
-    from sec.caffe import io as caffe_io
+    from sec.caffe import formats
     path = Path(prototxt)
-    netparam = caffe_io.read_net_prototxt(str(path))
+    netparam = formats.read_net_prototxt(str(path))
     return netparam, str(path), path.read_text(encoding="utf-8", errors="replace")
 
 

@@ -42,7 +42,7 @@ import torch.distributed as dist
 import yaml
 from google.protobuf import text_format
 
-from sec.caffe import io as caffe_io
+from sec.caffe import formats
 from sec.caffe.snapshots import (SIDECAR_FORMAT, SIDECAR_SUFFIX, SnapshotError, first_nonfinite_blob,  # noqa: F401
                                  read_sidecar, resolve_learned_net, snapshot_paths)
 
@@ -152,7 +152,7 @@ class SGDSolver:
 
     def __init__(self, solver_prototxt, *, net=None, max_iter=None, snapshot_prefix=None,
                  net_overrides=None, device=None, random_seed=None, rank_weight=None, net_factory=None):
-        self.param = caffe_io.read_solver_prototxt(str(solver_prototxt))
+        self.param = formats.read_solver_prototxt(str(solver_prototxt))
         self.source = str(solver_prototxt)
         self._check_param()
         if max_iter is not None:
@@ -170,7 +170,7 @@ class SGDSolver:
             raise SolverConfigError(f"{self.source}: no 'net' (or 'train_net') and no net given")
         if not Path(net_path).is_file():
             raise FileNotFoundError(f"{self.source}: train net '{net_path}' not found (relative to {os.getcwd()})")
-        netparam = caffe_io.read_net_prototxt(net_path)
+        netparam = formats.read_net_prototxt(net_path)
         if net_overrides is not None and net_overrides.any():
             netparam = apply_net_overrides(netparam, net_overrides)
             net_path = self._write_derived_net(netparam)
@@ -225,7 +225,7 @@ class SGDSolver:
         suffix = f"_rank{self.rank}" if self.world_size > 1 else ""
         path = Path(f"{self.param.snapshot_prefix}_train{suffix}.prototxt")
         path.parent.mkdir(parents=True, exist_ok=True)
-        caffe_io.atomic_write_bytes(str(path), text_format.MessageToString(netparam).encode())
+        formats.atomic_write_bytes(str(path), text_format.MessageToString(netparam).encode())
         return str(path)
 
     # ----- training --------------------------------------------------------------------------
@@ -421,13 +421,13 @@ class SGDSolver:
                     f"non-finite; snapshot {state} not written (last good snapshot: "
                     f"{self.last_snapshot or 'none written yet'})")
         Path(model).parent.mkdir(parents=True, exist_ok=True)
-        caffe_io.atomic_write_bytes(sidecar, pickle.dumps(self._rng_state(), protocol=pickle.HIGHEST_PROTOCOL))
+        formats.atomic_write_bytes(sidecar, pickle.dumps(self._rng_state(), protocol=pickle.HIGHEST_PROTOCOL))
         layers = [(name, kind, [t.detach().cpu().numpy() for t in blobs])
                   for name, kind, blobs in self.net.layer_params()]
         log.info("Snapshotting to binary proto file %s", model)
-        caffe_io.write_caffemodel(model, self.net_name, layers)
+        formats.write_caffemodel(model, self.net_name, layers)
         log.info("Snapshotting solver state to binary proto file %s", state)
-        caffe_io.write_solverstate(state, self.iter, model, [h.cpu().numpy() for h in self.history],
+        formats.write_solverstate(state, self.iter, model, [h.cpu().numpy() for h in self.history],
                                    self.current_step)
         self.last_snapshot = state
         return state
@@ -455,7 +455,7 @@ class SGDSolver:
         `restored_from` records (solverstate, caffemodel) used.
         """
         state_path = str(state_path)
-        state = caffe_io.read_solverstate(state_path)
+        state = formats.read_solverstate(state_path)
         model = resolve_learned_net(state["learned_net"], state_path)
         history = state["history"]
         if len(history) != len(self.history):
@@ -546,7 +546,7 @@ class AdamSolver(SGDSolver):
 
 def make_solver(solver_prototxt, **kwargs):
     """SGDSolver or AdamSolver after the solver prototxt's `type` (pycaffe's caffe.get_solver)."""
-    param = caffe_io.read_solver_prototxt(str(solver_prototxt))
+    param = formats.read_solver_prototxt(str(solver_prototxt))
     kind = param.type if param.HasField("type") else "SGD"
     return (AdamSolver if kind == "Adam" else SGDSolver)(solver_prototxt, **kwargs)
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sec.caffe import io as caffe_io
+from sec.caffe import formats
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteWeightsError(caffe_io.CaffeFormatError):
+class NonFiniteWeightsError(formats.CaffeFormatError):
     """A weight file holds NaN or Inf values (the net was left unchanged)."""
 
 
@@ -66,9 +66,9 @@ def copy_weights(path, targets):
     NonFiniteWeightsError before any tensor is changed.
     """
     path = str(path)
-    netparam = caffe_io.read_caffemodel(path)
+    netparam = formats.read_caffemodel(path)
     expected = {name: [tuple(t.shape) for t in tensors] for name, tensors in targets.items()}
-    arrays = caffe_io.match_weights(netparam, expected, path)
+    arrays = formats.match_weights(netparam, expected, path)
     for name, values in arrays.items():
         check_finite(path, name, values)
     report = WeightReport(source=path)

@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from sec.caffe.pybridge import PythonLayer
+from sec.caffe.layers.python import PythonLayer
 
 LAYER_IMPL_ENV = "SEC_LAYERS"
 LAYER_IMPLS = ("auto", "numpy", "torch")

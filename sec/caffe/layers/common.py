@@ -1,82 +1,44 @@
-"""Shape-preserving and blob-plumbing layers: Input, ReLU, Sigmoid, TanH, Dropout, BatchNorm,
-Scale, Bias, Softmax, Concat, Eltwise, Split, Flatten, Reshape, Silence."""
+"""Common layers (Caffe's common_layers family): InnerProduct, BatchNorm, Scale, Bias, Softmax,
+Concat, Eltwise, Split, Flatten, Reshape, Silence."""
 import math
 
 import torch
 import torch.nn.functional as F
 
-from sec.caffe.layers_common import TRAIN, TEST, canonical_axis, need_bottoms
+from sec.caffe.layers.base import TEST, UnaryLayer, canonical_axis, need_bottoms
 
 ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX = 0, 1, 2
 
 
-class Input:
-    """Net inputs: tops of the shapes in input_param (one shape for all tops, or one per top).
-    The net feeds them; forward is never called."""
-
-    def __init__(self, lp, shapes, ctx):
-        need_bottoms(lp, shapes, 0)
-        dims = [tuple(int(d) for d in s.dim) for s in lp.input_param.shape]
-        if len(dims) not in (1, len(lp.top)):
-            raise ValueError(f"input_param has {len(dims)} shapes for {len(lp.top)} tops (need 1 or one per top)")
-        self.top_shapes = dims * len(lp.top) if len(dims) == 1 else dims
-        self.params = []
-
-    def shapes(self, shapes):
-        return list(self.top_shapes)
-
-    forward = None
-
-
-class _Unary:
-    """A layer with one bottom and one top of the same shape."""
+class InnerProduct:
+    """Caffe's InnerProduct: flattens axes [axis, end) to K, maps to num_output."""
 
     def __init__(self, lp, shapes, ctx):
         need_bottoms(lp, shapes, 1)
-        self.params = []
+        p = lp.inner_product_param
+        if not p.HasField("num_output") or p.num_output <= 0:
+            raise ValueError("inner_product_param.num_output must be set and positive")
+        self.axis = canonical_axis(p.axis, len(shapes[0]), "inner_product_param.axis")
+        self.num_input = math.prod(shapes[0][self.axis:])
+        self.num_output = int(p.num_output)
+        self.transpose = p.transpose
+        wshape = (self.num_input, self.num_output) if self.transpose else (self.num_output, self.num_input)
+        self.weight, self.bias, self.params = ctx.weight_and_bias(lp, p, wshape, self.num_output)
 
     def shapes(self, shapes):
-        return [tuple(shapes[0])]
-
-
-class ReLU(_Unary):
-    def __init__(self, lp, shapes, ctx):
-        super().__init__(lp, shapes, ctx)
-        self.slope = lp.relu_param.negative_slope
+        shape = tuple(shapes[0])
+        if len(shape) <= self.axis or math.prod(shape[self.axis:]) != self.num_input:
+            raise ValueError(f"input {shape} flattens from axis {self.axis} to "
+                             f"{math.prod(shape[self.axis:])} values, the weights take {self.num_input}")
+        return [shape[:self.axis] + (self.num_output,)]
 
     def forward(self, x):
-        if self.slope == 0:
-            return (F.relu(x),)
-        return (F.leaky_relu(x, self.slope),)
+        flat = x.reshape(x.shape[:self.axis] + (self.num_input,))
+        weight = self.weight.t() if self.transpose else self.weight
+        return (F.linear(flat, weight, self.bias),)
 
 
-class Sigmoid(_Unary):
-    def forward(self, x):
-        return (torch.sigmoid(x),)
-
-
-class TanH(_Unary):
-    def forward(self, x):
-        return (torch.tanh(x),)
-
-
-class Dropout(_Unary):
-    """TRAIN: zero with probability p, scale survivors by 1/(1-p) (Caffe's scaling); TEST: identity."""
-
-    def __init__(self, lp, shapes, ctx):
-        super().__init__(lp, shapes, ctx)
-        self.ratio = lp.dropout_param.dropout_ratio
-        if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"dropout_param.dropout_ratio must be in [0, 1), got {self.ratio}")
-        self.train = ctx.phase == TRAIN
-
-    def forward(self, x):
-        if self.train:
-            return (F.dropout(x, self.ratio, True),)
-        return (x,)
-
-
-class BatchNorm(_Unary):
+class BatchNorm(UnaryLayer):
     """Caffe's BatchNorm (no affine part; a Scale layer follows in Caffe nets).
 
     Blobs: running mean (C,), running variance (C,), scale factor (1,); the statistics are the

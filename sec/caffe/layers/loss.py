@@ -1,14 +1,12 @@
-"""SoftmaxWithLoss, SigmoidCrossEntropyLoss, Accuracy and the ImageData input layer."""
+"""Loss layers (Caffe's loss_layers family): SoftmaxWithLoss, SigmoidCrossEntropyLoss, Accuracy."""
 import math
 
 import torch
 import torch.nn.functional as F
 
-from sec.caffe.layers_common import canonical_axis, need_bottoms
+from sec.caffe.layers.base import canonical_axis, need_bottoms
 
-# LossParameter.NormalizationMode
 NORM_FULL, NORM_VALID, NORM_BATCH_SIZE, NORM_NONE = 0, 1, 2, 3
-IMAGE_CHANNELS = 3
 
 
 def _outer_inner(shape, axis):
@@ -177,69 +175,3 @@ class Accuracy:
             per_correct = (onehot * correct.unsqueeze(-1)).sum((0, 1))
             per_class = torch.where(per_count > 0, per_correct / per_count.clamp(min=1), 0.0)
             return accuracy, per_class.to(torch.float32)
-
-
-class ImageData:
-    """Caffe's ImageData layer: tops (images N x 3 x new_height x new_width, BGR mean-subtracted;
-    ids (N,) float). Batches come from sec.data.ImageDataSource, created on first use, unless the
-    caller feeds the tops. Only what that source does is accepted: new_height/new_width set,
-    no crop, no mirror, no mean_file, scale 1, colour images."""
-
-    def __init__(self, lp, shapes, ctx):
-        need_bottoms(lp, shapes, 0)
-        if len(lp.top) != 2:
-            raise ValueError(f"needs 2 tops (data, label), got {len(lp.top)}")
-        p, t = lp.image_data_param, lp.transform_param
-        if not p.source:
-            raise ValueError("image_data_param.source is required")
-        if p.new_height <= 0 or p.new_width <= 0:
-            raise ValueError("image_data_param.new_height and new_width must be set (images are batched)")
-        unsupported = [name for name, bad in (
-            ("image_data_param.crop_size", p.crop_size or t.crop_size),
-            ("mirror", p.mirror or t.mirror),
-            ("mean_file", p.HasField("mean_file") or t.HasField("mean_file")),
-            ("scale", p.scale != 1 or t.scale != 1),
-            ("image_data_param.is_color: false", not p.is_color),
-            ("image_data_param.rand_skip", p.rand_skip),
-        ) if bad]
-        if unsupported:
-            raise ValueError(f"unsupported ImageData options: {', '.join(unsupported)}")
-        means = list(t.mean_value)
-        if len(means) == 1:
-            means = means * IMAGE_CHANNELS
-        if means and len(means) != IMAGE_CHANNELS:
-            raise ValueError(f"transform_param.mean_value needs 1 or 3 values, got {len(means)}")
-        self.options = dict(source=p.source, root_folder=p.root_folder, batch_size=int(p.batch_size),
-                            new_height=int(p.new_height), new_width=int(p.new_width),
-                            mean_values=tuple(means) if means else (0.0, 0.0, 0.0), shuffle=p.shuffle)
-        self.net_device = ctx.net_device
-        self.source = None
-        self.params = []
-
-    def shapes(self, shapes):
-        o = self.options
-        return [(o["batch_size"], IMAGE_CHANNELS, o["new_height"], o["new_width"]), (o["batch_size"],)]
-
-    def data_source(self):
-        """The ImageDataSource, created on first call (imports sec.data then).
-
-        Its shuffle is seeded from torch's seed, which the solver sets from `random_seed`
-        (+ rank), as Caffe seeds its ImageData shuffling from the solver's seed."""
-        if self.source is None:
-            from sec.data import ImageDataSource
-            self.source = ImageDataSource(**self.options, seed=torch.initial_seed() % 2 ** 32)
-        return self.source
-
-    def forward(self):
-        images, labels = self.data_source().next_batch()
-        device = self.net_device()
-        return _to_device(images, device), _to_device(labels, device)
-
-
-def _to_device(array, device):
-    """A numpy batch as a tensor on `device`; to CUDA through pinned memory, asynchronously (torch's
-    pinned-memory cache keeps a buffer until its copy is done), so the upload overlaps GPU work."""
-    tensor = torch.from_numpy(array)
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)

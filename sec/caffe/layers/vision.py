@@ -1,15 +1,15 @@
-"""Convolution, Deconvolution, Pooling, LRN and InnerProduct with Caffe's shape rules.
+"""Vision layers (Caffe's vision_layers family): Convolution, Deconvolution, Pooling, LRN,
+with Caffe's shape rules.
 
 Blobs are NCHW float32. Weights are stored as Caffe stores them: convolution
-(num_output, C/group, kh, kw), deconvolution (C, num_output/group, kh, kw), inner product
-(num_output, K) or (K, num_output) with `transpose`; biases (num_output,).
+(num_output, C/group, kh, kw), deconvolution (C, num_output/group, kh, kw), biases (num_output,).
 """
 import math
 
 import torch
 import torch.nn.functional as F
 
-from sec.caffe.layers_common import canonical_axis, need_4d, need_bottoms, pair
+from sec.caffe.layers.base import need_4d, need_bottoms, pair
 
 POOL_MAX, POOL_AVE, POOL_STOCHASTIC = 0, 1, 2
 LRN_ACROSS_CHANNELS, LRN_WITHIN_CHANNEL = 0, 1
@@ -239,31 +239,3 @@ class LRN:
             return (F.local_response_norm(x, self.size, self.alpha, self.beta, self.k),)
         mean_sq = F.avg_pool2d(x * x, self.size, 1, (self.size - 1) // 2, count_include_pad=True)
         return (x * (1.0 + self.alpha * mean_sq).pow(-self.beta),)
-
-
-class InnerProduct:
-    """Caffe's InnerProduct: flattens axes [axis, end) to K, maps to num_output."""
-
-    def __init__(self, lp, shapes, ctx):
-        need_bottoms(lp, shapes, 1)
-        p = lp.inner_product_param
-        if not p.HasField("num_output") or p.num_output <= 0:
-            raise ValueError("inner_product_param.num_output must be set and positive")
-        self.axis = canonical_axis(p.axis, len(shapes[0]), "inner_product_param.axis")
-        self.num_input = math.prod(shapes[0][self.axis:])
-        self.num_output = int(p.num_output)
-        self.transpose = p.transpose
-        wshape = (self.num_input, self.num_output) if self.transpose else (self.num_output, self.num_input)
-        self.weight, self.bias, self.params = ctx.weight_and_bias(lp, p, wshape, self.num_output)
-
-    def shapes(self, shapes):
-        shape = tuple(shapes[0])
-        if len(shape) <= self.axis or math.prod(shape[self.axis:]) != self.num_input:
-            raise ValueError(f"input {shape} flattens from axis {self.axis} to "
-                             f"{math.prod(shape[self.axis:])} values, the weights take {self.num_input}")
-        return [shape[:self.axis] + (self.num_output,)]
-
-    def forward(self, x):
-        flat = x.reshape(x.shape[:self.axis] + (self.num_input,))
-        weight = self.weight.t() if self.transpose else self.weight
-        return (F.linear(flat, weight, self.bias),)

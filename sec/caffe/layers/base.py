@@ -179,3 +179,14 @@ def pair(repeated, single_h, single_w, has_h, default, field):
     if len(repeated) == 2:
         return int(repeated[0]), int(repeated[1])
     raise ValueError(f"{field} has {len(repeated)} values; 2-D layers take 1 or 2")
+
+
+class UnaryLayer:
+    """A layer with one bottom and one top of the same shape, and no parameters of its own."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1)
+        self.params = []
+
+    def shapes(self, shapes):
+        return [tuple(shapes[0])]

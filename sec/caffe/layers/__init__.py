@@ -1,0 +1,42 @@
+"""The one mapping from a prototxt layer `type` to its implementation class.
+
+Each class is built as ``cls(layer_param, bottom_shapes, build_context)``; base.py says what it
+provides. The modules follow Caffe's layer families: vision, neuron, common, loss, data (and
+python: `type: "Python"` layers, with sec_twins for SEC's own).
+"""
+from sec.caffe.layers import common, data, loss, neuron, vision
+from sec.caffe.layers.sec_twins import python_layer
+
+LAYER_TYPES = {
+    # data
+    "Input": data.Input,
+    "ImageData": data.ImageData,
+    # vision
+    "Convolution": vision.Convolution,
+    "Deconvolution": vision.Deconvolution,
+    "Pooling": vision.Pooling,
+    "LRN": vision.LRN,
+    # neuron
+    "ReLU": neuron.ReLU,
+    "Sigmoid": neuron.Sigmoid,
+    "TanH": neuron.TanH,
+    "Dropout": neuron.Dropout,
+    # common
+    "InnerProduct": common.InnerProduct,
+    "BatchNorm": common.BatchNorm,
+    "Scale": common.Scale,
+    "Bias": common.Bias,
+    "Softmax": common.Softmax,
+    "Concat": common.Concat,
+    "Eltwise": common.Eltwise,
+    "Split": common.Split,
+    "Flatten": common.Flatten,
+    "Reshape": common.Reshape,
+    "Silence": common.Silence,
+    # loss
+    "SoftmaxWithLoss": loss.SoftmaxWithLoss,
+    "SigmoidCrossEntropyLoss": loss.SigmoidCrossEntropyLoss,
+    "Accuracy": loss.Accuracy,
+    # python
+    "Python": python_layer,
+}
