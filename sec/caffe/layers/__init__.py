@@ -1,10 +1,10 @@
 """The one mapping from a prototxt layer `type` to its implementation class.
 
 Each class is built as ``cls(layer_param, bottom_shapes, build_context)``; base.py says what it
-provides. The modules follow Caffe's layer families: vision, neuron, common, loss, data (and
+provides. The modules follow Caffe's layer families: vision, neuron, common, utility, loss, data (and
 python: `type: "Python"` layers, with sec_twins for SEC's own).
 """
-from sec.caffe.layers import common, data, loss, neuron, vision
+from sec.caffe.layers import common, data, loss, neuron, utility, vision
 from sec.caffe.layers.sec_twins import python_layer
 
 LAYER_TYPES = {
@@ -27,12 +27,13 @@ LAYER_TYPES = {
     "Scale": common.Scale,
     "Bias": common.Bias,
     "Softmax": common.Softmax,
-    "Concat": common.Concat,
-    "Eltwise": common.Eltwise,
-    "Split": common.Split,
-    "Flatten": common.Flatten,
-    "Reshape": common.Reshape,
-    "Silence": common.Silence,
+    # utility
+    "Concat": utility.Concat,
+    "Eltwise": utility.Eltwise,
+    "Split": utility.Split,
+    "Flatten": utility.Flatten,
+    "Reshape": utility.Reshape,
+    "Silence": utility.Silence,
     # loss
     "SoftmaxWithLoss": loss.SoftmaxWithLoss,
     "SigmoidCrossEntropyLoss": loss.SigmoidCrossEntropyLoss,
