@@ -196,9 +196,10 @@ def make_input(rng, shape, kind):
 
 
 def case_prototxt(name, spec):
-    """The one-layer net of a case: an Input layer per bottom, then the layer."""
+    """The one-layer net of a case: an Input layer per bottom, then the layer. force_backward
+    unless opts say "backward": False or "force_backward": False (a loss_weight then drives it)."""
     (type_, param), inputs, opts = spec
-    text = "force_backward: true\n" if opts.get("backward", True) else ""
+    text = "force_backward: true\n" if opts.get("force_backward", opts.get("backward", True)) else ""
     for blob, (shape, _) in inputs.items():
         dims = " ".join(f"dim: {d}" for d in shape)
         text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'

@@ -190,3 +190,10 @@ class UnaryLayer:
 
     def shapes(self, shapes):
         return [tuple(shapes[0])]
+
+
+def constant_filler(value):
+    """A FillerParameter of type constant: the default filler of a layer whose Caffe default is
+    not 0 (Scale's 1, PReLU's 0.25)."""
+    from sec.proto import caffe_pb2
+    return caffe_pb2.FillerParameter(type="constant", value=value)
