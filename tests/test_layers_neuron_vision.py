@@ -218,8 +218,9 @@ def test_stochastic_pooling_builds_on_cpu_and_refuses_to_run_there(tmp_path):
 def test_stochastic_pooling_on_cuda(tmp_path, phase):
     caffe.set_mode_gpu()
     try:
-        net = one_layer(tmp_path, (2, 3, 7, 6), "Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }",
-                        phase, extra="force_backward: true\n")
+        net = one_layer(tmp_path, (2, 3, 7, 6), "Pooling",
+                        "pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }", phase,
+                        extra="force_backward: true\n")
     finally:
         caffe.set_mode_cpu()
     x = np.abs(RNG.standard_normal((2, 3, 7, 6))).astype(np.float32) + 0.01
@@ -283,7 +284,8 @@ def test_col2im_is_the_adjoint_of_im2col():
     ((1, 2, 5, 6), "Im2col", "convolution_param { kernel_size: 2 pad_h: 1 pad: 1 }",
      "either convolution_param.pad or pad_h/pad_w"),
     ((1, 2, 5, 6), "Crop", "crop_param { axis: 4 }", "crop_param.axis 4 out of range"),
-    ((1, 2, 5, 6), "SPP", "spp_param { pyramid_height: 4 }", "pyramid level 2 \\(4 bins\\) of a 5x6 input: pad \\(2, 1\\)"),
+    ((1, 2, 5, 6), "SPP", "spp_param { pyramid_height: 4 }",
+     "pyramid level 2 \\(4 bins\\) of a 5x6 input: pad \\(2, 1\\)"),
     ((1, 2, 5, 6), "Embed", "embed_param { input_dim: 3 }", "embed_param.num_output must be set"),
     ((1, 2, 5, 6), "Exp", "exp_param { base: 0 }", "exp_param.base must be strictly positive"),
     ((1, 2, 5, 6), "Log", "log_param { base: -3 }", "log_param.base must be strictly positive"),

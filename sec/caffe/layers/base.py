@@ -197,3 +197,8 @@ def constant_filler(value):
     not 0 (Scale's 1, PReLU's 0.25)."""
     from sec.proto import caffe_pb2
     return caffe_pb2.FillerParameter(type="constant", value=value)
+
+
+def in_place(lp):
+    """Whether a one-bottom, one-top layer names its top as its bottom (Caffe's in-place use)."""
+    return len(lp.top) == 1 and len(lp.bottom) == 1 and lp.top[0] == lp.bottom[0]

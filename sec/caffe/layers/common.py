@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sec.caffe.layers.base import TEST, UnaryLayer, canonical_axis, constant_filler, need_bottoms
+from sec.caffe.layers.base import TEST, UnaryLayer, canonical_axis, constant_filler, in_place, need_bottoms
 
 
 class InnerProduct:
@@ -186,18 +186,18 @@ class _MVNVariance(torch.autograd.Function):
     per row; followed (measured against the real Caffe's CPU build)."""
 
     @staticmethod
-    def forward(ctx, x, eps, in_place):
+    def forward(ctx, x, eps, shared_blob):
         centred = x - x.mean(dim=1, keepdim=True)
         denom = centred.pow(2).mean(dim=1, keepdim=True).sqrt() + eps
         y = centred / denom
-        ctx.in_place = in_place
+        ctx.shared_blob = shared_blob
         ctx.save_for_backward(y, denom)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         y, denom = ctx.saved_tensors
-        if ctx.in_place:
+        if ctx.shared_blob:
             sums = (y * dy).sum(dim=1, keepdim=True)
             dx = (-2.0 / y.shape[1]) * sums * (y + y.sum(dim=1, keepdim=True))
         else:
@@ -216,7 +216,7 @@ class MVN(UnaryLayer):
         super().__init__(lp, shapes, ctx)
         p = lp.mvn_param
         self.normalize, self.across, self.eps = p.normalize_variance, p.across_channels, float(p.eps)
-        self.in_place = len(lp.top) == 1 and lp.top[0] == lp.bottom[0]
+        self.shared_blob = in_place(lp)
         self.shapes(shapes)
 
     def shapes(self, shapes):
@@ -230,7 +230,7 @@ class MVN(UnaryLayer):
         rows = shape[0] if self.across else shape[0] * shape[1]
         flat = x.reshape(rows, -1)
         if self.normalize:
-            y = _MVNVariance.apply(flat, self.eps, self.in_place)
+            y = _MVNVariance.apply(flat, self.eps, self.shared_blob)
         else:
             y = flat - flat.mean(dim=1, keepdim=True)
         return (y.reshape(shape),)

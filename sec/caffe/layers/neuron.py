@@ -18,15 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sec.caffe.layers.base import TRAIN, UnaryLayer, constant_filler
+from sec.caffe.layers.base import TRAIN, UnaryLayer, constant_filler, in_place
 
 BNLL_THRESHOLD = 50.0        # Caffe's kBNLL_THRESHOLD: the backward caps the exponent here
 NATURAL_BASE = -1.0          # Exp/Log base -1 means e (log_base exactly 1)
 PRELU_DEFAULT_SLOPE = 0.25   # PReLU's filler when none is given
-
-
-def _in_place(lp):
-    return len(lp.top) == 1 and len(lp.bottom) == 1 and lp.top[0] == lp.bottom[0]
 
 
 class _CaffeNeuron(torch.autograd.Function):
@@ -59,8 +55,8 @@ class NeuronLayer(UnaryLayer):
     def __init__(self, lp, shapes, ctx):
         super().__init__(lp, shapes, ctx)
         self.name = lp.name
-        self.bottom_is_top = self.reads_bottom and _in_place(lp)
-        self.top_diff_lost = self.writes_diff_first and _in_place(lp)
+        self.bottom_is_top = self.reads_bottom and in_place(lp)
+        self.top_diff_lost = self.writes_diff_first and in_place(lp)
 
     def forward(self, x):
         return (_CaffeNeuron.apply(x, self),)
@@ -120,7 +116,7 @@ class AbsVal(NeuronLayer):
 
     def __init__(self, lp, shapes, ctx):
         super().__init__(lp, shapes, ctx)
-        if _in_place(lp):
+        if in_place(lp):
             raise ValueError("AbsVal does not allow in-place computation (top == bottom), as in Caffe")
 
     def value(self, x):

@@ -212,7 +212,8 @@ class Im2col:
     def shapes(self, shapes):
         shape = tuple(shapes[0])
         if len(shape) != self.axis + 1 + self.num_spatial:
-            raise ValueError(f"bottom has {len(shape)} axes, the layer was built for {self.axis + 1 + self.num_spatial}")
+            raise ValueError(f"bottom has {len(shape)} axes, the layer was built for "
+                             f"{self.axis + 1 + self.num_spatial}")
         return [shape[:self.axis] + (shape[self.axis] * math.prod(self.kernel),) + self._out(shape)]
 
     def forward(self, x):
