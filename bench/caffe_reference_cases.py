@@ -196,9 +196,10 @@ def make_input(rng, shape, kind):
 
 
 def case_prototxt(name, spec):
-    """The one-layer net of a case: an Input layer per bottom, then the layer."""
+    """The one-layer net of a case: an Input layer per bottom, then the layer. force_backward
+    unless opts say "backward": False or "force_backward": False (a loss_weight then drives it)."""
     (type_, param), inputs, opts = spec
-    text = "force_backward: true\n" if opts.get("backward", True) else ""
+    text = "force_backward: true\n" if opts.get("force_backward", opts.get("backward", True)) else ""
     for blob, (shape, _) in inputs.items():
         dims = " ".join(f"dim: {d}" for d in shape)
         text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
@@ -244,6 +245,32 @@ EDGE_NETS = {
     "ip_without_num_output": _net(layer("InnerProduct", "")),
     "dropout_ratio_one": _net(layer("Dropout", "dropout_param { dropout_ratio: 1 }")),
     "pool_window_outside_unpadded": _net(layer(*pool("pool: MAX kernel_size: 2 stride: 4")), shape=(1, 1, 7, 7)),
+    "absval_in_place": _net(layer("AbsVal", "", ("x",), ("x",))),
+    "clip_without_param": _net(layer("Clip", "")),
+    "clip_missing_max": _net(layer("Clip", "clip_param { min: 1 }")),
+    "clip_min_above_max": _net(layer("Clip", "clip_param { min: 1 max: -1 }")),
+    "exp_negative_base": _net(layer("Exp", "exp_param { base: -2 }")),
+    "log_base_one": _net(layer("Log", "log_param { base: 1 }")),
+    "prelu_one_axis": _net(layer("PReLU", ""), shape=(6,)),
+    "threshold_builds": _net(layer("Threshold", "threshold_param { threshold: 1 }")),
+    "mvn_five_axes": _net(layer("MVN", ""), shape=(2, 3, 2, 2, 2)),
+    "embed_without_input_dim": _net(layer("Embed", "embed_param { num_output: 3 }")),
+    "embed_without_num_output": _net(layer("Embed", "embed_param { input_dim: 3 }")),
+    "spp_without_height": _net(layer("SPP", "")),
+    "spp_pad_reaches_kernel": _net(layer("SPP", "spp_param { pyramid_height: 3 }"), shape=(1, 1, 5, 5)),
+    "spp_three_axes": _net(layer("SPP", "spp_param { pyramid_height: 1 }"), shape=(2, 3, 5)),
+    "spp_stochastic_padded": _net(layer("SPP", "spp_param { pyramid_height: 2 pool: STOCHASTIC }"), shape=(1, 1, 5, 5)),
+    "crop_larger_than_bottom": _net(_X2, layer("Crop", "", ("x2", "x"))),
+    "crop_offset_past_the_end": _net(_X2, layer("Crop", "crop_param { offset: 2 }", ("x", "x2"))),
+    "crop_offset_count": _net(_X2, layer("Crop", "crop_param { offset: 0 offset: 0 offset: 0 }", ("x", "x2"))),
+    "im2col_no_spatial_axis": _net(layer("Im2col", "convolution_param { axis: -1 kernel_size: 1 }")),
+    "conv_kernel_h_on_3d": _net(layer(*conv("kernel_h: 2 kernel_w: 2")), shape=(1, 2, 3, 4, 5)),
+    "conv_kernel_count": _net(layer(*conv("kernel_size: 2 kernel_size: 2")), shape=(1, 2, 3, 4, 5)),
+    "conv_axis_out_of_range": _net(layer(*conv("axis: 4 kernel_size: 1"))),
+    "pool_stochastic_builds": _net(layer(*pool("pool: STOCHASTIC kernel_size: 2 stride: 2"))),
+    "pool_stochastic_padded": _net(layer(*pool("pool: STOCHASTIC kernel_size: 3 pad: 1"))),
+    "pool_ave_two_tops": _net(layer(*pool("pool: AVE kernel_size: 2"), ("x",), ("y", "mask"))),
+    "pool_max_three_tops": _net(layer(*pool("pool: MAX kernel_size: 2"), ("x",), ("y", "mask", "z"))),
 }
 # Where sec.caffe refuses on purpose what Caffe builds (sec/caffe/README, "Differences").
 EDGE_DIFFERENCES = {

@@ -454,12 +454,12 @@ def test_solver_with_weights_field_parses(tmp_path):
 
 
 @pytest.mark.parametrize("layer, reason", [
-    ('name: "pool" type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 }',
-     "STOCHASTIC is not supported"),
-    ('name: "prelu" type: "PReLU" prelu_param { channel_shared: true }',
-     "unknown layer type 'PReLU'"),
+    ('name: "pool" type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 pad: 1 }',
+     "padding is implemented only for MAX and AVE"),
+    ('name: "clip" type: "Clip" clip_param { min: 1 }', "clip_param.max is required"),
+    ('name: "what" type: "NoSuchLayer"', "unknown layer type 'NoSuchLayer'"),
 ])
-def test_beyond_the_engine_fails_at_build_naming_the_layer(tmp_path, layer, reason):
+def test_refused_layers_fail_at_build_naming_the_layer(tmp_path, layer, reason):
     caffe = importlib.import_module("sec.caffe")
     path = tmp_path / "net.prototxt"
     path.write_text('layer { name: "data" type: "Input" top: "data"\n'

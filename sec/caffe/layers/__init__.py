@@ -1,10 +1,10 @@
 """The one mapping from a prototxt layer `type` to its implementation class.
 
 Each class is built as ``cls(layer_param, bottom_shapes, build_context)``; base.py says what it
-provides. The modules follow Caffe's layer families: vision, neuron, common, utility, loss, data (and
-python: `type: "Python"` layers, with sec_twins for SEC's own).
+provides. The modules follow Caffe's layer families: vision (with vision_pooling), neuron, common,
+utility, loss, data (and python: `type: "Python"` layers, with sec_twins for SEC's own).
 """
-from sec.caffe.layers import common, data, loss, neuron, utility, vision
+from sec.caffe.layers import common, data, loss, neuron, utility, vision, vision_pooling
 from sec.caffe.layers.sec_twins import python_layer
 
 LAYER_TYPES = {
@@ -14,19 +14,34 @@ LAYER_TYPES = {
     # vision
     "Convolution": vision.Convolution,
     "Deconvolution": vision.Deconvolution,
-    "Pooling": vision.Pooling,
+    "Pooling": vision_pooling.Pooling,
     "LRN": vision.LRN,
+    "Im2col": vision.Im2col,
+    "SPP": vision_pooling.SPP,
+    "Crop": vision.Crop,
     # neuron
     "ReLU": neuron.ReLU,
     "Sigmoid": neuron.Sigmoid,
     "TanH": neuron.TanH,
     "Dropout": neuron.Dropout,
+    "AbsVal": neuron.AbsVal,
+    "BNLL": neuron.BNLL,
+    "Clip": neuron.Clip,
+    "ELU": neuron.ELU,
+    "Exp": neuron.Exp,
+    "Log": neuron.Log,
+    "Power": neuron.Power,
+    "PReLU": neuron.PReLU,
+    "Swish": neuron.Swish,
+    "Threshold": neuron.Threshold,
     # common
     "InnerProduct": common.InnerProduct,
     "BatchNorm": common.BatchNorm,
     "Scale": common.Scale,
     "Bias": common.Bias,
     "Softmax": common.Softmax,
+    "MVN": common.MVN,
+    "Embed": common.Embed,
     # utility
     "Concat": utility.Concat,
     "Eltwise": utility.Eltwise,

@@ -190,3 +190,15 @@ class UnaryLayer:
 
     def shapes(self, shapes):
         return [tuple(shapes[0])]
+
+
+def constant_filler(value):
+    """A FillerParameter of type constant: the default filler of a layer whose Caffe default is
+    not 0 (Scale's 1, PReLU's 0.25)."""
+    from sec.proto import caffe_pb2
+    return caffe_pb2.FillerParameter(type="constant", value=value)
+
+
+def in_place(lp):
+    """Whether a one-bottom, one-top layer names its top as its bottom (Caffe's in-place use)."""
+    return len(lp.top) == 1 and len(lp.bottom) == 1 and lp.top[0] == lp.bottom[0]
