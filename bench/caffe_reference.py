@@ -123,12 +123,13 @@ def maybe(store, diff):
     return None if np.isnan(diff).all() else store.add(diff)
 
 
-def seed_output_diffs(net, rng, store):
-    """Random diffs on the outputs that hold none (loss tops keep their loss_weight)."""
+def seed_output_diffs(net, rng, store, loss_tops_too=False):
+    """Random diffs on the outputs that hold none (loss tops keep their loss_weight, unless
+    `loss_tops_too`)."""
     seeds = {}
     for name in net.outputs:
         blob = net.blobs[name]
-        if not np.any(blob.diff):
+        if loss_tops_too or not np.any(blob.diff):
             blob.diff[...] = rng.standard_normal(blob.diff.shape)
             seeds[name] = store.add(blob.diff)
     return seeds
@@ -183,13 +184,17 @@ def write_layer_cases(caffe, out, tmp, fixture_name, cases, input_kinds):
         if not opts.get("fill"):
             randomize_params(net, rng, opts.get("bn_factor"))
         extra[f"{name}/caffemodel"] = caffemodel_bytes(net, tmp)
+        learned = opts.get("learned", ())
         for blob, (shape, kind) in inputs.items():
             make = input_kinds.get(kind)
-            net.blobs[blob].data[...] = make(rng, shape) if make else make_input(rng, shape, kind)
+            target = net.params[f"input_{blob}"][0] if blob in learned else net.blobs[blob]
+            target.data[...] = make(rng, shape) if make else make_input(rng, shape, kind)
+        if learned:   # inputs held by Parameter layers are weights: saved with the others
+            extra[f"{name}/caffemodel"] = caffemodel_bytes(net, tmp)
         backward = opts.get("backward", True)
         records = record_forward(net, store)
         if backward:
-            seed_output_diffs(net, rng, store)
+            seed_output_diffs(net, rng, store, loss_tops_too=bool(learned))
             record_backward(net, records, store)
         manifest.append({"name": name, "type": spec[0][0], "prototxt": text, "phase": opts.get("phase", "TEST"),
                          "backward": backward, "fill": bool(opts.get("fill")), "layers": records})

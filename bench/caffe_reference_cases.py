@@ -196,13 +196,28 @@ def make_input(rng, shape, kind):
 
 
 def case_prototxt(name, spec):
-    """The one-layer net of a case: an Input layer per bottom, then the layer."""
+    """The one-layer net of a case: an Input layer per bottom, then the layer.
+
+    With opts["learned"] (bottom names), those bottoms come from Parameter layers instead and the
+    net has no force_backward: for layers with a bottom Caffe refuses to backpropagate to
+    (BatchReindex's indices, Filter's selector, InfogainLoss's H), which force_backward would
+    force. The layer's tops then get loss_weight 1 so that Caffe runs its backward at all;
+    bench/caffe_reference.py seeds them with random diffs like any other output.
+    """
     (type_, param), inputs, opts = spec
-    text = "force_backward: true\n" if opts.get("backward", True) else ""
+    learned = opts.get("learned", ())
+    tops = opts.get("tops", ("y",))
+    text = "force_backward: true\n" if opts.get("backward", True) and not learned else ""
     for blob, (shape, _) in inputs.items():
         dims = " ".join(f"dim: {d}" for d in shape)
-        text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
-    text += layer(type_, param, opts.get("bottoms", ("x",)), opts.get("tops", ("y",))) + "\n"
+        if blob in learned:
+            text += (f'layer {{ name: "input_{blob}" type: "Parameter" top: "{blob}" '
+                     f'parameter_param {{ shape {{ {dims} }} }} }}\n')
+        else:
+            text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
+    if learned:
+        param = " ".join([param] + ["loss_weight: 1"] * len(tops))
+    text += layer(type_, param, opts.get("bottoms", ("x",)), tops) + "\n"
     return text
 
 
