@@ -1,10 +1,11 @@
 """The one mapping from a prototxt layer `type` to its implementation class.
 
 Each class is built as ``cls(layer_param, bottom_shapes, build_context)``; base.py says what it
-provides. The modules follow Caffe's layer families: vision, neuron, common, utility, loss, data (and
-python: `type: "Python"` layers, with sec_twins for SEC's own).
+provides. The modules follow Caffe's layer families: vision, neuron, common, utility (+ utility_select),
+loss, data (and python: `type: "Python"` layers, with sec_twins for
+SEC's own).
 """
-from sec.caffe.layers import common, data, loss, neuron, utility, vision
+from sec.caffe.layers import common, data, loss, neuron, utility, utility_select, vision
 from sec.caffe.layers.sec_twins import python_layer
 
 LAYER_TYPES = {
@@ -34,6 +35,13 @@ LAYER_TYPES = {
     "Flatten": utility.Flatten,
     "Reshape": utility.Reshape,
     "Silence": utility.Silence,
+    "Slice": utility.Slice,
+    "Tile": utility.Tile,
+    "Reduction": utility.Reduction,
+    "Parameter": utility.Parameter,
+    "ArgMax": utility_select.ArgMax,
+    "BatchReindex": utility_select.BatchReindex,
+    "Filter": utility_select.Filter,
     # loss
     "SoftmaxWithLoss": loss.SoftmaxWithLoss,
     "SigmoidCrossEntropyLoss": loss.SigmoidCrossEntropyLoss,
