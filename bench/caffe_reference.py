@@ -66,6 +66,9 @@ LOSSES = ("loss-Seed", "loss-Expand", "loss-Constrain")
 MEAN_BGR = (104, 117, 123)
 IMAGE_DATA_SIZES = [(5, 7), (13, 11), (40, 31), (9, 6)]
 IMAGE_DATA_TARGETS = [(6, 8), (17, 23)]
+# Layer types whose Forward keeps what their Backward reads in a bottom's diff (layer type ->
+# bottom indices; hinge_loss_layer.cpp): record_backward must not overwrite those with its marker.
+SCRATCH_IN_BOTTOM_DIFF = {"HingeLoss": (0,)}
 
 # ---------------------------------------------------------------- recording
 
@@ -109,8 +112,8 @@ def record_backward(net, records, store):
     for rec in reversed(records):
         name = rec["name"]
         rec["top_diff"] = [maybe(store, net.blobs[t].diff) for t in rec["tops"]]
-        for b in rec["bottoms"]:
-            if b not in rec["tops"]:
+        for index, b in enumerate(rec["bottoms"]):
+            if b not in rec["tops"] and index not in SCRATCH_IN_BOTTOM_DIFF.get(rec["type"], ()):
                 net.blobs[b].diff[...] = np.nan
         net.backward(start=name, end=name)
         rec["bottom_diff"] = [maybe(store, net.blobs[b].diff) for b in rec["bottoms"]]

@@ -1,11 +1,11 @@
 """The one mapping from a prototxt layer `type` to its implementation class.
 
 Each class is built as ``cls(layer_param, bottom_shapes, build_context)``; base.py says what it
-provides. The modules follow Caffe's layer families: vision, neuron, common, utility (+ utility_select),
-loss, data (and python: `type: "Python"` layers, with sec_twins for
-SEC's own).
+provides. The modules follow Caffe's layer families: vision, neuron, common, utility (and
+utility_select), loss (and loss_distance), data; python: `type: "Python"` layers, with
+sec_twins for SEC's own.
 """
-from sec.caffe.layers import common, data, loss, neuron, utility, utility_select, vision
+from sec.caffe.layers import common, data, loss, loss_distance, neuron, utility, utility_select, vision
 from sec.caffe.layers.sec_twins import python_layer
 
 LAYER_TYPES = {
@@ -46,6 +46,11 @@ LAYER_TYPES = {
     "SoftmaxWithLoss": loss.SoftmaxWithLoss,
     "SigmoidCrossEntropyLoss": loss.SigmoidCrossEntropyLoss,
     "Accuracy": loss.Accuracy,
+    "InfogainLoss": loss.InfogainLoss,
+    "MultinomialLogisticLoss": loss.MultinomialLogisticLoss,
+    "EuclideanLoss": loss_distance.EuclideanLoss,
+    "HingeLoss": loss_distance.HingeLoss,
+    "ContrastiveLoss": loss_distance.ContrastiveLoss,
     # python
     "Python": python_layer,
 }

@@ -1,12 +1,71 @@
-"""Loss layers (Caffe's loss_layers family): SoftmaxWithLoss, SigmoidCrossEntropyLoss, Accuracy."""
+"""Loss layers (Caffe's loss_layers family) built on class scores or probabilities:
+SoftmaxWithLoss, InfogainLoss, MultinomialLogisticLoss, SigmoidCrossEntropyLoss, Accuracy.
+EuclideanLoss, HingeLoss and ContrastiveLoss are in loss_distance.py.
+
+Caffe's loss layers compute their forward value and their gradient separately; where the two
+are not each other's exact derivative (a clamped log whose gradient is not clamped), the
+autograd Function `FloorValue` keeps Caffe's pair.
+"""
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sec.caffe.layers.base import canonical_axis, need_bottoms
 
 NORM_FULL, NORM_VALID, NORM_BATCH_SIZE, NORM_NONE = 0, 1, 2, 3
+# Caffe clamps probabilities before the log: SoftmaxWithLoss at FLT_MIN (so a position adds at
+# most -log(FLT_MIN) = 87.34 to the loss), InfogainLoss and MultinomialLogisticLoss at
+# kLOG_THRESHOLD (loss_layer.hpp). Logs are taken in float32, as Caffe's.
+FLT_MIN = float(np.finfo(np.float32).tiny)
+LOG_FLT_MIN = float(np.log(np.float32(FLT_MIN)))
+LOG_THRESHOLD = float(np.float32(1e-20))
+LOG_LOG_THRESHOLD = float(np.log(np.float32(LOG_THRESHOLD)))
+
+
+class FloorValue(torch.autograd.Function):
+    """max(x, floor) forward, the gradient passed through unchanged where it was clamped too.
+    SoftmaxWithLoss and InfogainLoss clamp log-probabilities this way (Caffe clamps their value,
+    not their gradient); MultinomialLogisticLoss clamps the probability before a log, so that the
+    log's gradient is Caffe's -1 / max(p, 1e-20)."""
+
+    @staticmethod
+    def forward(ctx, x, floor):
+        return x.clamp(min=floor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def layer_label(lp):
+    """'layer NAME (type T)': forward-time errors name the layer themselves."""
+    return f"layer '{lp.name}' (type {lp.type})"
+
+
+def need_tops(lp, low, high=None):
+    high = low if high is None else high
+    if not low <= len(lp.top) <= high:
+        want = str(low) if low == high else f"{low} or {high}"
+        raise ValueError(f"needs {want} top(s), got {len(lp.top)}")
+
+
+def check_batches(shapes):
+    """Caffe's LossLayer::Reshape: data and labels share their first axis."""
+    data, labels = tuple(shapes[0]), tuple(shapes[1])
+    if not data or not labels or data[0] != labels[0]:
+        raise ValueError(f"bottom 0 {data} and bottom 1 {labels} must have the same first dimension")
+
+
+def check_label_range(labels, classes, where, valid=None):
+    """Labels (int64) outside [0, classes) (where `valid`) are an error naming the layer; Caffe
+    checks them only in debug builds and reads past its arrays otherwise."""
+    bad = (labels < 0) | (labels >= classes)
+    if valid is not None:
+        bad &= valid
+    if bool(bad.any()):
+        raise ValueError(f"{where}: label {int(labels[bad][0])} out of range [0, {classes})")
 
 
 def _outer_inner(shape, axis):
@@ -20,13 +79,36 @@ def _check_labels(scores, labels, axis):
                          f"of scores {tuple(scores)} around axis {axis}), has {math.prod(labels)}")
 
 
+def _normalization(lparam, default):
+    """The normalization mode: `normalization` if set, else the legacy `normalize` (VALID or
+    BATCH_SIZE), else the layer's default."""
+    if lparam.HasField("normalization"):
+        return lparam.normalization
+    if lparam.HasField("normalize"):
+        return NORM_VALID if lparam.normalize else NORM_BATCH_SIZE
+    return default
+
+
+def _normalizer(norm, outer, inner, valid):
+    """Caffe's get_normalizer, at least 1: `valid` is the mask of counted positions (None: all)."""
+    if norm == NORM_VALID and valid is not None:
+        return valid.sum().clamp(min=1).to(torch.float32)
+    if norm in (NORM_FULL, NORM_VALID):
+        return float(max(1, outer * inner))
+    if norm == NORM_BATCH_SIZE:
+        return float(max(1, outer))
+    return 1.0
+
+
 class SoftmaxWithLoss:
     """Multinomial logistic loss of softmax(bottom[0]) along `axis` against integer labels
     bottom[1] (stored as floats). One top: the loss (shape ()).
 
     Normalization as Caffe: VALID (default) divides by the non-ignored count, FULL by all
     positions, BATCH_SIZE by the outer count, NONE by 1; the legacy `normalize` flag maps to
-    VALID/BATCH_SIZE when `normalization` is not set. The divisor is at least 1.
+    VALID/BATCH_SIZE when `normalization` is not set. The divisor is at least 1. As Caffe, each
+    position adds at most -log(FLT_MIN) = 87.34 (its probability is clamped at FLT_MIN) while
+    its gradient stays softmax - onehot.
     """
 
     def __init__(self, lp, shapes, ctx):
@@ -39,10 +121,7 @@ class SoftmaxWithLoss:
         self.axis = canonical_axis(lp.softmax_param.axis, len(shapes[0]), "softmax_param.axis")
         lparam = lp.loss_param
         self.ignore = lparam.ignore_label if lparam.HasField("ignore_label") else None
-        if lparam.HasField("normalize") and not lparam.HasField("normalization"):
-            self.norm = NORM_VALID if lparam.normalize else NORM_BATCH_SIZE
-        else:
-            self.norm = lparam.normalization
+        self.norm = _normalization(lparam, NORM_VALID)
         self.params = []
 
     def shapes(self, shapes):
@@ -53,7 +132,7 @@ class SoftmaxWithLoss:
         shape = scores.shape
         outer, inner = _outer_inner(shape, self.axis)
         logp = F.log_softmax(scores, dim=self.axis)
-        logp3 = logp.reshape(outer, shape[self.axis], inner)
+        logp3 = FloorValue.apply(logp, LOG_FLT_MIN).reshape(outer, shape[self.axis], inner)
         lab = labels.detach().reshape(outer, inner).long()
         if self.ignore is not None:
             valid = lab != self.ignore
@@ -62,16 +141,7 @@ class SoftmaxWithLoss:
         else:
             valid = None
             loss_sum = -logp3.gather(1, lab.unsqueeze(1)).sum()
-        return (loss_sum / self._normalizer(outer, inner, valid),)
-
-    def _normalizer(self, outer, inner, valid):
-        if self.norm == NORM_VALID and valid is not None:
-            return valid.sum().clamp(min=1).to(torch.float32)
-        if self.norm in (NORM_FULL, NORM_VALID):
-            return float(max(1, outer * inner))
-        if self.norm == NORM_BATCH_SIZE:
-            return float(max(1, outer))
-        return 1.0
+        return (loss_sum / _normalizer(self.norm, outer, inner, valid),)
 
 
 class SigmoidCrossEntropyLoss:
@@ -92,12 +162,7 @@ class SigmoidCrossEntropyLoss:
             raise ValueError(f"needs 1 top (loss), got {len(lp.top)}")
         lparam = lp.loss_param
         self.ignore = lparam.ignore_label if lparam.HasField("ignore_label") else None
-        if lparam.HasField("normalization"):
-            self.norm = lparam.normalization
-        elif lparam.HasField("normalize"):
-            self.norm = NORM_VALID if lparam.normalize else NORM_BATCH_SIZE
-        else:
-            self.norm = NORM_BATCH_SIZE
+        self.norm = _normalization(lparam, NORM_BATCH_SIZE)
         self.params = []
 
     def shapes(self, shapes):
@@ -113,23 +178,12 @@ class SigmoidCrossEntropyLoss:
         t = targets.detach().reshape(scores.shape).to(scores.dtype)
         terms = F.binary_cross_entropy_with_logits(scores, t, reduction="none")
         outer = scores.shape[0]
-        count = scores.numel()
+        inner = scores.numel() // max(1, outer)
         if self.ignore is None:
-            return (terms.sum() / self._normalizer(outer, count, count),)
+            return (terms.sum() / _normalizer(self.norm, outer, inner, None),)
         valid = t.trunc() != self.ignore
         loss_sum = torch.where(valid, terms, torch.zeros_like(terms)).sum()
-        return (loss_sum / self._normalizer(outer, count, valid.sum()),)
-
-    def _normalizer(self, outer, count, valid_count):
-        if self.norm == NORM_VALID:
-            if isinstance(valid_count, torch.Tensor):
-                return valid_count.clamp(min=1).to(torch.float32)
-            return float(max(1, valid_count))
-        if self.norm == NORM_FULL:
-            return float(max(1, count))
-        if self.norm == NORM_BATCH_SIZE:
-            return float(max(1, outer))
-        return 1.0
+        return (loss_sum / _normalizer(self.norm, outer, inner, valid),)
 
 
 class Accuracy:
@@ -175,3 +229,104 @@ class Accuracy:
             per_correct = (onehot * correct.unsqueeze(-1)).sum((0, 1))
             per_class = torch.where(per_count > 0, per_correct / per_count.clamp(min=1), 0.0)
             return accuracy, per_class.to(torch.float32)
+
+
+class InfogainLoss:
+    """Caffe 1.0's InfogainLoss: softmax of bottom[0] along `infogain_loss_param.axis`, then
+    -sum_l H[label, l] log(max(p_l, 1e-20)) per position, normalized as SoftmaxWithLoss
+    (loss_param ignore_label, normalization; default VALID; the legacy `normalize` is refused,
+    as Caffe does). H (C x C, any shape of C^2 values) is bottom[2] or the .binaryproto file
+    `infogain_loss_param.source`, read at build time. Gradient as Caffe's: (p * sum_l H[label, l]
+    - H[label]) / normalizer, unclamped; none to the labels or H. An optional second top is
+    the softmax (Caffe then needs a loss_weight for each top); no gradient flows back from it, as
+    Caffe ignores its diff. Labels outside [0, C) (other than ignore_label) are an error.
+    """
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 2, 3)
+        need_tops(lp, 1, 2)
+        if len(lp.top) == 2 and not lp.loss_weight:
+            raise ValueError("with a second (probability) top, loss_weight must be given for both tops "
+                             "(Caffe adds one loss_weight for the loss, then refuses one weight for two tops)")
+        lparam = lp.loss_param
+        if lparam.HasField("normalize"):
+            raise ValueError("loss_param.normalize is deprecated for InfogainLoss (Caffe refuses it); "
+                             "use loss_param.normalization")
+        self.norm = _normalization(lparam, NORM_VALID)
+        self.ignore = lparam.ignore_label if lparam.HasField("ignore_label") else None
+        self.axis = canonical_axis(lp.infogain_loss_param.axis, len(shapes[0]), "infogain_loss_param.axis")
+        self.where, self.ntop, self.params = layer_label(lp), len(lp.top), []
+        self.matrix = None
+        if len(shapes) == 2:
+            self.matrix = self._read_source(lp.infogain_loss_param)
+        self.shapes(shapes)
+
+    @staticmethod
+    def _read_source(p):
+        from sec.caffe import formats
+        from sec.proto import caffe_pb2
+        if not p.HasField("source"):
+            raise ValueError("infogain_loss_param.source is required when H is not given as bottom[2]")
+        try:
+            blob = formats._read_binary(p.source, caffe_pb2.BlobProto(), "binaryproto")
+            return torch.from_numpy(formats.blob_to_array(blob))
+        except (OSError, formats.CaffeFormatError) as err:
+            raise ValueError(f"infogain_loss_param.source: {err}") from None
+
+    def shapes(self, shapes):
+        check_batches(shapes)
+        _check_labels(shapes[0], shapes[1], self.axis)
+        classes = shapes[0][self.axis]
+        matrix = tuple(self.matrix.shape) if self.matrix is not None else tuple(shapes[2])
+        if math.prod(matrix) != classes * classes:
+            raise ValueError(f"the infogain matrix H {matrix} must hold {classes} x {classes} values "
+                             f"({classes} classes on axis {self.axis})")
+        return [()] + [tuple(shapes[0])] * (self.ntop - 1)
+
+    def forward(self, scores, labels, matrix=None):
+        shape = scores.shape
+        outer, inner = _outer_inner(shape, self.axis)
+        classes = shape[self.axis]
+        matrix = (self.matrix.to(scores.device) if matrix is None else matrix.detach()).reshape(classes, classes)
+        logp = F.log_softmax(scores, dim=self.axis)
+        logp3 = FloorValue.apply(logp, LOG_LOG_THRESHOLD).reshape(outer, classes, inner)
+        lab = labels.detach().reshape(outer, inner).long()
+        valid = lab != self.ignore if self.ignore is not None else None
+        check_label_range(lab, classes, self.where, valid)
+        safe = lab if valid is None else torch.where(valid, lab, 0)
+        weights = matrix[safe].permute(0, 2, 1)          # H[label] per position: outer x C x inner
+        per_position = -(weights * logp3).sum(1)
+        if valid is not None:
+            per_position = per_position * valid
+        loss = per_position.sum() / _normalizer(self.norm, outer, inner, valid)
+        if self.ntop == 1:
+            return (loss,)
+        return loss, F.softmax(scores.detach(), dim=self.axis)
+
+
+class MultinomialLogisticLoss:
+    """Caffe's MultinomialLogisticLoss on probabilities bottom[0] (N x ...): -sum_i log(max(
+    p[i, label_i], 1e-20)) / N, where label_i indexes item i's values flattened; labels are
+    N x 1 x 1 x 1 (or fewer axes). Gradient -1 / (N max(p, 1e-20)) at the labels, as Caffe's
+    (the clamp applies to the gradient too). Labels outside the item are an error."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 2)
+        need_tops(lp, 1)
+        self.where, self.params = layer_label(lp), []
+        self.shapes(shapes)
+
+    def shapes(self, shapes):
+        check_batches(shapes)
+        labels = tuple(shapes[1])
+        if len(labels) > 4 or any(d != 1 for d in labels[1:]):
+            raise ValueError(f"labels must be N x 1 x 1 x 1 (one per item), got shape {labels}")
+        return [()]
+
+    def forward(self, probs, labels):
+        num = probs.shape[0]
+        flat = probs.reshape(num, -1)
+        lab = labels.detach().reshape(num).long()
+        check_label_range(lab, flat.shape[1], self.where)
+        picked = FloorValue.apply(flat.gather(1, lab.unsqueeze(1)), LOG_THRESHOLD)
+        return (-torch.log(picked).sum() / num,)
