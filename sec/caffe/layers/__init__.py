@@ -2,10 +2,10 @@
 
 Each class is built as ``cls(layer_param, bottom_shapes, build_context)``; base.py says what it
 provides. The modules follow Caffe's layer families: vision, neuron, common, utility (and
-utility_select), loss (and loss_distance), data; python: `type: "Python"` layers, with
+utility_select), loss (and loss_distance), recurrent, data; python: `type: "Python"` layers, with
 sec_twins for SEC's own.
 """
-from sec.caffe.layers import common, data, loss, loss_distance, neuron, utility, utility_select, vision
+from sec.caffe.layers import common, data, loss, loss_distance, neuron, recurrent, utility, utility_select, vision
 from sec.caffe.layers.sec_twins import python_layer
 
 LAYER_TYPES = {
@@ -51,6 +51,10 @@ LAYER_TYPES = {
     "EuclideanLoss": loss_distance.EuclideanLoss,
     "HingeLoss": loss_distance.HingeLoss,
     "ContrastiveLoss": loss_distance.ContrastiveLoss,
+    # recurrent
+    "RNN": recurrent.RNN,
+    "LSTM": recurrent.LSTM,
+    "LSTMUnit": recurrent.LSTMUnit,
     # python
     "Python": python_layer,
 }
