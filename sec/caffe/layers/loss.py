@@ -68,6 +68,15 @@ def check_label_range(labels, classes, where, valid=None):
         raise ValueError(f"{where}: label {int(labels[bad][0])} out of range [0, {classes})")
 
 
+def _labels(labels, outer, inner, ignore, classes, where):
+    """(labels as int64 outer x inner, mask of the counted ones or None when nothing is ignored,
+    labels with the ignored ones replaced by 0 for indexing); out-of-range labels are an error."""
+    lab = labels.detach().reshape(outer, inner).long()
+    valid = lab != ignore if ignore is not None else None
+    check_label_range(lab, classes, where, valid)
+    return lab, valid, lab if valid is None else torch.where(valid, lab, 0)
+
+
 def _outer_inner(shape, axis):
     return math.prod(shape[:axis]), math.prod(shape[axis + 1:])
 
@@ -122,7 +131,7 @@ class SoftmaxWithLoss:
         lparam = lp.loss_param
         self.ignore = lparam.ignore_label if lparam.HasField("ignore_label") else None
         self.norm = _normalization(lparam, NORM_VALID)
-        self.params = []
+        self.where, self.params = layer_label(lp), []
 
     def shapes(self, shapes):
         _check_labels(shapes[0], shapes[1], self.axis)
@@ -133,14 +142,9 @@ class SoftmaxWithLoss:
         outer, inner = _outer_inner(shape, self.axis)
         logp = F.log_softmax(scores, dim=self.axis)
         logp3 = FloorValue.apply(logp, LOG_FLT_MIN).reshape(outer, shape[self.axis], inner)
-        lab = labels.detach().reshape(outer, inner).long()
-        if self.ignore is not None:
-            valid = lab != self.ignore
-            picked = logp3.gather(1, torch.where(valid, lab, 0).unsqueeze(1)).squeeze(1)
-            loss_sum = -(picked * valid).sum()
-        else:
-            valid = None
-            loss_sum = -logp3.gather(1, lab.unsqueeze(1)).sum()
+        _, valid, safe = _labels(labels, outer, inner, self.ignore, shape[self.axis], self.where)
+        picked = logp3.gather(1, safe.unsqueeze(1)).squeeze(1)
+        loss_sum = -(picked.sum() if valid is None else (picked * valid).sum())
         return (loss_sum / _normalizer(self.norm, outer, inner, valid),)
 
 
@@ -189,7 +193,8 @@ class SigmoidCrossEntropyLoss:
 class Accuracy:
     """Top-k accuracy as Caffe counts it: a position is right when fewer than k classes score
     at least as high as the true class minus one (the true class itself). Ignored labels do not
-    count. Optional second top: per-class accuracy (C,). No gradient."""
+    count; others outside [0, C) are an error. Optional second top: per-class accuracy (C,).
+    No gradient."""
 
     def __init__(self, lp, shapes, ctx):
         need_bottoms(lp, shapes, 2)
@@ -202,7 +207,7 @@ class Accuracy:
             raise ValueError(f"accuracy_param.top_k {self.top_k} must be in 1..{shapes[0][self.axis]} (classes)")
         self.ignore = p.ignore_label if p.HasField("ignore_label") else None
         self.ntop = len(lp.top)
-        self.params = []
+        self.where, self.params = layer_label(lp), []
 
     def shapes(self, shapes):
         _check_labels(shapes[0], shapes[1], self.axis)
@@ -214,9 +219,9 @@ class Accuracy:
             outer, inner = _outer_inner(shape, self.axis)
             classes = shape[self.axis]
             x = scores.reshape(outer, classes, inner)
-            lab = labels.reshape(outer, inner).long()
-            valid = lab != self.ignore if self.ignore is not None else torch.ones_like(lab, dtype=torch.bool)
-            safe = torch.where(valid, lab, 0)
+            lab, valid, safe = _labels(labels, outer, inner, self.ignore, classes, self.where)
+            if valid is None:
+                valid = torch.ones_like(lab, dtype=torch.bool)
             true_score = x.gather(1, safe.unsqueeze(1))
             better = (x >= true_score).sum(1) - 1
             correct = (better < self.top_k) & valid
@@ -290,10 +295,7 @@ class InfogainLoss:
         matrix = (self.matrix.to(scores.device) if matrix is None else matrix.detach()).reshape(classes, classes)
         logp = F.log_softmax(scores, dim=self.axis)
         logp3 = FloorValue.apply(logp, LOG_LOG_THRESHOLD).reshape(outer, classes, inner)
-        lab = labels.detach().reshape(outer, inner).long()
-        valid = lab != self.ignore if self.ignore is not None else None
-        check_label_range(lab, classes, self.where, valid)
-        safe = lab if valid is None else torch.where(valid, lab, 0)
+        _, valid, safe = _labels(labels, outer, inner, self.ignore, classes, self.where)
         weights = matrix[safe].permute(0, 2, 1)          # H[label] per position: outer x C x inner
         per_position = -(weights * logp3).sum(1)
         if valid is not None:
