@@ -229,6 +229,10 @@ def _net(*layers, shape=(2, 3, 5, 6)):
 
 _X2 = 'layer { name: "input_x2" type: "Input" top: "x2" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 6 } } }'
 _LABEL = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 2 dim: 1 dim: 5 dim: 6 } } }'
+_LABEL_N3 = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 3 } } }'
+_LABEL2 = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 2 dim: 2 } } }'
+_H3 = 'layer { name: "input_H" type: "Input" top: "H" input_param { shape { dim: 3 dim: 3 } } }'
+_CONT = 'layer { name: "input_cont" type: "Input" top: "cont" input_param { shape { dim: 2 dim: 3 } } }'
 
 # Nets at the edge of what Caffe builds: name -> prototxt. bench/caffe_reference.py records
 # whether BVLC Caffe's Net::Init accepts each (and its message); sec.caffe must agree.
@@ -259,10 +263,42 @@ EDGE_NETS = {
     "ip_without_num_output": _net(layer("InnerProduct", "")),
     "dropout_ratio_one": _net(layer("Dropout", "dropout_param { dropout_ratio: 1 }")),
     "pool_window_outside_unpadded": _net(layer(*pool("pool: MAX kernel_size: 2 stride: 4")), shape=(1, 1, 7, 7)),
+    # utility, loss and recurrent layers (issue 18)
+    "argmax_top_k_over_axis": _net(layer("ArgMax", "argmax_param { axis: 1 top_k: 4 }")),
+    "argmax_top_k_whole_item": _net(layer("ArgMax", "argmax_param { top_k: 90 }")),
+    "batch_reindex_2d_indices": _net(_X2, layer("BatchReindex", "", ("x", "x2"))),
+    "filter_selector_not_singleton": _net(_X2, layer("Filter", "", ("x", "x2"))),
+    "filter_batch_mismatch": _net(_LABEL_N3, layer("Filter", "", ("x", "label"))),
+    "parameter_no_bottoms": _net(layer("Parameter", "parameter_param { shape { dim: 2 } }", (), ("p",))),
+    "reduction_axis_out_of_range": _net(layer("Reduction", "reduction_param { axis: 4 }")),
+    "slice_axis_and_slice_dim": _net(layer("Slice", "slice_param { axis: 1 slice_dim: 1 }", ("x",), ("y", "z"))),
+    "slice_points_not_increasing": _net(layer("Slice", "slice_param { axis: 2 slice_point: 3 slice_point: 2 }",
+                                              ("x",), ("y", "z", "w"))),
+    "slice_last_piece_empty": _net(layer("Slice", "slice_param { axis: 2 slice_point: 5 }", ("x",), ("y", "z"))),
+    "slice_uneven": _net(layer("Slice", "slice_param { axis: 2 }", ("x",), ("y", "z"))),
+    "tile_without_tiles": _net(layer("Tile", "")),
+    "euclidean_counts_differ": _net(_X2, layer("EuclideanLoss", "", ("x", "x2"), ("loss",))),
+    "hinge_labels_not_one_per_item": _net(_LABEL2, layer("HingeLoss", "", ("x", "label"), ("loss",))),
+    "multinomial_labels_not_singleton": _net(_LABEL2, layer("MultinomialLogisticLoss", "", ("x", "label"),
+                                                            ("loss",))),
+    "contrastive_not_one_by_one": _net(_LABEL, layer("ContrastiveLoss", "", ("x", "x", "label"), ("loss",))),
+    "infogain_without_source": _net(_LABEL, layer("InfogainLoss", "", ("x", "label"), ("loss",))),
+    "infogain_prob_top_default_weights": _net(_LABEL, _H3, layer("InfogainLoss", "", ("x", "label", "H"),
+                                                                  ("loss", "prob"))),
+    "infogain_prob_top_weighted": _net(_LABEL, _H3, layer("InfogainLoss", "loss_weight: 1 loss_weight: 0",
+                                                           ("x", "label", "H"), ("loss", "prob"))),
+    "infogain_legacy_normalize": _net(_LABEL, _H3, layer("InfogainLoss", "loss_param { normalize: true }",
+                                                          ("x", "label", "H"), ("loss",))),
+    "rnn_without_num_output": _net(_CONT, layer("RNN", "", ("x", "cont"))),
+    "lstm_cont_not_t_by_n": _net(_LABEL, layer("LSTM", "recurrent_param { num_output: 2 }", ("x", "label"))),
+    "lstm_exposed_state_missing": _net(_CONT, layer("LSTM", "recurrent_param { num_output: 2 expose_hidden: true }",
+                                                    ("x", "cont"), ("y", "hT", "cT"))),
+    "lstm_unit_gates_not_four_times": _net(_CONT, layer("LSTMUnit", "", ("x", "x", "cont"), ("c", "h"))),
 }
 # Where sec.caffe refuses on purpose what Caffe builds (sec/caffe/README, "Differences").
 EDGE_DIFFERENCES = {
     "duplicate_layer_names": "weights and net.params go by layer name",
     "dropout_ratio_one": "scale 1 / (1 - 1); Caffe checks the ratio only in debug builds",
     "pool_window_outside_unpadded": "Caffe outputs -FLT_MAX for MAX there (and 0/0 for AVE)",
+    "hinge_labels_not_one_per_item": "Caffe reads the first N values of the label blob, whatever its shape",
 }
