@@ -292,7 +292,11 @@ class InfogainLoss:
         shape = scores.shape
         outer, inner = _outer_inner(shape, self.axis)
         classes = shape[self.axis]
-        matrix = (self.matrix.to(scores.device) if matrix is None else matrix.detach()).reshape(classes, classes)
+        if matrix is None:
+            if self.matrix.device != scores.device:   # moved once, with the net
+                self.matrix = self.matrix.to(scores.device)
+            matrix = self.matrix
+        matrix = matrix.detach().reshape(classes, classes)
         logp = F.log_softmax(scores, dim=self.axis)
         logp3 = FloorValue.apply(logp, LOG_LOG_THRESHOLD).reshape(outer, classes, inner)
         _, valid, safe = _labels(labels, outer, inner, self.ignore, classes, self.where)
