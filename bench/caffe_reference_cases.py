@@ -233,6 +233,9 @@ _LABEL_N3 = 'layer { name: "input_label" type: "Input" top: "label" input_param 
 _LABEL2 = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 2 dim: 2 } } }'
 _H3 = 'layer { name: "input_H" type: "Input" top: "H" input_param { shape { dim: 3 dim: 3 } } }'
 _CONT = 'layer { name: "input_cont" type: "Input" top: "cont" input_param { shape { dim: 2 dim: 3 } } }'
+_STATIC1 = 'layer { name: "input_s" type: "Input" top: "s" input_param { shape { dim: 3 } } }'
+_LABEL_FLAT = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 60 } } }'
+_TARGET_FLAT = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 180 } } }'
 
 # Nets at the edge of what Caffe builds: name -> prototxt. bench/caffe_reference.py records
 # whether BVLC Caffe's Net::Init accepts each (and its message); sec.caffe must agree.
@@ -294,6 +297,13 @@ EDGE_NETS = {
     "lstm_exposed_state_missing": _net(_CONT, layer("LSTM", "recurrent_param { num_output: 2 expose_hidden: true }",
                                                     ("x", "cont"), ("y", "hT", "cT"))),
     "lstm_unit_gates_not_four_times": _net(_CONT, layer("LSTMUnit", "", ("x", "x", "cont"), ("c", "h"))),
+    "rnn_input_without_values": _net(_CONT, layer("RNN", "recurrent_param { num_output: 2 }", ("x", "cont")),
+                                     shape=(2, 3)),
+    "rnn_static_input_one_axis": _net(_CONT, _STATIC1, layer("RNN", "recurrent_param { num_output: 2 }",
+                                                             ("x", "cont", "s"))),
+    "softmax_loss_labels_flattened": _net(_LABEL_FLAT, layer("SoftmaxWithLoss", "", ("x", "label"), ("loss",))),
+    "sigmoid_ce_targets_flattened": _net(_TARGET_FLAT, layer("SigmoidCrossEntropyLoss", "", ("x", "label"),
+                                                             ("loss",))),
 }
 # Where sec.caffe refuses on purpose what Caffe builds (sec/caffe/README, "Differences").
 EDGE_DIFFERENCES = {

@@ -134,6 +134,7 @@ class SoftmaxWithLoss:
         self.where, self.params = layer_label(lp), []
 
     def shapes(self, shapes):
+        check_batches(shapes)
         _check_labels(shapes[0], shapes[1], self.axis)
         return [()]
 
@@ -171,8 +172,7 @@ class SigmoidCrossEntropyLoss:
 
     def shapes(self, shapes):
         scores, targets = tuple(shapes[0]), tuple(shapes[1])
-        if not scores:
-            raise ValueError("scores must have at least one axis (the batch)")
+        check_batches(shapes)
         if math.prod(scores) != math.prod(targets):
             raise ValueError(f"scores {scores} and targets {targets} must have the same count "
                              f"({math.prod(scores)} vs {math.prod(targets)})")

@@ -4,10 +4,10 @@ Caffe's RNN and LSTM build an unrolled net over the T timesteps of their input (
 lstm_layer.cpp); here the same recurrence runs as a loop over t, with the same parameter blobs
 in the same order and shapes, so weights written by Caffe load by layer name and agree.
 
-Bottoms: x (T x N x ...: T timesteps of N independent streams; the trailing axes are flattened
-to I values), cont (T x N: 0 at the first step of a sequence, 1 where it continues from the
+Bottoms: x (T x N x ...: T timesteps of N independent streams; the axes from 2 on are flattened
+to I values, at least one of them), cont (T x N: 0 at the first step of a sequence, 1 where it continues from the
 previous step; other values scale the carried state, as Caffe's Scale does), an optional static
-input x_static (N x ...: added to every step's input), and with `expose_hidden` the initial
+input x_static (N x ..., at least 2 axes: added to every step's input), and with `expose_hidden` the initial
 state h_0 (and c_0 for LSTM), each 1 x N x num_output. Tops: the output sequence T x N x
 num_output, and with `expose_hidden` the final state h_T (and c_T).
 
@@ -102,8 +102,11 @@ class _Recurrent:
         self.hidden = int(p.num_output)
         self.static = len(shapes) > 2 + exposed
         x = tuple(shapes[0])
-        if len(x) < 2:
-            raise ValueError(f"bottom 0 must have at least 2 axes (timesteps, streams, ...), got {x}")
+        if len(x) < 3:   # Caffe's inner InnerProduct takes axes 2.. (none: an error there too)
+            raise ValueError(f"bottom 0 must have at least 3 axes (timesteps, streams, values...), got {x}")
+        if self.static and len(shapes[2]) < 2:
+            raise ValueError(f"bottom 2 (x_static) must have at least 2 axes (streams, values...), got "
+                             f"{tuple(shapes[2])}")
         self.steps, self.inputs = x[0], math.prod(x[2:])
         self.static_inputs = math.prod(shapes[2][1:]) if self.static else 0
         rows = self.GATES * self.hidden
@@ -120,7 +123,7 @@ class _Recurrent:
 
     def shapes(self, shapes):
         x, cont = tuple(shapes[0]), tuple(shapes[1])
-        if len(x) < 2 or x[0] != self.steps:
+        if len(x) < 3 or x[0] != self.steps:
             raise ValueError(f"bottom 0 {x} must be {self.steps} timesteps x N streams x ... (the timesteps "
                              "cannot change after the layer is built)")
         if math.prod(x[2:]) != self.inputs:
