@@ -77,6 +77,16 @@ def _labels(labels, outer, inner, ignore, classes, where):
     return lab, valid, lab if valid is None else torch.where(valid, lab, 0)
 
 
+def item_labels(values, labels, where):
+    """(N, values as N x D, one int64 label per item, checked to index the D values): the layout
+    of MultinomialLogisticLoss and HingeLoss."""
+    num = values.shape[0]
+    flat = values.reshape(num, -1)
+    lab = labels.detach().reshape(num).long()
+    check_label_range(lab, flat.shape[1], where)
+    return num, flat, lab
+
+
 def _outer_inner(shape, axis):
     return math.prod(shape[:axis]), math.prod(shape[axis + 1:])
 
@@ -330,9 +340,6 @@ class MultinomialLogisticLoss:
         return [()]
 
     def forward(self, probs, labels):
-        num = probs.shape[0]
-        flat = probs.reshape(num, -1)
-        lab = labels.detach().reshape(num).long()
-        check_label_range(lab, flat.shape[1], self.where)
+        num, flat, lab = item_labels(probs, labels, self.where)
         picked = FloorValue.apply(flat.gather(1, lab.unsqueeze(1)), LOG_THRESHOLD)
         return (-torch.log(picked).sum() / num,)

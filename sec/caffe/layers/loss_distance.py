@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from sec.caffe.layers.base import need_bottoms
-from sec.caffe.layers.loss import check_batches, check_label_range, layer_label, need_tops
+from sec.caffe.layers.loss import check_batches, item_labels, layer_label, need_tops
 
 HINGE_L1, HINGE_L2 = 1, 2
 # ContrastiveLoss's gradient of the distance divides by (distance + CONTRASTIVE_EPS), not by the
@@ -67,10 +67,7 @@ class HingeLoss:
         return [()]
 
     def forward(self, scores, labels):
-        num = scores.shape[0]
-        flat = scores.reshape(num, -1)
-        lab = labels.detach().reshape(num).long()
-        check_label_range(lab, flat.shape[1], self.where)
+        num, flat, lab = item_labels(scores, labels, self.where)
         sign = torch.ones_like(flat).scatter_(1, lab.unsqueeze(1), -1.0)
         margins = F.relu(1 + sign * flat)
         total = margins.sum() if self.norm == HINGE_L1 else (margins * margins).sum()
