@@ -20,8 +20,8 @@ NORM_FULL, NORM_VALID, NORM_BATCH_SIZE, NORM_NONE = 0, 1, 2, 3
 # kLOG_THRESHOLD (loss_layer.hpp). Logs are taken in float32, as Caffe's.
 FLT_MIN = float(np.finfo(np.float32).tiny)
 LOG_FLT_MIN = float(np.log(np.float32(FLT_MIN)))
-LOG_THRESHOLD = float(np.float32(1e-20))
-LOG_LOG_THRESHOLD = float(np.log(np.float32(LOG_THRESHOLD)))
+MIN_PROB = float(np.float32(1e-20))   # Caffe's kLOG_THRESHOLD
+LOG_MIN_PROB = float(np.log(np.float32(MIN_PROB)))
 
 
 class FloorValue(torch.autograd.Function):
@@ -308,7 +308,7 @@ class InfogainLoss:
             matrix = self.matrix
         matrix = matrix.detach().reshape(classes, classes)
         logp = F.log_softmax(scores, dim=self.axis)
-        logp3 = FloorValue.apply(logp, LOG_LOG_THRESHOLD).reshape(outer, classes, inner)
+        logp3 = FloorValue.apply(logp, LOG_MIN_PROB).reshape(outer, classes, inner)
         _, valid, safe = _labels(labels, outer, inner, self.ignore, classes, self.where)
         weights = matrix[safe].permute(0, 2, 1)          # H[label] per position: outer x C x inner
         per_position = -(weights * logp3).sum(1)
@@ -341,5 +341,5 @@ class MultinomialLogisticLoss:
 
     def forward(self, probs, labels):
         num, flat, lab = item_labels(probs, labels, self.where)
-        picked = FloorValue.apply(flat.gather(1, lab.unsqueeze(1)), LOG_THRESHOLD)
+        picked = FloorValue.apply(flat.gather(1, lab.unsqueeze(1)), MIN_PROB)
         return (-torch.log(picked).sum() / num,)
