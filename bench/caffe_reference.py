@@ -66,6 +66,9 @@ LOSSES = ("loss-Seed", "loss-Expand", "loss-Constrain")
 MEAN_BGR = (104, 117, 123)
 IMAGE_DATA_SIZES = [(5, 7), (13, 11), (40, 31), (9, 6)]
 IMAGE_DATA_TARGETS = [(6, 8), (17, 23)]
+# Layer types whose Forward keeps what their Backward reads in a bottom's diff (layer type ->
+# bottom indices; hinge_loss_layer.cpp): record_backward must not overwrite those with its marker.
+SCRATCH_IN_BOTTOM_DIFF = {"HingeLoss": (0,)}
 
 # ---------------------------------------------------------------- recording
 
@@ -109,8 +112,8 @@ def record_backward(net, records, store):
     for rec in reversed(records):
         name = rec["name"]
         rec["top_diff"] = [maybe(store, net.blobs[t].diff) for t in rec["tops"]]
-        for b in rec["bottoms"]:
-            if b not in rec["tops"]:
+        for index, b in enumerate(rec["bottoms"]):
+            if b not in rec["tops"] and index not in SCRATCH_IN_BOTTOM_DIFF.get(rec["type"], ()):
                 net.blobs[b].diff[...] = np.nan
         net.backward(start=name, end=name)
         rec["bottom_diff"] = [maybe(store, net.blobs[b].diff) for b in rec["bottoms"]]
@@ -123,12 +126,13 @@ def maybe(store, diff):
     return None if np.isnan(diff).all() else store.add(diff)
 
 
-def seed_output_diffs(net, rng, store):
-    """Random diffs on the outputs that hold none (loss tops keep their loss_weight)."""
+def seed_output_diffs(net, rng, store, loss_tops_too=False):
+    """Random diffs on the outputs that hold none (loss tops keep their loss_weight, unless
+    `loss_tops_too`)."""
     seeds = {}
     for name in net.outputs:
         blob = net.blobs[name]
-        if not np.any(blob.diff):
+        if loss_tops_too or not np.any(blob.diff):
             blob.diff[...] = rng.standard_normal(blob.diff.shape)
             seeds[name] = store.add(blob.diff)
     return seeds
@@ -183,13 +187,17 @@ def write_layer_cases(caffe, out, tmp, fixture_name, cases, input_kinds):
         if not opts.get("fill"):
             randomize_params(net, rng, opts.get("bn_factor"))
         extra[f"{name}/caffemodel"] = caffemodel_bytes(net, tmp)
+        learned = opts.get("learned", ())
         for blob, (shape, kind) in inputs.items():
             make = input_kinds.get(kind)
-            net.blobs[blob].data[...] = make(rng, shape) if make else make_input(rng, shape, kind)
+            target = net.params[f"input_{blob}"][0] if blob in learned else net.blobs[blob]
+            target.data[...] = make(rng, shape) if make else make_input(rng, shape, kind)
+        if learned:   # inputs held by Parameter layers are weights: saved with the others
+            extra[f"{name}/caffemodel"] = caffemodel_bytes(net, tmp)
         backward = opts.get("backward", True)
         records = record_forward(net, store)
         if backward:
-            seed_output_diffs(net, rng, store)
+            seed_output_diffs(net, rng, store, loss_tops_too=bool(learned))
             record_backward(net, records, store)
         manifest.append({"name": name, "type": spec[0][0], "prototxt": text, "phase": opts.get("phase", "TEST"),
                          "backward": backward, "fill": bool(opts.get("fill")), "layers": records})

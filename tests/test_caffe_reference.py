@@ -178,7 +178,7 @@ def pycaffe_path_errors(tmp_path, case):
     _, arrays = fixture(case["fixture"])
     net = build(tmp_path, case["prototxt"], phase_of(case["phase"]), arrays[f"{case['name']}/caffemodel"])
     inputs = {r["tops"][0]: arrays[r["top_data"][0]] for r in case["layers"] if r["type"] == "Input"}
-    rec = next(r for r in case["layers"] if r["type"] != "Input")
+    rec = case["layers"][-1]   # the case's layer comes after its inputs (Input or Parameter layers)
     net.forward(**inputs)
     errors = {f"top {i}": rel_error(net.blobs[t].data, arrays[k]) for i, (t, k) in enumerate(zip(rec["tops"], rec["top_data"]))}
     if not case["backward"]:
