@@ -554,9 +554,9 @@ def write_fixtures(args):
     caffe.set_random_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # A fixed work folder: Caffe writes its paths into the .caffemodel files, so that
-    # regenerating gives the same bytes.
-    tmp = os.path.join(tempfile.gettempdir(), "sec_caffe_reference")
+    # A fixed work folder per set of parts: Caffe writes its paths into the .caffemodel files, so
+    # that regenerating gives the same bytes; runs of different parts at once do not share it.
+    tmp = os.path.join(tempfile.gettempdir(), "_".join(["sec_caffe_reference", *sorted(args.only or [])]))
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
     families = case_families()
