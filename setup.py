@@ -22,4 +22,8 @@ setup(
         "tqdm",
         "torch==2.13.0",
     ],
+    extras_require={
+        # python -m sec.export: the ONNX exporter needs onnx, its check against the engine onnxruntime
+        "export": ["onnx", "onnxruntime"],
+    },
 )
