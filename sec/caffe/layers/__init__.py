@@ -10,7 +10,12 @@ from sec.caffe.layers.sec_twins import python_layer
 LAYER_TYPES = {
     # data
     "Input": data.Input,
+    "Data": data.Data,
     "ImageData": data.ImageData,
+    "HDF5Data": data.HDF5Data,
+    "HDF5Output": data.HDF5Output,
+    "MemoryData": data.MemoryData,
+    "WindowData": data.WindowData,
     # vision
     "Convolution": vision.Convolution,
     "Deconvolution": vision.Deconvolution,
