@@ -274,16 +274,25 @@ def hwc_to_chw(image):
     return image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
 
 
-def array_to_datum(array, label=0):
-    """A raw Datum from a C x H x W array: uint8 into `data`, anything else into `float_data`
-    (as pycaffe's caffe.io.array_to_datum)."""
+def array_to_datum(array, label=None):
+    """A raw Datum from a C x H x W array: uint8 into `data`, anything else into `float_data`;
+    `label` set when given (pycaffe's caffe.io.array_to_datum)."""
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"need a C x H x W array, got shape {array.shape}")
-    datum = caffe_pb2.Datum(channels=array.shape[0], height=array.shape[1], width=array.shape[2],
-                            label=int(label))
+    datum = caffe_pb2.Datum(channels=array.shape[0], height=array.shape[1], width=array.shape[2])
     if array.dtype == np.uint8:
         datum.data = np.ascontiguousarray(array).tobytes()
     else:
         datum.float_data.extend(np.asarray(array, dtype=np.float32).ravel().tolist())
+    if label is not None:
+        datum.label = int(label)
+    return datum
+
+
+def image_to_datum(image, label):
+    """Caffe's CVMatToDatum + label: an OpenCV uint8 image (H x W or H x W x C) as a raw Datum,
+    with `encoded: false` stored explicitly (so the bytes equal Caffe's records)."""
+    datum = array_to_datum(hwc_to_chw(np.asarray(image, dtype=np.uint8)), label)
+    datum.encoded = False
     return datum
