@@ -17,6 +17,7 @@ database, a record that does not parse or whose size does not fit its shape.
 import os
 import shutil
 import secrets
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -51,26 +52,64 @@ def backend_name(backend):
 
 # ---------------------------------------------------------------- reading
 
+class _OpenDatabases:
+    """The databases this process has open for reading, shared by every Reader of the same folder:
+    py-lmdb refuses to open one environment twice in a process, LevelDB locks its folder, and a
+    TRAIN and a TEST net (or two Data layers) may well read the same data set, as in Caffe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._open = {}           # (real path, backend) -> [handle, number of readers]
+
+    def acquire(self, path, backend):
+        key = (os.path.realpath(path), backend)
+        with self._lock:
+            if key not in self._open:
+                self._open[key] = [self._open_handle(path, backend), 0]
+            self._open[key][1] += 1
+            return self._open[key][0]
+
+    @staticmethod
+    def _open_handle(path, backend):
+        try:
+            if backend == LMDB:
+                import lmdb
+                # lock=False: a read-only data set needs no reader table (and may sit on a read-only disk).
+                return lmdb.open(path, readonly=True, lock=False, subdir=True)
+            import plyvel
+            return plyvel.DB(path, create_if_missing=False, **LEVELDB_OPTIONS)
+        except Exception as error:  # lmdb.Error / plyvel.Error: the library's words, our file
+            raise DBError(f"cannot open {backend} database {path}: {_message(error)}") from None
+
+    def release(self, path, backend):
+        key = (os.path.realpath(path), backend)
+        with self._lock:
+            entry = self._open[key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                entry[0].close()
+                del self._open[key]
+
+
+_DATABASES = _OpenDatabases()
+
+
 class Reader:
-    """A data set opened read-only (Caffe's db::READ). `cursor()` walks it in key order; `close()`
-    releases it (a LevelDB may be open once per process, as in Caffe)."""
+    """A data set opened read-only (Caffe's db::READ). `cursor()` walks it in key order (LMDB: in a
+    read transaction of its own); `close()` releases it."""
 
     def __init__(self, path, backend):
         self.path, self.backend = str(path), backend_name(backend)
         if not Path(self.path).is_dir():
             raise DBError(f"{self.backend} database not found: {self.path}")
-        try:
-            if self.backend == LMDB:
-                import lmdb
-                # lock=False: a read-only data set needs no reader table (and may sit on a read-only disk).
-                self._env = lmdb.open(self.path, readonly=True, lock=False, subdir=True)
+        self._env = _DATABASES.acquire(self.path, self.backend)
+        self._txn = None
+        if self.backend == LMDB:
+            try:
                 self._txn = self._env.begin(buffers=False)
-            else:
-                import plyvel
-                self._env = plyvel.DB(self.path, create_if_missing=False, **LEVELDB_OPTIONS)
-                self._txn = None
-        except Exception as error:  # lmdb.Error / plyvel.Error: the library's words, our file
-            raise DBError(f"cannot open {self.backend} database {self.path}: {_message(error)}") from None
+            except Exception as error:
+                _DATABASES.release(self.path, self.backend)
+                raise DBError(f"cannot read lmdb database {self.path}: {_message(error)}") from None
 
     def cursor(self):
         """A Cursor at the first record."""
@@ -80,7 +119,7 @@ class Reader:
         if self._env is not None:
             if self._txn is not None:
                 self._txn.abort()
-            self._env.close()
+            _DATABASES.release(self.path, self.backend)
             self._env = self._txn = None
 
     def __enter__(self):

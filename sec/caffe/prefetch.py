@@ -27,9 +27,7 @@ class Prefetcher:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self.producer, self.depth, self.name = producer, int(depth), name
         self._state = producer.state_dict()
-        self._queue = None
-        self._thread = None
-        self._stop = threading.Event()
+        self._queue = self._thread = self._stop = None
         self._error = None
 
     def next_batch(self):
@@ -54,35 +52,26 @@ class Prefetcher:
         return payload
 
     def _start(self):
-        self._stop.clear()
+        self._stop = threading.Event()
         self._queue = queue.Queue(self.depth)
-        self._thread = threading.Thread(target=self._run, name=f"sec-data {self.name}", daemon=True)
+        # The thread holds the producer, queue and event, not this object: when the layer that owns
+        # this Prefetcher goes away, __del__ stops the thread.
+        self._thread = threading.Thread(target=_produce, args=(self.producer, self._queue, self._stop),
+                                        name=f"sec-data {self.name}", daemon=True)
         self._thread.start()
 
-    def _run(self):
-        try:
-            while not self._stop.is_set():
-                batch = self.producer.next_batch()
-                if not self._put(("batch", batch, self.producer.state_dict())):
-                    return
-        except Exception as error:  # handed to the consumer, which raises it naming the layer
-            self._put(("error", error, None))
-
-    def _put(self, item):
-        """Queue `item`, waiting for room; False when asked to stop meanwhile."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=POLL_SECONDS)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def _join(self):
+        """Stop the thread and put the producer back where the consumer is (batches made ahead are
+        dropped, to be made again)."""
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
             self._thread = None
+            self.producer.load_state_dict(self._state)
+
+    def __del__(self):
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
 
     def state_dict(self):
         """The producer's state before the next batch this consumer will receive."""
@@ -96,5 +85,33 @@ class Prefetcher:
         self._error = None
 
     def close(self):
-        """Stop the thread (batches made ahead are dropped); a later `next_batch` restarts it."""
+        """Stop the thread and release the producer's files; a later `next_batch` restarts where the
+        consumer stopped."""
         self._join()
+        getattr(self.producer, "close", lambda: None)()
+
+
+def _produce(producer, batches, stop):
+    """The thread: batches with the producer's state after each, until `stop` (or an error, which
+    is queued for the consumer). A stopped producer closes its files."""
+    try:
+        while not stop.is_set():
+            batch = producer.next_batch()
+            if not _put(batches, stop, ("batch", batch, producer.state_dict())):
+                break
+    except Exception as error:  # handed to the consumer, which raises it naming the layer
+        _put(batches, stop, ("error", error, None))
+    finally:
+        if stop.is_set():
+            getattr(producer, "close", lambda: None)()
+
+
+def _put(batches, stop, item):
+    """Queue `item`, waiting for room; False when asked to stop meanwhile."""
+    while not stop.is_set():
+        try:
+            batches.put(item, timeout=POLL_SECONDS)
+            return True
+        except queue.Full:
+            continue
+    return False
