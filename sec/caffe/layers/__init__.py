@@ -4,7 +4,7 @@ Each class is built as ``cls(layer_param, bottom_shapes, build_context)``; base.
 provides. The modules follow Caffe's layer families: vision, neuron, common, utility, loss, data (and
 python: `type: "Python"` layers, with sec_twins for SEC's own).
 """
-from sec.caffe.layers import common, data, loss, neuron, utility, vision
+from sec.caffe.layers import common, data, data_arrays, loss, neuron, utility, vision
 from sec.caffe.layers.sec_twins import python_layer
 
 LAYER_TYPES = {
@@ -12,9 +12,9 @@ LAYER_TYPES = {
     "Input": data.Input,
     "Data": data.Data,
     "ImageData": data.ImageData,
-    "HDF5Data": data.HDF5Data,
-    "HDF5Output": data.HDF5Output,
-    "MemoryData": data.MemoryData,
+    "HDF5Data": data_arrays.HDF5Data,
+    "HDF5Output": data_arrays.HDF5Output,
+    "MemoryData": data_arrays.MemoryData,
     "WindowData": data.WindowData,
     # vision
     "Convolution": vision.Convolution,
