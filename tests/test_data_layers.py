@@ -2,7 +2,6 @@
 sharding, exact resume, and bad input (one clear error naming the file or layer, never a hang).
 What the real Caffe produces is in tests/test_caffe_data_reference.py."""
 import json
-import threading
 
 import numpy as np
 import pytest
