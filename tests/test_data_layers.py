@@ -250,3 +250,11 @@ def test_solver_snapshot_resumes_a_data_net_exactly(tmp_path):
     resumed.step(3)
     for a, b in zip(straight.net.learnable_params(), resumed.net.learnable_params()):
         assert torch.equal(a.param, b.param), a.layer
+
+
+def test_deprecated_data_param_fields_are_ignored_as_caffe_with_a_warning(tmp_path, caplog):
+    source = make_db(tmp_path / "a", images(2))
+    with caplog.at_level("WARNING", logger="sec.caffe.data"):
+        net = data_net(tmp_path, source, extra="crop_size: 3 rand_skip: 5")
+    assert net.blobs["data"].shape == (2,) + SHAPE          # not cropped: Caffe 1.0 ignores it too
+    assert "data_param.crop_size is ignored" in caplog.text and "data_param.rand_skip is ignored" in caplog.text

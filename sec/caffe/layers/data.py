@@ -250,6 +250,9 @@ class WindowData(PrefetchingLayer):
         if 2 * p.context_pad >= t.crop_size:
             raise ValueError(f"window_data_param.context_pad {p.context_pad} leaves nothing of crop_size {t.crop_size}")
         warn_deprecated(lp, "window_data_param")
+        if t.HasField("scale"):
+            log.warning("layer '%s' (WindowData): transform_param.scale is ignored (as in Caffe 1.0, which "
+                        "scales by window_data_param.scale)", lp.name)
         transformer = DataTransformer(t, ctx.phase)
         self._check_mean(transformer, t.crop_size)
         seeds = layer_seeds(ctx)
