@@ -68,6 +68,18 @@ def need_tops(lp, low, high):
         raise ValueError(f"needs {want} top blob(s), got {len(lp.top)}")
 
 
+def source_param(lp, shapes, field, min_tops, max_tops):
+    """`lp.<field>` after the checks every reading layer shares: no bottoms, the number of tops, a
+    source and batch_size > 0."""
+    need_bottoms(lp, shapes, 0)
+    need_tops(lp, min_tops, max_tops)
+    param = getattr(lp, field)
+    if not param.source:
+        raise ValueError(f"{field}.source is required")
+    need_positive(param.batch_size, f"{field}.batch_size")
+    return param
+
+
 def need_positive(value, field):
     if value <= 0:
         raise ValueError(f"{field} must be > 0, got {value}")
@@ -141,12 +153,7 @@ class Data(PrefetchingLayer):
 
     def __init__(self, lp, shapes, ctx):
         from sec.caffe.data_sources import DatumSource
-        need_bottoms(lp, shapes, 0)
-        need_tops(lp, 1, 2)
-        p = lp.data_param
-        if not p.source:
-            raise ValueError("data_param.source is required")
-        need_positive(p.batch_size, "data_param.batch_size")
+        p = source_param(lp, shapes, "data_param", 1, 2)
         depth = prefetch_depth(lp)
         warn_deprecated(lp, "data_param")
         transformer = DataTransformer(lp.transform_param, ctx.phase)
@@ -179,12 +186,7 @@ class ImageData:
     kind = "data"
 
     def __init__(self, lp, shapes, ctx):
-        need_bottoms(lp, shapes, 0)
-        need_tops(lp, 2, 2)
-        p = lp.image_data_param
-        if not p.source:
-            raise ValueError("image_data_param.source is required")
-        need_positive(p.batch_size, "image_data_param.batch_size")
+        p = source_param(lp, shapes, "image_data_param", 2, 2)
         if (p.new_height == 0) != (p.new_width == 0):
             raise ValueError("image_data_param.new_height and new_width must be set at the same time "
                              f"(got {p.new_height} and {p.new_width})")
@@ -237,12 +239,7 @@ class WindowData(PrefetchingLayer):
 
     def __init__(self, lp, shapes, ctx):
         from sec.caffe.window_data import CROP_MODES, WindowSource
-        need_bottoms(lp, shapes, 0)
-        need_tops(lp, 2, 2)
-        p, t = lp.window_data_param, lp.transform_param
-        if not p.source:
-            raise ValueError("window_data_param.source is required")
-        need_positive(p.batch_size, "window_data_param.batch_size")
+        p, t = source_param(lp, shapes, "window_data_param", 2, 2), lp.transform_param
         need_positive(t.crop_size, "transform_param.crop_size")
         if p.crop_mode not in CROP_MODES:
             raise ValueError(f"window_data_param.crop_mode '{p.crop_mode}' unknown (known: {', '.join(CROP_MODES)}; "

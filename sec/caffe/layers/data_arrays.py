@@ -11,7 +11,7 @@ import numpy as np
 from sec.caffe.caffe_rng import CaffeRNG
 from sec.caffe.layers.base import need_bottoms
 from sec.caffe.layers.data import (PrefetchingLayer, layer_seeds, need_positive, need_tops, prefetch_depth,
-                                   rank_and_world, to_device)
+                                   rank_and_world, source_param, to_device)
 from sec.caffe.transformer import DataTransformer
 
 log = logging.getLogger("sec.caffe.data")
@@ -26,14 +26,9 @@ class HDF5Data(PrefetchingLayer):
 
     def __init__(self, lp, shapes, ctx):
         from sec.caffe.data_sources import HDF5Source
-        need_bottoms(lp, shapes, 0)
-        need_tops(lp, 1, len(lp.top) or 1)
         if lp.HasField("transform_param"):
             raise ValueError("transform_param: HDF5Data does not transform data (Caffe refuses it)")
-        p = lp.hdf5_data_param
-        if not p.source:
-            raise ValueError("hdf5_data_param.source is required")
-        need_positive(p.batch_size, "hdf5_data_param.batch_size")
+        p = source_param(lp, shapes, "hdf5_data_param", 1, max(1, len(lp.top)))
         rng = CaffeRNG(layer_seeds(ctx).seed) if p.shuffle else None
         rank, world = rank_and_world()
         producer = HDF5Source(p.source, lp.top, p.batch_size, p.shuffle, rng, ctx.phase, rank, world)
