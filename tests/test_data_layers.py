@@ -258,3 +258,16 @@ def test_deprecated_data_param_fields_are_ignored_as_caffe_with_a_warning(tmp_pa
         net = data_net(tmp_path, source, extra="crop_size: 3 rand_skip: 5")
     assert net.blobs["data"].shape == (2,) + SHAPE          # not cropped: Caffe 1.0 ignores it too
     assert "data_param.crop_size is ignored" in caplog.text and "data_param.rand_skip is ignored" in caplog.text
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_data_tops_land_on_the_nets_cuda_device(tmp_path):
+    source = make_db(tmp_path / "a", images(4))
+    on_cpu = data_net(tmp_path, source, transform="crop_size: 4 mirror: true", phase=caffe.TRAIN, seed=2, name="c")
+    on_gpu = data_net(tmp_path, source, transform="crop_size: 4 mirror: true", phase=caffe.TRAIN, seed=2,
+                      name="g").to("cuda")
+    for _ in range(3):
+        expected, out = on_cpu.run(), on_gpu.run()
+        assert out["data"].device.type == "cuda" and out["label"].device.type == "cuda"
+        assert torch.equal(out["data"].cpu(), expected["data"])
