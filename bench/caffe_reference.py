@@ -14,6 +14,9 @@ writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, 
   the Caffe-written .caffemodel (bytes), and per layer the bottoms, tops, top diffs fed to
   backward, bottom diffs and parameter diffs.
 * edge_nets.json: nets at the edge of what Caffe builds, and whether Net::Init accepts each.
+* data.json + data.npz: the data layers (Data on LMDB / LevelDB, ImageData, HDF5Data, HDF5Output,
+  MemoryData, WindowData) and the tools convert_imageset and compute_image_mean, run by Caffe on tiny
+  files that the fixture carries (bench/caffe_reference_data.py).
 * image_data.json + image_data.npz: ImageData tops of small odd-sized images (uint8 BGR stored,
   written as PNG for Caffe) resized by Caffe's cv::resize, for two new_height x new_width.
 * sec_nets.json + sec_nets.npz + sec_init.caffemodel: the SEC training and deploy nets, faithful
@@ -51,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from caffe_reference_cases import CASES, EDGE_DIFFERENCES, EDGE_NETS, INPUT_CASE, case_prototxt, make_input
+from caffe_reference_data import write_data
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH_DIVISOR = 32
@@ -560,7 +564,7 @@ def write_fixtures(args):
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
     families = case_families()
-    steps = list(families) + ["edge", "image_data", "sec"]
+    steps = list(families) + ["edge", "image_data", "data", "sec"]
     unknown = sorted(set(args.only or []) - set(steps))
     if unknown:
         raise SystemExit(f"--only: unknown part(s) {unknown}; known: {steps}")
@@ -574,6 +578,8 @@ def write_fixtures(args):
                 write_edge_nets(caffe, out, sub)
             elif step == "image_data":
                 write_image_data(caffe, out, sub)
+            elif step == "data":
+                write_data(caffe, out, sub, save, caffe_version)
             else:
                 train_path, init_model = write_sec_nets(caffe, out, sub)
                 write_solver(caffe, out, sub, train_path, init_model)
@@ -589,7 +595,8 @@ def build_parser():
                         help="fixture folder to write (run with pycaffe's Python)")
     parser.add_argument("--only", action="append", metavar="PART",
                         help="write only this part (repeatable): layers, layers_<family> (one per "
-                             "bench/caffe_cases_<family>.py), edge, image_data, sec (the SEC nets and solver)")
+                             "bench/caffe_cases_<family>.py), edge, image_data, data (the data layers and "
+                             "tools, bench/caffe_reference_data.py), sec (the SEC nets and solver)")
     parser.add_argument("--bench", action="store_true",
                         help="time Caffe's and sec.caffe's SEC solver step instead (run with the project's python)")
     parser.add_argument("--agreement", action="store_true",
