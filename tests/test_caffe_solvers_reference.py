@@ -154,7 +154,8 @@ def free_run(tmp_path, name):
     case = fixture(NAME)[0]["cases"][name]
     solver = case_solver(tmp_path, name)
     logger, handler = logging.getLogger("sec.caffe.solver"), Lines()
-    level, logger.level = logger.level, logging.INFO
+    level = logger.level
+    logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
         solver.solve()
