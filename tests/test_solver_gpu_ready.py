@@ -7,6 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sec.caffe import solver as solver_mod
+from sec.caffe.net import ParamInfo
 from sec.caffe.solvers import parallel
 from test_solver import LinearNet, TinyNet, write_solver
 
@@ -99,3 +100,45 @@ def test_timings_synchronise_cuda_first(tmp_path, monkeypatch):
     solver.step(1)
     assert synced == [torch.device("cuda", 0)] * 5     # forward start/end, backward end, update start/end
     assert set(solver.last_timings) == {"forward", "backward", "update"}
+
+
+class OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+class WideNet(TinyNet):
+    """`count` parameter blobs of a few shapes, lr_mult 1 or 2, decay_mult 1 or 0."""
+
+    def __init__(self, count):
+        super().__init__()
+        self.blobs = [torch.nn.Parameter(torch.randn(3 + i % 4, 2)) for i in range(count)]
+
+    def learnable_params(self):
+        return [ParamInfo(f"l{i // 2}", i % 2, blob, 1.0 + i % 2, float(i % 2 == 0)) for i, blob in enumerate(self.blobs)]
+
+    def layer_params(self):
+        return [(f"l{k}", "InnerProduct", self.blobs[2 * k:2 * k + 2]) for k in range((len(self.blobs) + 1) // 2)]
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
+def test_the_update_launches_as_many_kernels_for_40_blobs_as_for_4(tmp_path, kind):
+    """Foreach kernels: the work of an update does not grow with the number of blobs (per-blob
+    loops launched 4-6 kernels per blob)."""
+    counts = []
+    fields = dict(momentum=0.0) if kind in ("AdaGrad", "RMSProp") else {}
+    for count in (4, 40):
+        (tmp_path / str(count)).mkdir()
+        solver = solver_mod.make_solver(write_solver(tmp_path / str(count), type=kind, **fields),
+                                        net_factory=lambda *_: WideNet(count))
+        for info in solver.params:
+            info.param.grad = torch.randn_like(info.param)
+        with OpCounter() as counter:
+            solver.apply_update()
+        counts.append(counter.ops)
+    assert counts[0] == counts[1], counts
