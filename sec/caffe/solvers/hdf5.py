@@ -12,16 +12,15 @@ Files are built in memory and written atomically (sec.caffe.formats.atomic_write
 Reading errors name the file and the dataset; nothing is copied before everything is checked.
 """
 import io
-import logging
 
 import h5py
 import numpy as np
+import torch
 
 from sec.caffe import formats
+from sec.caffe.weights import WeightReport, check_finite, log_report
 
 HDF5_SUFFIX = ".h5"
-
-log = logging.getLogger("sec.caffe.weights")
 
 
 def is_hdf5(path):
@@ -147,8 +146,6 @@ def copy_weights(path, targets):
     order); returns a sec.caffe.weights.WeightReport. A layer of the file with more blobs than the
     net's, a missing blob that is not shared with an earlier layer, a shape that differs, or NaN/Inf
     raise (WeightShapeError, NonFiniteWeightsError) before any tensor changes."""
-    import torch
-    from sec.caffe.weights import WeightReport, check_finite
     seen, copies, loaded = set(), [], set()
     owners = {}
     for name, tensors in targets.items():
@@ -180,10 +177,4 @@ def copy_weights(path, targets):
     with torch.no_grad():
         for tensor, value in copies:
             tensor.copy_(torch.as_tensor(value).to(tensor.device))
-    for name in report.ignored:
-        log.info("Ignoring source layer %s", name)
-    log.info("Copied weights of %d layers from %s", len(report.loaded), path)
-    if report.untouched:
-        log.warning("%s has no weights for parameter layer(s) %s: they keep their filler values",
-                    path, ", ".join(report.untouched))
-    return report
+    return log_report(report)
