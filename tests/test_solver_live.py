@@ -15,7 +15,7 @@ from sec import bvlc_caffe
 from sec.caffe import formats
 from sec.caffe.solver import NetOverrides, SGDSolver, apply_net_overrides, snapshot_paths
 from sec.caffe.solvers import hdf5
-from test_caffe_live import MODELS, QUIET_GLOG, TIMEOUT_S, caffe_python, run_in_caffe  # noqa: F401
+from test_caffe_live import MODELS, TIMEOUT_S, caffe_python, run_in_caffe  # noqa: F401 (caffe_python: a fixture)
 
 IMAGE, NET_SIDE, CUE_SIDE, BATCH = 80, 81, 11, 2
 CAFFE_BLOBS = 35            # BVLC Caffe's learnable_params of models/synthetic/train.prototxt

@@ -24,7 +24,9 @@ Only rank 0 logs, tests and snapshots.
 """
 from sec.caffe.snapshots import (SIDECAR_FORMAT, SIDECAR_SUFFIX, SnapshotError, first_nonfinite_blob,  # noqa: F401
                                  read_sidecar, resolve_learned_net, snapshot_paths)
-from sec.caffe.solvers.base import NonFiniteLossError, Solver, solver_params  # noqa: F401
+from sec.caffe.solvers.base import Solver
+from sec.caffe.solvers.divergence import NonFiniteLossError  # noqa: F401
+from sec.caffe.solvers.params import solver_params  # noqa: F401
 from sec.caffe.solvers.config import (TRAIN_PHASE, NetOverrides, SolverConfigError,  # noqa: F401
                                       apply_net_overrides, read_solver, solver_type)
 from sec.caffe.solvers.policies import learning_rate  # noqa: F401

@@ -19,25 +19,22 @@ the update. clip_gradients reads the norm too (Caffe logs it). Timings in `last_
 synchronise CUDA first, so forward and backward are the real times.
 """
 import logging
-import math
 import time
 
 import numpy as np
 import torch
 
 from sec.caffe.solvers import config, parallel, testing
+from sec.caffe.snapshots import snapshot_paths
+from sec.caffe.solvers.divergence import check_finite, raise_if_diverged
+from sec.caffe.solvers.params import local_multipliers, solver_params
 from sec.caffe.solvers.policies import learning_rate
 from sec.caffe.solvers.rules import RULES
-from sec.caffe.solvers.state import SnapshotMixin, first_nonfinite_blob, seed_everything, snapshot_paths
+from sec.caffe.solvers.state import SnapshotMixin, seed_everything
 
 log = logging.getLogger("sec.caffe.solver")
 F32 = np.float32
 ACTION_NONE, ACTION_STOP, ACTION_SNAPSHOT = "none", "stop", "snapshot"   # Caffe's SolverAction
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training diverged: a loss or another blob became NaN or Inf (or the update made the weights
-    non-finite); the weights were not updated and nothing was snapshotted."""
 
 
 class Callback:
@@ -100,7 +97,7 @@ class Solver(SnapshotMixin):
             parallel.broadcast_parameters([info.param for info in self.params])
         self._rule, sets = RULES[self.type]
         self.history = [torch.zeros_like(info.param) for _ in range(sets) for info in self.params]
-        self._local = _local_multipliers(self.param, self.params)
+        self._local = local_multipliers(self.param, self.params)
         self.iter = 0
         self.current_step = 0
         self.last_lr = learning_rate(self.param, 0)[0]
@@ -268,7 +265,7 @@ class Solver(SnapshotMixin):
                 if total.requires_grad:
                     total.backward()
             except Exception as err:  # a layer refusing NaN/Inf input is divergence, anything else is not
-                self._raise_if_diverged(err)
+                raise_if_diverged(self, err)
                 raise
             t2 = self._clock()
             forward, backward = forward + t1 - t0, backward + t2 - t1
@@ -287,7 +284,7 @@ class Solver(SnapshotMixin):
             shown_values.append((name, host[position:position + tensor.numel()]))
             position += tensor.numel()
         self.last_timings = {"forward": forward, "backward": backward}
-        self._check_finite(values)
+        check_finite(self, values)
         return values, shown_values
 
     def _scalar_outputs(self, outputs):
@@ -309,40 +306,6 @@ class Solver(SnapshotMixin):
                 extra = f" (* {weight:g} = {float(F32(weight) * F32(value)):.6g} loss)" if weight else ""
                 log.info("    Train net output #%d: %s = %.6g%s", index, name, value, extra)
                 index += 1
-
-    def _check_finite(self, values):
-        for name, value in values.items():
-            if not math.isfinite(value):
-                blob = "total loss" if name == "__total__" else f"loss blob '{name}'"
-                raise NonFiniteLossError(f"iteration {self.iter}: {blob} is {value}; {self._kept()}")
-
-    def _kept(self):
-        """The end of a divergence message: what was kept, and whether it holds these weights."""
-        text = f"stopped before the update (weights are those of iteration {self.iter}; "
-        if self.last_snapshot and self.last_snapshot == self._snapshot_files(self.iter)[1]:
-            return text + (f"the last snapshot, {self.last_snapshot}, holds these weights: resume from an "
-                           "earlier one or lower base_lr)")
-        return text + f"last good snapshot: {self.last_snapshot or 'none written yet'})"
-
-    def _raise_if_diverged(self, err):
-        """After a failed forward/backward: raise NonFiniteLossError (from err) naming the first
-        non-finite parameter, or else the first non-finite blob of a probing forward, layer by
-        layer; return (the caller re-raises err) when everything is finite."""
-        for info in self.params:
-            if not bool(torch.isfinite(info.param).all()):
-                raise NonFiniteLossError(
-                    f"iteration {self.iter}: parameter {info.index} of layer '{info.layer}' is non-finite "
-                    f"({type(err).__name__}: {err}); {self._kept()}") from err
-        found = first_nonfinite_blob(self.net)
-        if found is not None:
-            blob, layer, failure = found
-            first = f"{type(err).__name__}: {err}"
-            then = f"layer '{failure[0]}' then failed: {failure[1]}" if failure else f"then: {first}"
-            if failure and failure[1] != first:
-                then += f" (first failure: {first})"
-            raise NonFiniteLossError(
-                f"iteration {self.iter}: blob '{blob}' (top of layer '{layer}') is non-finite; {then}; "
-                f"{self._kept()}") from err
 
     def _update_smoothed_loss(self, loss):
         """Caffe's Solver::UpdateSmoothedLoss: running mean over the last average_loss iterations,
@@ -409,46 +372,6 @@ class Solver(SnapshotMixin):
                          norm, limit, scale)
             torch._foreach_mul_(diffs, scale)
 
-    def _snapshot_files(self, iteration):
+    def snapshot_files(self, iteration):
+        """(weights, solver state, sidecar) paths of the snapshot at `iteration` in this solver's format."""
         return snapshot_paths(self.param.snapshot_prefix, iteration, self.hdf5)
-
-
-class _Multipliers:
-    """Per-blob lr_mult as float32 and the groups of blobs sharing one nonzero local decay."""
-
-    def __init__(self, lr_mults, decay_groups):
-        self.lr_mults, self.decay_groups = lr_mults, decay_groups
-
-
-def _local_multipliers(param, infos):
-    """Caffe's local_rate = rate * lr_mult and local_decay = weight_decay * decay_mult, both float."""
-    groups = {}
-    for index, info in enumerate(infos):
-        decay = float(F32(param.weight_decay) * F32(info.decay_mult))
-        if decay:                                               # Caffe: `if (local_decay)`
-            groups.setdefault(decay, []).append(index)
-    return _Multipliers([F32(info.lr_mult) for info in infos],
-                        [(indices, decay) for decay, indices in groups.items()])
-
-
-def solver_params(net, netparam):
-    """Caffe's Net::learnable_params: every blob of every layer in order, a shared blob once (at its
-    owner). Blobs the net does not list as learnable (BatchNorm's statistics, which Caffe forces to
-    lr_mult 0) come with lr_mult 0 and their ParamSpec's decay_mult (default 1, as Caffe)."""
-    from sec.caffe.net import ParamInfo
-    infos = {id(info.param): info for info in net.learnable_params()}
-    specs = {layer.name: layer for layer in netparam.layer}
-    found, seen = [], set()
-    for name, _, tensors in net.layer_params():
-        for index, tensor in enumerate(tensors):
-            if id(tensor) in seen:
-                continue
-            seen.add(id(tensor))
-            info = infos.get(id(tensor))
-            if info is None:
-                layer = specs.get(name)
-                decay = layer.param[index].decay_mult if layer is not None and index < len(layer.param) else 1.0
-                info = ParamInfo(name, index, tensor, 0.0, float(decay))
-            found.append(info)
-    found += [info for info in infos.values() if id(info.param) not in seen]
-    return found

@@ -17,8 +17,8 @@ import torch
 from google.protobuf import text_format
 
 from sec.caffe import formats, snapshots
-from sec.caffe.snapshots import (SIDECAR_FORMAT, SIDECAR_SUFFIX, SnapshotError, first_nonfinite_blob,  # noqa: F401
-                                 read_sidecar, resolve_learned_net, snapshot_paths)
+from sec.caffe.snapshots import SIDECAR_FORMAT, SIDECAR_SUFFIX, SnapshotError, read_sidecar, resolve_learned_net
+from sec.caffe.solvers.divergence import NonFiniteLossError
 from sec.proto import caffe_pb2
 
 log = logging.getLogger("sec.caffe.solver")
@@ -44,10 +44,9 @@ class SnapshotMixin:
         returns the solver state's path. snapshot_diff stores the diffs (the last update) too."""
         if self.rank != 0:
             return None
-        model, state, sidecar = self._snapshot_files(self.iter)
+        model, state, sidecar = self.snapshot_files(self.iter)
         for info in self.params:
             if not bool(torch.isfinite(info.param).all()):
-                from sec.caffe.solvers.base import NonFiniteLossError
                 raise NonFiniteLossError(
                     f"iteration {self.iter}: the update made parameter {info.index} of layer '{info.layer}' "
                     f"non-finite; snapshot {state} not written (last good snapshot: "
