@@ -13,7 +13,6 @@ tiny Convolution / BatchNorm / Scale / TanH / InnerProduct net, fixed batch).
 """
 import logging
 import re
-import shutil
 
 import h5py
 import numpy as np

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from sec import caffe
-from sec.caffe import solver as solver_mod
 
 BATCH, FEATURES, CLASSES = 4, 3, 2
 
