@@ -18,6 +18,7 @@ setup(
         "pillow",
         "opencv-python-headless>=4.10",
         "pyyaml",
+        "h5py",
         "protobuf>=7.35.1,<8",
         "tqdm",
         "torch==2.13.0",

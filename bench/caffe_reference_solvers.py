@@ -14,7 +14,11 @@ the history and current_step. The HDF5 case keeps Caffe's last .caffemodel.h5 / 
 the snapshot_diff case Caffe's last .caffemodel with diffs.
 
 tests/test_caffe_solvers_reference.py replays every update on Caffe's gradient and runs the five
-iterations free, comparing with these records.
+iterations free, comparing with these records; with the project's Python
+
+    python3 bench/caffe_reference_solvers.py --agreement
+
+prints the worst relative error of each case (the rows of docs/caffe/solvers.md).
 """
 import argparse
 import json
@@ -207,17 +211,41 @@ def read_state(path, caffe_pb2):
             state.current_step)
 
 
+def agreement():
+    """Print | case | replayed update | five free iterations | from the fixtures (project's Python)."""
+    import importlib.util
+    import tempfile
+    repo = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(repo), str(repo / "tests")]
+    spec = importlib.util.spec_from_file_location("solver_reference_tests", repo / "tests" / "test_caffe_solvers_reference.py")
+    tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tests)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = tests.agreement(lambda: Path(tempfile.mkdtemp(dir=tmp)))
+    print("| case | one update on Caffe's gradient | 5 iterations run free |\n|---|---|---|")
+    for name, (replay, free) in rows.items():
+        print(f"| {name} | {replay:.1e} | {free:.1e} |")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(description="one solver case inside Caffe's Python (bench/caffe_reference.py "
-                                                 "--only solvers starts it)")
-    parser.add_argument("--case", required=True, help="the case folder holding solver.prototxt; records go there")
-    parser.add_argument("--init", required=True, help="the initial .caffemodel")
-    parser.add_argument("--batch", required=True, help="npz with the fixed 'data' and 'label' arrays")
+    parser = argparse.ArgumentParser(description="the solver fixtures of the real Caffe: one case inside Caffe's "
+                                                 "Python (bench/caffe_reference.py --only solvers starts it), or "
+                                                 "the agreement table")
+    parser.add_argument("--case", help="the case folder holding solver.prototxt; records go there")
+    parser.add_argument("--init", help="with --case: the initial .caffemodel")
+    parser.add_argument("--batch", help="with --case: npz with the fixed 'data' and 'label' arrays")
+    parser.add_argument("--agreement", action="store_true",
+                        help="print the worst relative errors against the fixtures (run with the project's Python)")
     return parser
 
 
 def main(args):
-    run_case(args.case, args.init, args.batch)
+    if args.agreement:
+        agreement()
+    elif args.case and args.init and args.batch:
+        run_case(args.case, args.init, args.batch)
+    else:
+        build_parser().error("give --agreement, or --case, --init and --batch")
 
 
 if __name__ == "__main__":

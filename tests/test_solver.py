@@ -575,3 +575,16 @@ def test_non_finite_weights_are_named_and_never_snapshotted(tmp_path):
         solver.snapshot()
     assert sorted(os.listdir(tmp_path / "snap")) == ["tiny_iter_2.caffemodel", "tiny_iter_2.solverstate",
                                                      "tiny_iter_2.solverstate.rng"]
+
+
+def test_pycaffe_lr_is_the_rate_of_the_current_iteration(tmp_path):
+    """pycaffe's solver.lr calls GetLearningRate at solver.iter (and, as there, moves current_step);
+    last_lr is the rate the last update used."""
+    solver = SGDSolver(write_solver(tmp_path, lr_policy="step", gamma=0.5, stepsize=2), net_factory=TinyNet)
+    assert solver.lr == pytest.approx(0.1)
+    solver.step(2)
+    assert solver.last_lr == pytest.approx(0.1) and solver.lr == pytest.approx(0.05)
+    assert solver.current_step == 1 and solver.param.base_lr == pytest.approx(0.1)
+    solver.param.base_lr = 1.0                    # pycaffe's settable solver.param.base_lr
+    solver.step(1)
+    assert solver.last_lr == pytest.approx(0.5)
