@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from sec.caffe.solvers import config, parallel, testing
+from sec.caffe.net import mode_device
 from sec.caffe.snapshots import snapshot_paths
 from sec.caffe.solvers.divergence import check_finite, raise_if_diverged
 from sec.caffe.solvers.params import local_multipliers, solver_params
@@ -53,7 +54,7 @@ class Solver(SnapshotMixin):
     Overrides (each None keeps the solver prototxt's value): `net` (train prototxt path, also the
     generic net of the test nets), `max_iter`, `snapshot_prefix`, `random_seed`, `net_overrides`
     (NetOverrides: batch size, list, root, Python layer params of the train net), `device` (torch
-    device; default CPU), `rank_weight` (this rank's share of the global batch under
+    device; default that of caffe.set_mode_cpu / set_mode_gpu, as pycaffe), `rank_weight` (this rank's share of the global batch under
     torch.distributed; default 1/world_size). `net_factory(source, phase[, level=, stages=])` builds
     the nets (default `sec.caffe.Net`). Callables in `on_iteration_end` are called with the solver
     after every iteration (after its update and snapshot); `last_outputs` then holds the
@@ -79,7 +80,7 @@ class Solver(SnapshotMixin):
                 setattr(self.param, field, str(value) if field == "snapshot_prefix" else value)
         self.rank, self.world_size = parallel.rank_and_world()
         self.rank_weight = (1.0 / self.world_size) if rank_weight is None else float(rank_weight)
-        self.device = torch.device(device or "cpu")
+        self.device = torch.device(device) if device is not None else mode_device()
         if self.param.random_seed >= 0:
             seed_everything(self.param.random_seed + self.rank)
         if net_factory is None:
