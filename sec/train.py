@@ -141,7 +141,7 @@ class LossLog:
 
     def append(self, solver):
         outputs = dict(solver.last_outputs)
-        row = {"iter": solver.iter - 1, "lr": solver.lr, "loss": outputs.pop("loss"),
+        row = {"iter": solver.iter - 1, "lr": solver.last_lr, "loss": outputs.pop("loss"),
                "smoothed_loss": solver.smoothed_loss}
         row.update(outputs)
         row.update({f"{k}_s": solver.last_timings.get(k, float("nan")) for k in TIMING_FIELDS})
