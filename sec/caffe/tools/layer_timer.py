@@ -91,7 +91,9 @@ def _forward(net, steps, times):
 
 
 def _backward(net, records, values, times):
-    """Each layer's backward in reverse order (module docstring), adding its seconds to `times`."""
+    """Each layer's backward in reverse order (module docstring), adding its seconds to `times`.
+    Returns {id(tensor): gradient} of the bottoms and parameters reached (net inputs that need
+    none and consumed tops are not kept)."""
     grads = {}
     for name, weight in net.loss_weights.items():
         top = values[name]
@@ -105,8 +107,9 @@ def _backward(net, records, values, times):
             got = torch.autograd.grad([t for t, _ in outs], wanted, [g for _, g in outs],
                                       retain_graph=True, allow_unused=True)
             for tensor, grad in zip(wanted, got):
-                if grad is not None and not isinstance(tensor, torch.nn.Parameter):
+                if grad is not None:
                     key = id(tensor)
                     grads[key] = grad if key not in grads else grads[key] + grad
         if times is not None:
             times[index] += _now(net) - start
+    return grads
