@@ -23,7 +23,7 @@ setup(
         "torch==2.13.0",
     ],
     # Caffe's command-line tools (sec/caffe/tools). `caffe` runs a real Caffe binary found on PATH
-    # instead, unless SEC_CAFFE_TOOL=sec; `sec-caffe` always runs sec.caffe's (docs/caffe/tools.md).
+    # instead (SEC_CAFFE=auto, the default; sec, bvlc); `sec-caffe` always runs sec.caffe's (docs/caffe/tools.md).
     entry_points={"console_scripts": [
         "caffe = sec.caffe.tools.caffe:installed_main",
         "sec-caffe = sec.caffe.tools.caffe:main",

@@ -52,22 +52,31 @@ def test_resume_with_snapshot_equals_the_uninterrupted_run(tmp_path, capsys):
     assert not np.array_equal(start["ip"][0], b["ip"][0])       # it did train from iteration 3 on
 
 
-def test_weights_comma_separated_replace_the_solvers_and_stage_selects_layers(tmp_path, capsys):
-    paths = write_tiny_classifier(tmp_path, max_iter=0, snapshot=0, extra_solver='weights: "never.caffemodel"\n')
+def test_weights_comma_separated_go_over_the_solvers_and_stage_selects_layers(tmp_path, capsys):
+    paths = write_tiny_classifier(tmp_path, max_iter=0, snapshot=0,
+                                  extra_solver=f'weights: "{tmp_path}/c.caffemodel"\n')
     rng = np.random.default_rng(0)
-    ip = [rng.standard_normal((3, 75)).astype(np.float32), rng.standard_normal(3).astype(np.float32)]
+    ip, ip_c = ([rng.standard_normal((3, 75)).astype(np.float32), rng.standard_normal(3).astype(np.float32)]
+                for _ in range(2))
     extra = [rng.standard_normal((2, 75)).astype(np.float32), rng.standard_normal(2).astype(np.float32)]
     formats.write_caffemodel(tmp_path / "a.caffemodel", "a", [("ip", "InnerProduct", ip)])
     formats.write_caffemodel(tmp_path / "b.caffemodel", "b", [("extra", "InnerProduct", extra)])
-    weights = f"{tmp_path}/a.caffemodel,{tmp_path}/b.caffemodel"
+    formats.write_caffemodel(tmp_path / "c.caffemodel", "c", [("ip", "InnerProduct", ip_c)])
+    weights = f"{tmp_path}/a.caffemodel, {tmp_path}/b.caffemodel"
     status, err = train(["--solver", paths["solver"], "--weights", weights, "--stage", "extra"], capsys)
     assert status == 0, err
+    assert [m for _, m in messages(err) if m.startswith("Finetuning from")] == [
+        f"Finetuning from {tmp_path}/a.caffemodel", f"Finetuning from {tmp_path}/b.caffemodel"]
     saved = read_weights(f"{paths['prefix']}_iter_0.caffemodel")     # snapshot_after_train at iteration 0
     assert saved.keys() == {"ip", "extra"}          # the stage "extra" layer is in the train net
     for got, want in zip(saved["ip"] + saved["extra"], ip + extra):
         np.testing.assert_array_equal(got, want)
-    status, err = train(["--solver", paths["solver"]], capsys)      # the solver's own weights: missing file
-    assert status == caffe_tool.glog.FATAL_EXIT_STATUS and "never.caffemodel" in messages(err, "F")[0][1]
+    status, err = train(["--solver", paths["solver"]], capsys)      # the solver's own weights
+    assert status == 0 and read_weights(f"{paths['prefix']}_iter_0.caffemodel").keys() == {"ip"}
+    np.testing.assert_array_equal(read_weights(f"{paths['prefix']}_iter_0.caffemodel")["ip"][0], ip_c[0])
+    (tmp_path / "c.caffemodel").unlink()
+    status, err = train(["--solver", paths["solver"]], capsys)
+    assert status == caffe_tool.glog.FATAL_EXIT_STATUS and "c.caffemodel" in messages(err, "F")[0][1]
 
 
 def _train_until(argv, iteration, cwd=None):
@@ -141,7 +150,7 @@ def installed(tmp_path_factory):
 def installed_env(installed, path_dirs, **extra):
     env = dict(os.environ, PYTHONPATH=str(installed["site"]), OMP_NUM_THREADS="1",
                PATH=os.pathsep.join(str(d) for d in path_dirs), **extra)
-    env.pop(caffe_tool.TOOL_ENV, None)
+    env.pop(caffe_tool.ENGINE_ENV, None)
     env.update(extra)
     return env
 
@@ -174,11 +183,16 @@ def test_installed_caffe_defers_to_a_real_caffe_unless_told(installed, tmp_path)
     result = run(["caffe", "device_query", "--gpu", "3"], env=env)
     assert (result.returncode, result.stdout) == (0, "real caffe: device_query --gpu 3\n")
     assert f"running the real Caffe binary {fake}" in result.stderr
-    for argv, extra in ((["caffe"], {caffe_tool.TOOL_ENV: "sec"}), (["sec-caffe"], {})):
+    for argv, extra in ((["caffe"], {caffe_tool.ENGINE_ENV: "sec"}), (["sec-caffe"], {})):
         result = run(argv + ["--version"], env={**env, **extra})
         assert (result.returncode, result.stdout) == (0, "caffe version 1.0.0\n"), result.stderr
+    assert run(["caffe", "--version"], env={**env, caffe_tool.ENGINE_ENV: "bvlc"}).stdout == "real caffe: --version\n"
+    result = run(["caffe", "--version"], env={**env, caffe_tool.ENGINE_ENV: "caffe2"})
+    assert result.returncode == 1 and "SEC_CAFFE='caffe2': need one of auto, sec, bvlc" in result.stderr
     env = installed_env(installed, [installed["bin"], *_system_dirs()])       # no real Caffe on PATH
     assert run(["caffe", "--version"], env=env).stdout == "caffe version 1.0.0\n"
+    result = run(["caffe", "--version"], env={**env, caffe_tool.ENGINE_ENV: "bvlc"})
+    assert result.returncode == 1 and "SEC_CAFFE=bvlc: no BVLC Caffe `caffe` binary on PATH" in result.stderr
 
 
 def write_narrow_sec_folder(folder):

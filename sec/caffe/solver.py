@@ -43,7 +43,6 @@ import yaml
 from google.protobuf import text_format
 
 from sec.caffe import formats
-from sec.proto import caffe_pb2
 from sec.caffe.snapshots import (SIDECAR_FORMAT, SIDECAR_SUFFIX, SnapshotError, first_nonfinite_blob,  # noqa: F401
                                  read_sidecar, resolve_learned_net, snapshot_paths)
 
@@ -152,14 +151,9 @@ class SGDSolver:
     """
 
     def __init__(self, solver_prototxt, *, net=None, max_iter=None, snapshot_prefix=None,
-                 net_overrides=None, device=None, random_seed=None, rank_weight=None, net_factory=None,
-                 source=None):
-        if isinstance(solver_prototxt, caffe_pb2.SolverParameter):  # Caffe's Solver(const SolverParameter&)
-            self.param = caffe_pb2.SolverParameter.FromString(solver_prototxt.SerializeToString())
-            self.source = source or "<SolverParameter>"
-        else:
-            self.param = formats.read_solver_prototxt(str(solver_prototxt))
-            self.source = str(solver_prototxt)
+                 net_overrides=None, device=None, random_seed=None, rank_weight=None, net_factory=None):
+        self.param = formats.read_solver_prototxt(str(solver_prototxt))
+        self.source = str(solver_prototxt)
         self._check_param()
         if max_iter is not None:
             self.param.max_iter = max_iter
@@ -187,12 +181,7 @@ class SGDSolver:
             seed_everything(self.param.random_seed + self.rank)
         if net_factory is None:
             from sec.caffe import Net as net_factory  # the engine package imports this module
-        state = self.param.train_state    # Caffe merges it over the net's own state (level, stages)
-        if state.HasField("level") or state.stage:
-            self.net = net_factory(net_path, TRAIN_PHASE, level=state.level if state.HasField("level")
-                                   else netparam.state.level, stages=tuple(state.stage))
-        else:
-            self.net = net_factory(net_path, TRAIN_PHASE)
+        self.net = net_factory(net_path, TRAIN_PHASE)
         self.net.to(self.device)
         self.weight_report = None
         for listed in self.param.weights:  # Caffe's Solver::Init: each entry, comma-separated files
@@ -216,12 +205,8 @@ class SGDSolver:
         self.test_nets = []
         self._output_names = None
         self.on_iteration_end = []
-        self._callbacks = []
-
-    def add_callback(self, on_start, on_gradients_ready):
-        """pycaffe's Solver.add_callback: `on_start()` before each iteration's forward,
-        `on_gradients_ready()` before its update."""
-        self._callbacks.append((on_start, on_gradients_ready))
+        self.requested_early_exit = False
+        self.action_request = None      # callable -> "none" | "stop" | "snapshot" (Caffe's SetActionFunction)
 
     # ----- configuration -------------------------------------------------------------------
     def _check_param(self):
@@ -248,6 +233,7 @@ class SGDSolver:
     # ----- training --------------------------------------------------------------------------
     def solve(self, resume_file=None):
         """Caffe's Solver::Solve: optionally restore, step to max_iter, snapshot after training."""
+        self.requested_early_exit = False
         if resume_file is not None:
             self.restore(resume_file)
         log.info("Solving %s", self.net_name)
@@ -255,6 +241,9 @@ class SGDSolver:
         p = self.param
         if p.snapshot_after_train and (p.snapshot == 0 or self.iter % p.snapshot != 0):
             self.snapshot()
+        if self.requested_early_exit:
+            log.info("Optimization stopped early.")
+            return
         log.info("Optimization Done.")
 
     def step(self, iters):
@@ -262,8 +251,6 @@ class SGDSolver:
         stop = self.iter + iters
         tick, tick_iter = time.perf_counter(), self.iter
         while self.iter < stop:
-            for on_start, _ in self._callbacks:
-                on_start()
             values = self._forward_backward()
             loss = values.pop("__total__")
             self._update_smoothed_loss(loss)
@@ -278,17 +265,19 @@ class SGDSolver:
                     weight = self.net.loss_weights.get(name, 0.0)
                     extra = f" (* {weight:g} = {weight * value:.6g} loss)" if weight else ""
                     log.info("    Train net output #%d: %s = %.6g%s", k, name, value, extra)
-            for _, on_gradients_ready in self._callbacks:
-                on_gradients_ready()
             started = time.perf_counter()
             self.apply_update(display)
             self.last_timings["update"] = time.perf_counter() - started
             self.last_outputs = dict(values, loss=loss)
             self.iter += 1
-            if self.param.snapshot and self.iter % self.param.snapshot == 0:
+            request = self.action_request() if self.action_request is not None else "none"
+            if (self.param.snapshot and self.iter % self.param.snapshot == 0) or request == "snapshot":
                 self.snapshot()
             for callback in self.on_iteration_end:
                 callback(self)
+            if request == "stop":
+                self.requested_early_exit = True
+                break
 
     def _forward_backward(self):
         """Zero the diffs, run iter_size forward/backward passes; returns mean output values."""
@@ -567,8 +556,7 @@ class AdamSolver(SGDSolver):
 
 def make_solver(solver_prototxt, **kwargs):
     """SGDSolver or AdamSolver after the solver prototxt's `type` (pycaffe's caffe.get_solver)."""
-    param = (solver_prototxt if isinstance(solver_prototxt, caffe_pb2.SolverParameter)
-             else formats.read_solver_prototxt(str(solver_prototxt)))
+    param = formats.read_solver_prototxt(str(solver_prototxt))
     kind = param.type if param.HasField("type") else "SGD"
     return (AdamSolver if kind == "Adam" else SGDSolver)(solver_prototxt, **kwargs)
 

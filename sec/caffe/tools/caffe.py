@@ -14,8 +14,8 @@ reports for Caffe's abort) for a failed check, an unknown command or an input th
 Python layer).
 
 Two console scripts run this module: `sec-caffe` always runs sec.caffe; `caffe` first looks for
-a real Caffe binary on PATH and runs that instead (see `find_real_caffe`), unless
-SEC_CAFFE_TOOL=sec. docs/caffe/tools.md says why.
+a real Caffe binary on PATH and runs that instead (see `find_real_caffe`), as `import caffe` keeps
+a real pycaffe's precedence, switched by the same SEC_CAFFE=auto|sec|bvlc. docs/caffe/tools.md.
 """
 import os
 import shutil
@@ -58,8 +58,10 @@ USAGE = ("command line brew\n"
          "  time            benchmark model execution time")
 FLAG_SET = FlagSet("caffe", USAGE, FLAGS, "sec/caffe/tools/caffe.py")
 
-TOOL_ENV = "SEC_CAFFE_TOOL"          # "sec": never defer to a real Caffe binary
-TOOL_ENV_SEC = "sec"
+# The switch `import caffe` reads too (caffe/__init__.py): auto (a real Caffe when there is one), sec, bvlc.
+ENGINE_ENV = "SEC_CAFFE"
+ENGINE_AUTO, ENGINE_SEC, ENGINE_BVLC = "auto", "sec", "bvlc"
+ENGINE_CHOICES = (ENGINE_AUTO, ENGINE_SEC, ENGINE_BVLC)
 OWN_SCRIPT_MARKER = b"sec.caffe.tools"
 SCRIPT_HEAD_BYTES = 4096
 TRAIN_PHASE, TEST_PHASE = 0, 1
@@ -237,15 +239,22 @@ def main(argv=None):
 
 
 def installed_main():
-    """The `caffe` console script: a real Caffe binary on PATH runs instead (exec, same arguments)
-    unless SEC_CAFFE_TOOL=sec; otherwise `main()`."""
-    if os.environ.get(TOOL_ENV, "") != TOOL_ENV_SEC:
-        real = find_real_caffe(sys.argv[0])
-        if real is not None:
-            sys.stderr.write(f"sec.caffe: running the real Caffe binary {real} ({TOOL_ENV}={TOOL_ENV_SEC} "
-                             "or `sec-caffe` runs sec.caffe's)\n")
-            sys.stderr.flush()
-            os.execv(real, [real] + sys.argv[1:])
+    """The `caffe` console script: with SEC_CAFFE=auto (the default) a real Caffe binary on PATH
+    runs instead (exec, same arguments), with `bvlc` it must, with `sec` `main()` always runs."""
+    choice = os.environ.get(ENGINE_ENV, ENGINE_AUTO).strip().lower() or ENGINE_AUTO
+    if choice not in ENGINE_CHOICES:
+        sys.stderr.write(f"ERROR: environment variable {ENGINE_ENV}={choice!r}: need one of "
+                         f"{', '.join(ENGINE_CHOICES)}\n")
+        return FLAG_ERROR_STATUS
+    real = find_real_caffe(sys.argv[0]) if choice != ENGINE_SEC else None
+    if real is not None:
+        sys.stderr.write(f"sec.caffe: running the real Caffe binary {real} ({ENGINE_ENV}={ENGINE_SEC} "
+                         "or `sec-caffe` runs sec.caffe's)\n")
+        sys.stderr.flush()
+        os.execv(real, [real] + sys.argv[1:])
+    if choice == ENGINE_BVLC:
+        sys.stderr.write(f"ERROR: {ENGINE_ENV}={ENGINE_BVLC}: no BVLC Caffe `caffe` binary on PATH\n")
+        return FLAG_ERROR_STATUS
     return main()
 
 

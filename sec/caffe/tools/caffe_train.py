@@ -1,36 +1,33 @@
 """`caffe train`: caffe.cpp's train() and its signal handling, on sec.caffe's solvers.
 
-As caffe.cpp: the solver prototxt is read, `--level`/`--stage` go into its train_state, `--gpu`
-(or the prototxt's solver_mode GPU and device_id) picks the device, `--weights` replaces the
-prototxt's `weights` (comma-separated files, loaded by the solver), `--snapshot` clears them and
-restores the .solverstate, then the solver solves.
+As caffe.cpp: `--gpu` (or the solver prototxt's `solver_mode: GPU` and `device_id`) picks the
+device, the solver is built from the prototxt (`caffe.get_solver`'s class for its type), with
+`--level` and `--stage` in its train net's state (the level replaces the prototxt's train_state
+level, the stages are added to its stages, as caffe.cpp sets them into train_state), each
+`--weights` file (comma-separated) copied into the train and test nets ("Finetuning from ..."),
+`--snapshot` restored ("Resuming from ..."), then Solve.
 
-Signals (Caffe's SignalHandler): SIGINT and SIGHUP only set a flag; the request is acted on
-between iterations: `snapshot` writes a snapshot (unless the periodic one just wrote this
-iteration), `stop` ends training there, after the snapshot Caffe's Solve writes when
-snapshot_after_train is set (the default) and the iteration is not a multiple of `snapshot`, and
-logs "Optimization stopped early.". Defaults: SIGINT stop, SIGHUP snapshot; `none` ignores the
-signal. sec.caffe's solvers are told through pycaffe's `add_callback`: a request is seen at the
-start of the next iteration (Caffe: right after the update of the current one, the same
-iteration number), not during a test pass; one that arrives in the last iteration is acted on
-after training (a snapshot) or dropped (stop: training has ended anyway).
+Signals (Caffe's SignalHandler): SIGINT and SIGHUP only set a flag, which the solver reads as
+its action request (Caffe's SetActionFunction: `solver.action_request`) after each update and at
+each test iteration: `snapshot` snapshots, `stop` ends training (Solve then snapshots when
+snapshot_after_train is set, the default, and logs "Optimization stopped early."), `none` ignores
+the signal. Defaults: SIGINT stop, SIGHUP snapshot.
+
+One difference: the solver prototxt's own `weights` field is loaded as the solver is built, also
+when `--weights` or `--snapshot` is given (caffe.cpp clears it first); the flags' weights or the
+snapshot are copied over it, so only layers that the flags' files lack keep the prototxt's weights.
 """
 import signal
 
 import torch
 
-from sec.caffe import formats
 from sec.caffe.tools import glog
 from sec.caffe.tools.caffe import get_gpus, stages_of, use_devices
 
 log = glog.log
 
 STOP, SNAPSHOT, NONE = "stop", "snapshot", "none"     # caffe::SolverAction
-SOLVER_MODE_GPU = 1
-
-
-class StopRequested(Exception):
-    """A `stop` signal request, raised out of the solver's loop at the start of an iteration."""
+TRAIN_PHASE = 0
 
 
 def requested_action(flag_value):
@@ -64,6 +61,30 @@ class SignalHandler:
             signal.signal(sig, handler)
 
 
+def train_state_factory(level, stages):
+    """A solver `net_factory` building the TRAIN net with caffe.cpp's train_state: level `level`,
+    the stages the solver asks for plus `stages`; other nets as asked."""
+    from sec.caffe import Net
+
+    def factory(source, phase, **state):
+        if phase == TRAIN_PHASE:
+            state = {"level": level, "stages": tuple(state.get("stages", ())) + tuple(stages)}
+        return Net(source, phase, **state)
+
+    return factory
+
+
+def _gpu_flag(flags):
+    """--gpu, or the prototxt's device_id when it asks for solver_mode GPU (caffe.cpp)."""
+    if flags.gpu:
+        return flags.gpu
+    from sec.caffe import formats
+    param = formats.read_solver_prototxt(flags.solver)
+    if param.HasField("solver_mode") and param.solver_mode == param.GPU:
+        return str(param.device_id)
+    return ""
+
+
 def train(flags):
     """caffe.cpp's train(); returns the exit status (0)."""
     glog.check(flags.solver, "FLAGS_solver.size() > 0 (0 vs. 0) Need a solver definition to train.")
@@ -71,13 +92,7 @@ def train(flags):
                "!FLAGS_snapshot.size() || !FLAGS_weights.size() Give a snapshot to resume training or "
                "weights to finetune but not both.")
     stages = stages_of(flags.stage)
-    param = formats.read_solver_prototxt(flags.solver)
-    param.train_state.level = flags.level
-    param.train_state.stage.extend(stages)
-    gpu_flag = flags.gpu
-    if not gpu_flag and param.HasField("solver_mode") and param.solver_mode == SOLVER_MODE_GPU:
-        gpu_flag = str(param.device_id)    # the prototxt's device_id, 0 by default
-    gpus = get_gpus(gpu_flag)
+    gpus = get_gpus(_gpu_flag(flags))
     if not gpus:
         log.info("Use CPU.")
     else:
@@ -85,17 +100,15 @@ def train(flags):
     device = use_devices(gpus)
     for gpu in gpus:
         log.info("GPU %d: %s", gpu, torch.cuda.get_device_name(gpu))
-    if gpus:
-        param.device_id = gpus[0]
     handler = SignalHandler(requested_action(flags.sigint_effect), requested_action(flags.sighup_effect))
     try:
-        if flags.snapshot:
-            param.ClearField("weights")
-        elif flags.weights:
-            param.ClearField("weights")
-            param.weights.append(flags.weights)
         from sec.caffe.solver import make_solver
-        solver = make_solver(param, source=flags.solver, device=device)
+        solver = make_solver(flags.solver, device=device, net_factory=train_state_factory(flags.level, stages))
+        for path in filter(None, (part.strip() for part in flags.weights.split(","))):
+            log.info("Finetuning from %s", path)
+            for net in [solver.net, *solver.test_nets]:
+                net.copy_from(path)
+        solver.action_request = handler.check
         if flags.snapshot:
             log.info("Resuming from %s", flags.snapshot)
             solver.restore(flags.snapshot)
@@ -103,36 +116,8 @@ def train(flags):
         if len(gpus) > 1:
             glog.fatal("Multi-GPU execution not available in sec.caffe's `caffe train`: train data-parallel "
                        "with torchrun (training/train.sh --gpus N)")
-        solve(solver, handler)
+        solver.solve()
     finally:
         handler.close()
     log.info("Optimization Done.")
     return 0
-
-
-def solve(solver, handler):
-    """solver.solve() with the handler's requests acted on between iterations (module docstring)."""
-    start = solver.iter
-
-    def on_start():
-        if solver.iter > start:     # requests are looked at after an update, as Caffe's Step does
-            act(handler.check())
-
-    def act(request):
-        period = solver.param.snapshot
-        if request == SNAPSHOT and not (period and solver.iter % period == 0):
-            solver.snapshot()
-        if request == STOP:
-            raise StopRequested
-
-    solver.add_callback(on_start, lambda: None)
-    try:
-        solver.solve()
-    except StopRequested:
-        param = solver.param
-        if param.snapshot_after_train and (not param.snapshot or solver.iter % param.snapshot != 0):
-            solver.snapshot()
-        log.info("Optimization stopped early.")
-        return
-    if handler.check() == SNAPSHOT:
-        solver.snapshot()

@@ -7,23 +7,18 @@ gives the batches) and stores every item of each named blob as a Datum (float_da
 height and width from the blob's legacy 4-D shape) under the key `%010d` of its running index,
 in a new LMDB or LevelDB per blob, committed every 1000 items, with Caffe's log lines.
 
-Databases go through sec.caffe.db (the data helper's module), assumed to offer
-`db.open(path, backend, mode)` with mode "new" returning a handle with `new_transaction()` (an
-object with `put(key: bytes, value: bytes)` and `commit()`) and `close()`: `_open_database` is
-the one place that calls it.
+Databases are written by sec.caffe.db's `Writer(path, backend)` (`put_many([(key, value)])` commits,
+`finish()` moves the finished database into place, `abort()` removes it): a database that already
+exists or an unknown backend is refused before anything runs.
 
-Exit statuses, as Caffe's: 0 done; 1 fewer than six arguments (Caffe's usage text; more than
-eight, too, which Caffe ignores); 134 (one F
-line) for a failed check: names that do not pair up, a blob the net lacks, an unknown backend, a
-database that already exists, a file that cannot be read. Unlike Caffe, nothing is left half
-written: each database is built in a temporary folder beside it and renamed into place only when
-every batch is stored.
+Exit statuses, as Caffe's: 0 done; 1 fewer than six arguments (Caffe's usage text; also more than
+eight, which Caffe ignores); 134 (one F line) for a failed check: names that do not pair up, a blob
+the net lacks, an unknown backend, a database that already exists, a file that cannot be read.
+Unlike Caffe, nothing is left half written: a database is moved into place only when every batch
+is stored, and removed when the run fails.
 """
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -35,7 +30,6 @@ log = glog.log
 NUM_REQUIRED_ARGS = 6
 COMMIT_EVERY = 1000
 KEY_DIGITS = 10
-BACKENDS = ("leveldb", "lmdb")
 USAGE = ("This program takes in a trained network and an input data layer, and then extract features of the "
          "input data produced by the net.\n"
          "Usage: extract_features  pretrained_net_param  feature_extraction_proto_file  "
@@ -80,12 +74,12 @@ def legacy_chw(shape):
     return padded[1], padded[2], padded[3]
 
 
-def _open_database(path, backend):
+def _db_module():
     try:
         from sec.caffe import db
     except ImportError as err:
-        glog.fatal(f"the {backend} database needs sec.caffe.db, which cannot be imported: {err}")
-    return db.open(path, backend, "new")
+        glog.fatal(f"extract_features needs sec.caffe.db, which cannot be imported: {err}")
+    return db
 
 
 def extract(args):
@@ -114,36 +108,27 @@ def extract(args):
         glog.check(name in net.blobs, f"feature_extraction_net->has_blob(blob_names[i]) Unknown feature blob "
                                       f"name {name} in the network {proto}")
     num_mini_batches = atoi(args.num_mini_batches)
-    if backend not in BACKENDS:
-        glog.fatal(f"Unknown database backend {backend}")
-    for name in dataset_names:
-        if os.path.lexists(name):
-            glog.fatal(f"{backend} database {name} already exists (Caffe opens it as a new database)")
-    staged = []
+    db = _db_module()
+    writers = []
     try:
         for name in dataset_names:
             log.info("Opening dataset %s", name)
-            folder = tempfile.mkdtemp(prefix=f".{os.path.basename(name)}.", suffix=".partial",
-                                      dir=os.path.dirname(os.path.abspath(name)))
-            staged.append(folder)
-        _fill(net, blob_names, staged, backend, num_mini_batches)
-        for folder, name in zip(staged, dataset_names):
-            os.replace(folder, name)
-        staged = []
+            writers.append(db.Writer(name, backend))
+        _fill(net, blob_names, writers, num_mini_batches)
+        for writer in writers:
+            writer.finish()
+        writers = []
     finally:
-        for folder in staged:
-            shutil.rmtree(folder, ignore_errors=True)
+        for writer in writers:
+            writer.abort()
     log.error("Successfully extracted the features!")
     return 0
 
 
-def _fill(net, blob_names, folders, backend, num_mini_batches):
-    """Forward `num_mini_batches` times, storing each blob's items into its database."""
-    databases = []
-    for folder in folders:
-        os.rmdir(folder)        # the backend creates the folder itself, as a new database
-        databases.append(_open_database(folder, backend))
-    transactions = [database.new_transaction() for database in databases]
+def _fill(net, blob_names, writers, num_mini_batches):
+    """Forward `num_mini_batches` times, storing each blob's items into its writer (committed
+    every COMMIT_EVERY items and at the end, with Caffe's progress lines)."""
+    pending = [[] for _ in blob_names]
     counts = [0] * len(blob_names)
     log.error("Extracting Features")
     for _ in range(num_mini_batches):
@@ -155,17 +140,16 @@ def _fill(net, blob_names, folders, backend, num_mini_batches):
             for item in blob.reshape(blob.shape[0], -1):
                 datum = caffe_pb2.Datum(channels=channels, height=height, width=width)
                 datum.float_data.extend(item.tolist())
-                transactions[i].put(f"{counts[i]:0{KEY_DIGITS}d}".encode(), datum.SerializeToString())
+                pending[i].append((f"{counts[i]:0{KEY_DIGITS}d}".encode(), datum.SerializeToString()))
                 counts[i] += 1
                 if counts[i] % COMMIT_EVERY == 0:
-                    transactions[i].commit()
-                    transactions[i] = databases[i].new_transaction()
+                    writers[i].put_many(pending[i])
+                    pending[i] = []
                     log.error("Extracted features of %d query images for feature blob %s", counts[i], name)
     for i, name in enumerate(blob_names):
-        if counts[i] % COMMIT_EVERY != 0:
-            transactions[i].commit()
+        if pending[i]:
+            writers[i].put_many(pending[i])
         log.error("Extracted features of %d query images for feature blob %s", counts[i], name)
-        databases[i].close()
 
 
 def main(argv=None):
