@@ -8,7 +8,9 @@ beside that pycaffe, as sec.bvlc_caffe finds them; ../shared/caffe/build.sh inst
   float32 rounding (as printed, 6 digits), the same means, the same per-layer lines.
 * `caffe train` on a small classifier: caffe.cpp's own lines, in order, are the same.
 * The upgrade fixtures regenerate identically from the real upgrade tools.
+* `extract_features` (when sec.caffe.db is there): the same LMDB keys and Datum records.
 """
+import importlib.util
 import json
 import os
 import re
@@ -21,6 +23,7 @@ import pytest
 from caffe_tools_helpers import REPO_ROOT, SUBPROCESS_TIMEOUT_S, caffe_command, run, tool_env, write_tiny_classifier
 from sec import bvlc_caffe
 from sec.caffe import formats
+from sec.proto import caffe_pb2
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "caffe"
 GLOG_ANY = re.compile(r"^([IWEF])\d{4,8} \d\d:\d\d:\d\d\.\d{6} +\d+ ([\w.]+):\d+\] (.*)$")
@@ -121,3 +124,41 @@ def test_upgrade_fixtures_regenerate_from_caffes_tools(caffe_bin, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "tools_upgrade.json").read_text()) == \
         json.loads((FIXTURES / "tools_upgrade.json").read_text())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sec.caffe.db") is None,
+                    reason="sec.caffe.db (the data helper's LMDB/LevelDB module) is not in this checkout")
+def test_extract_features_writes_caffes_records(caffe_bin, tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    from caffe_tools_helpers import write_tiny_classifier
+    from sec import caffe
+    paths = write_tiny_classifier(tmp_path, images=4, batch=2)
+    weights = tmp_path / "w.caffemodel"
+    caffe.Net(str(paths["net"]), caffe.TEST).save(str(weights))
+    found = {}
+    for who, argv in (("real", [str(caffe_bin / "extract_features")]), ("ours", extract_command())):
+        outs = [tmp_path / f"{who}_ip", tmp_path / f"{who}_data"]
+        result = subprocess.run(argv + [str(weights), str(paths["net"]), "ip,data", ",".join(map(str, outs)), "3",
+                                        "lmdb"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+                                env=tool_env())
+        assert result.returncode == 0, result.stderr[-3000:]
+        found[who] = [_lmdb_records(lmdb, out) for out in outs]
+    for real, ours in zip(found["real"], found["ours"]):
+        assert list(real) == list(ours) == [f"{i:010d}".encode() for i in range(6)]
+        for key in real:
+            a, b = (caffe_pb2.Datum.FromString(records[key]) for records in (real, ours))
+            assert (a.channels, a.height, a.width, a.label, a.encoded) == (b.channels, b.height, b.width, b.label,
+                                                                          b.encoded)
+            np.testing.assert_allclose(b.float_data, a.float_data, rtol=SCORE_RTOL, atol=SCORE_ATOL)
+
+
+def extract_command():
+    return [sys.executable, "-m", "sec.caffe.tools.extract_features"]
+
+
+def _lmdb_records(lmdb, path):
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        records = {key: value for key, value in txn.cursor()}
+    env.close()
+    return records
