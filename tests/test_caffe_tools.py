@@ -121,6 +121,10 @@ def test_gpus_without_cuda_are_refused_by_name(tmp_path, capsys):
     assert status == FATAL and messages(err, "F") == [
         ("F", "--gpu: 'x' is not a device id (give ids separated by ',', or 'all')")]
     assert caffe_tool.get_gpus("all") == []
+    paths["solver"].write_text(paths["solver"].read_text().replace("solver_mode: CPU", "solver_mode: GPU"))
+    status, _, err = run_main(["train", "--solver", paths["solver"]], capsys)
+    assert status == FATAL and messages(err, "F")[0][1].endswith(
+        f"asked by solver_mode: GPU in {paths['solver']} (set solver_mode: CPU to train on the CPU)")
 
 
 # ---------------------------------------------------------------- test and time

@@ -83,8 +83,9 @@ def get_gpus(gpu_flag):
     return gpus
 
 
-def use_devices(gpus):
-    """Caffe::SetDevice + set_mode for the first of `gpus` (CPU when empty); returns the torch device."""
+def use_devices(gpus, asked_by="--gpu"):
+    """Caffe::SetDevice + set_mode for the first of `gpus` (CPU when empty); returns the torch device.
+    `asked_by` names what asked for the GPUs in the message when one cannot be used."""
     from sec import caffe
     if not gpus:
         caffe.set_mode_cpu()
@@ -93,7 +94,7 @@ def use_devices(gpus):
     for gpu in gpus:
         if not 0 <= gpu < available:
             glog.fatal(f"Cannot use GPU {gpu}: torch sees {available} CUDA device(s) "
-                       f"(torch.cuda.is_available() is {torch.cuda.is_available()})")
+                       f"(torch.cuda.is_available() is {torch.cuda.is_available()}); asked by {asked_by}")
     caffe.set_device(gpus[0])
     caffe.set_mode_gpu()
     return torch.device("cuda", gpus[0])

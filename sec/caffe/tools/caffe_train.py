@@ -75,14 +75,14 @@ def train_state_factory(level, stages):
 
 
 def _gpu_flag(flags):
-    """--gpu, or the prototxt's device_id when it asks for solver_mode GPU (caffe.cpp)."""
+    """(--gpu, or the prototxt's device_id when it asks for solver_mode GPU (caffe.cpp); what asked)."""
     if flags.gpu:
-        return flags.gpu
+        return flags.gpu, "--gpu"
     from sec.caffe import formats
     param = formats.read_solver_prototxt(flags.solver)
     if param.HasField("solver_mode") and param.solver_mode == param.GPU:
-        return str(param.device_id)
-    return ""
+        return str(param.device_id), f"solver_mode: GPU in {flags.solver} (set solver_mode: CPU to train on the CPU)"
+    return "", "--gpu"
 
 
 def train(flags):
@@ -92,12 +92,13 @@ def train(flags):
                "!FLAGS_snapshot.size() || !FLAGS_weights.size() Give a snapshot to resume training or "
                "weights to finetune but not both.")
     stages = stages_of(flags.stage)
-    gpus = get_gpus(_gpu_flag(flags))
+    gpu_flag, asked_by = _gpu_flag(flags)
+    gpus = get_gpus(gpu_flag)
     if not gpus:
         log.info("Use CPU.")
     else:
         log.info("Using GPUs %s", ", ".join(str(g) for g in gpus))
-    device = use_devices(gpus)
+    device = use_devices(gpus, asked_by)
     for gpu in gpus:
         log.info("GPU %d: %s", gpu, torch.cuda.get_device_name(gpu))
     handler = SignalHandler(requested_action(flags.sigint_effect), requested_action(flags.sighup_effect))
