@@ -98,7 +98,8 @@ def test_missing_and_bad_files_are_one_line_naming_them(tmp_path, capsys):
     assert status == FATAL and messages(err, "F") == [("F", f"prototxt not found: {tmp_path}/absent.prototxt")]
     status, _, err = run_main(["test", "--model", paths["net"], "--weights", tmp_path / "no.caffemodel"], capsys)
     assert status == FATAL
-    assert [m for _, m in messages(err, "F")] == [f"caffemodel not found: {tmp_path}/no.caffemodel"]
+    (fatal,) = [m for _, m in messages(err, "F")]
+    assert f"{tmp_path}/no.caffemodel" in fatal and "not found" in fatal
     bad = tmp_path / "bad.prototxt"
     bad.write_text('name: "x"\nlayer { name: "a" typo: 1 }\n')
     status, _, err = run_main(["time", "--model", bad], capsys)
