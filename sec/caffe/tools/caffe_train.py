@@ -101,6 +101,9 @@ def train(flags):
     device = use_devices(gpus, asked_by)
     for gpu in gpus:
         log.info("GPU %d: %s", gpu, torch.cuda.get_device_name(gpu))
+    if len(gpus) > 1:       # refused before the nets are built (Caffe without NCCL: after)
+        glog.fatal("Multi-GPU execution not available in sec.caffe's `caffe train`: train data-parallel "
+                   "with torchrun (training/train.sh --gpus N)")
     handler = SignalHandler(requested_action(flags.sigint_effect), requested_action(flags.sighup_effect))
     try:
         from sec.caffe.solver import make_solver
@@ -114,9 +117,6 @@ def train(flags):
             log.info("Resuming from %s", flags.snapshot)
             solver.restore(flags.snapshot)
         log.info("Starting Optimization")
-        if len(gpus) > 1:
-            glog.fatal("Multi-GPU execution not available in sec.caffe's `caffe train`: train data-parallel "
-                       "with torchrun (training/train.sh --gpus N)")
         solver.solve()
     finally:
         handler.close()
