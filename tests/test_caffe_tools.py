@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_tools_helpers import messages, read_weights, write_tiny_classifier
+from caffe_tools_helpers import GLOG_LINE, messages, read_weights, write_tiny_classifier
 from sec import caffe
 from sec.caffe.tools import caffe as caffe_tool
 from sec.caffe.tools import glog
@@ -222,3 +222,26 @@ def test_read_weights_helper_reads_what_net_save_wrote(tmp_path):
     net.save(str(tmp_path / "w.caffemodel"))
     weights = read_weights(tmp_path / "w.caffemodel")
     np.testing.assert_array_equal(weights["ip"][0], net.params["ip"][0].data)
+
+
+def test_glog_lines_levels_and_the_loggers_left_as_found(capsys, monkeypatch):
+    import logging
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+
+    def body():
+        logging.getLogger("sec.caffe.anything").info("one\ntwo")
+        glog.log.warning("careful")
+        glog.fatal("stop here")
+
+    assert glog.run_tool(body) == FATAL
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert messages(err) == [("I", "one"), ("W", "careful"), ("F", "stop here")] and lines[1] == "two"
+    assert {GLOG_LINE.match(line).group(5) for line in lines if GLOG_LINE.match(line)} == {"test_caffe_tools.py"}
+    assert (root.level, list(root.handlers)) == before
+    monkeypatch.setenv(glog.MINLOGLEVEL_ENV, "2")
+    assert glog.run_tool(body) == FATAL
+    assert messages(capsys.readouterr().err) == [("F", "stop here")]
+    assert glog.run_tool(lambda: int("x")) == FATAL
+    assert messages(capsys.readouterr().err) == [("F", "invalid literal for int() with base 10: 'x'")]

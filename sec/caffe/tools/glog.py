@@ -99,6 +99,8 @@ def run_tool(body, errors=(ValueError, OSError, RuntimeError)):
     """Run `body()` -> exit status under glog's output: a FatalError (already logged) or one of
     `errors` (logged now as one F line naming what failed) gives FATAL_EXIT_STATUS. Other
     exceptions keep their traceback (Caffe prints a failing Python layer's and returns 1)."""
+    root = logging.getLogger()
+    level = root.level
     handler = setup()
     try:
         return body()
@@ -108,8 +110,9 @@ def run_tool(body, errors=(ValueError, OSError, RuntimeError)):
         log.critical("%s", _one_line(err))
         return FATAL_EXIT_STATUS
     finally:
-        logging.getLogger().removeHandler(handler)
         handler.flush()
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def _one_line(err):
