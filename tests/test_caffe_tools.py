@@ -61,7 +61,12 @@ def test_usage_help_and_version(capsys):
     status, out, err = run_main([], capsys)
     assert status == 0 and err == ""
     assert out.startswith("caffe: command line brew\nusage: caffe <command> <args>\n\ncommands:\n  train ")
-    assert "    -sigint_effect (Optional; action to take when a SIGINT signal is received:" in out
+    # gflags' layout, as BVLC Caffe's binary prints it (tests/test_caffe_tools_live.py compares it all)
+    assert ("    -snapshot (Optional; the snapshot solver state to resume training.)\n"
+            '      type: string default: ""\n') in out
+    assert ("    -gpu (Optional; run in GPU mode on given device IDs separated by ','.Use\n"
+            "      '-gpu all' to run on all available GPUs. The effective training batch\n"
+            '      size is multiplied by the number of devices.) type: string default: ""\n') in out
     assert 'type: string default: "stop"' in out and "-iterations (The number of iterations to run.) type: int32" \
         in out
     assert run_main(["train", "test"], capsys)[:2] == (0, out)      # two commands: usage, as Caffe

@@ -162,3 +162,11 @@ def _lmdb_records(lmdb, path):
         records = {key: value for key, value in txn.cursor()}
     env.close()
     return records
+
+
+def test_usage_message_is_caffes(caffe_bin):
+    real = subprocess.run([str(caffe_bin / "caffe")], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    ours = run(caffe_command())
+    assert real.returncode == ours.returncode == 0
+    flags_from = re.compile(r"^  Flags from .*:$", re.M)
+    assert flags_from.sub("  Flags from", ours.stdout) == flags_from.sub("  Flags from", real.stdout)

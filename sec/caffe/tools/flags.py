@@ -17,13 +17,13 @@ does; `--version` prints `<program> version 1.0.0` and exits 0.
 import argparse
 import re
 import sys
-import textwrap
 from typing import NamedTuple
 
 FLAG_ERROR_STATUS = 1
 HELP_EXIT_STATUS = 1        # gflags exits 1 after --help
 CAFFE_VERSION = "1.0.0"     # BVLC Caffe's CAFFE_VERSION at 9b89154
-USAGE_WIDTH = 80
+USAGE_WIDTH = 80           # gflags' line length in --help
+CONTINUATION = "      "    # gflags' indent of a flag's continuation lines
 # strtol(value, 0): decimal, 0x hexadecimal or 0 octal, with an optional sign (gflags' int32).
 INT_PATTERN = re.compile(r"([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
 INT32_RANGE = (-2 ** 31, 2 ** 31 - 1)
@@ -119,9 +119,7 @@ class FlagSet:
         lines = [text, f"  Flags from {self.source}:"]
         for flag in sorted(self.flags, key=lambda f: f.name):
             default = f'"{flag.default}"' if flag.type == "string" else str(flag.default).lower()
-            entry = f"-{flag.name} ({flag.help}) type: {flag.type} default: {default}"
-            lines.extend(textwrap.wrap(entry, USAGE_WIDTH, initial_indent="    ", subsequent_indent="      ",
-                                       break_on_hyphens=False))
+            lines.append(_describe(f"    -{flag.name} ({flag.help})", [f"type: {flag.type}", f"default: {default}"]))
         return "\n".join(lines) + "\n"
 
     def handle_builtin(self, values, stdout=None):
@@ -173,3 +171,24 @@ def _strtol(text):
         base = 10
     value = int(digits, base)
     return -value if sign == "-" else value
+
+
+def _describe(main, pieces):
+    """gflags' DescribeOneFlag layout: `main` broken at the last space that keeps a line under
+    USAGE_WIDTH, continuation lines indented by CONTINUATION; each of `pieces` ("type: ...",
+    "default: ...") then follows on the same line when it fits, else starts a new one."""
+    out, used = "", 0
+    while used + len(main) >= USAGE_WIDTH:
+        cut = main.rfind(" ", 0, USAGE_WIDTH - used)
+        if cut <= 0:
+            break
+        out += main[:cut] + "\n" + CONTINUATION
+        main, used = main[cut:].lstrip(" "), len(CONTINUATION)
+    out, used = out + main, used + len(main)
+    for piece in pieces:
+        if used + 1 + len(piece) >= USAGE_WIDTH:
+            out, used = out + "\n" + CONTINUATION, len(CONTINUATION)
+        else:
+            out, used = out + " ", used + 1
+        out, used = out + piece, used + len(piece)
+    return out
