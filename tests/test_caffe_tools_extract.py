@@ -1,6 +1,7 @@
 """`extract_features`: Datum records of the named blobs, Caffe's keys, commits and log lines, its
 exit statuses, and nothing left behind when it fails. The tool logic runs against a stand-in for
 sec.caffe.db's Writer; the last test writes a real LMDB when sec.caffe.db is there."""
+import importlib
 import importlib.util
 import sys
 import types
@@ -44,9 +45,14 @@ class FakeWriter:
 
 @pytest.fixture
 def fake_db(monkeypatch):
+    """sec.caffe.db's Writer replaced by FakeWriter (a module of its own when there is no sec.caffe.db;
+    the rest of the real module stays: the data layers use it)."""
+    FakeWriter.databases, FakeWriter.events = {}, []
+    if importlib.util.find_spec("sec.caffe.db") is not None:
+        monkeypatch.setattr(importlib.import_module("sec.caffe.db"), "Writer", FakeWriter)
+        return FakeWriter
     module = types.ModuleType("sec.caffe.db")
     module.Writer = FakeWriter
-    FakeWriter.databases, FakeWriter.events = {}, []
     monkeypatch.setitem(sys.modules, "sec.caffe.db", module)
     monkeypatch.setattr(caffe, "db", module, raising=False)
     return FakeWriter
@@ -108,7 +114,23 @@ def test_usage_and_failed_checks(tiny, fake_db, tmp_path, capsys):
              f"network {tiny['net']}")
     status, logged = run_tool(base + ["ip", str(tmp_path / "one"), 1, "rocksdb"], capsys)
     assert status == glog.FATAL_EXIT_STATUS and "unknown database backend 'rocksdb'" in logged[-1][1]
-    assert fake_db.databases == {}
+    status, logged = run_tool([tmp_path / "absent.caffemodel", tiny["net"], "ip", str(tmp_path / "one"), 1, "lmdb"],
+                              capsys)
+    assert status == glog.FATAL_EXIT_STATUS and [level for level, _ in logged].count("F") == 1
+    assert "absent.caffemodel" in logged[-1][1] and "not found" in logged[-1][1]
+    assert fake_db.databases == {} and not (tmp_path / "one").exists()
+
+
+@pytest.mark.skipif("Data" not in __import__("sec.caffe.layers", fromlist=["LAYER_TYPES"]).LAYER_TYPES,
+                    reason="the Data layer (the data helper's) is not in this checkout")
+def test_an_unreadable_input_database_is_one_line(tiny, fake_db, tmp_path, capsys):
+    net = tmp_path / "lmdb_net.prototxt"
+    net.write_text(f'''layer {{ name: "data" type: "Data" top: "data" top: "label"
+  data_param {{ source: "{tmp_path}/no_such_lmdb" backend: LMDB batch_size: 2 }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param {{ num_output: 3 }} }}''')
+    status, logged = run_tool([tiny["weights"], net, "ip", str(tmp_path / "one"), 1, "lmdb"], capsys)
+    assert status == glog.FATAL_EXIT_STATUS and [level for level, _ in logged].count("F") == 1
+    assert "no_such_lmdb" in logged[-1][1] and fake_db.databases == {}
 
 
 def test_a_failure_midway_leaves_no_database(tiny, fake_db, tmp_path, capsys):
