@@ -245,6 +245,10 @@ def test_glog_lines_levels_and_the_loggers_left_as_found(capsys, monkeypatch):
     assert messages(err) == [("I", "one"), ("W", "careful"), ("F", "stop here")] and lines[1] == "two"
     assert {GLOG_LINE.match(line).group(5) for line in lines if GLOG_LINE.match(line)} == {"test_caffe_tools.py"}
     assert (root.level, list(root.handlers)) == before
+    # Caffe's tools/extra/extract_seconds.py reads the date as month = field[1:3], day = field[3:]
+    import datetime
+    month, day = int(lines[0].split()[0][1:3]), int(lines[0].split()[0][3:])
+    assert (month, day) == (datetime.date.today().month, datetime.date.today().day)
     monkeypatch.setenv(glog.MINLOGLEVEL_ENV, "2")
     assert glog.run_tool(body) == FATAL
     assert messages(capsys.readouterr().err) == [("F", "stop here")]
