@@ -8,7 +8,10 @@ or left behind by a killed process.
 """
 import argparse
 import logging
+import math
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -97,16 +100,81 @@ def _latest_weights(path):
         return None
 
 
-def positive_int(text):
-    """argparse type for counts (--iters, --batch, ...): an integer >= 1; argparse names the flag
-    and exits with status 2."""
+# ----- flag types (argparse names the flag and exits with status 2 on a bad value) --------------
+MAX_SEED = 2 ** 63 - 1        # Caffe's SolverParameter.random_seed is an int64
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A run name: one plain path component (no separator, not hidden, not '..', no option-like dash)."""
+
+
+def _integer(text):
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"need a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"need an integer, got {text!r}") from None
+
+
+def positive_int(text):
+    """argparse type for counts (--iters, --batch, ...): an integer >= 1."""
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"need a positive integer, got {value}")
     return value
+
+
+def nonnegative_int(text):
+    """argparse type for counts where 0 means none or automatic (--workers)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"need an integer >= 0, got {value}")
+    return value
+
+
+def caffe_seed(text):
+    """argparse type for --seed: Caffe's random_seed, an integer in 0..2**63-1."""
+    value = _integer(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"need an integer in 0..{MAX_SEED} (Caffe's random_seed is a "
+                                         f"64-bit integer), got {value}")
+    return value
+
+
+def float_in(low, high, high_open=False):
+    """argparse type: a finite number in [low, high] (or [low, high) with high_open)."""
+    interval = f"[{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"need a number in {interval}, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value and (value < high if high_open else value <= high)):
+            raise argparse.ArgumentTypeError(f"need a number in {interval}, got {text}")
+        return value
+    return parse
+
+
+def run_name(text):
+    """argparse type for --name: a plain name, so that the run stays inside --runs."""
+    if not RUN_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"need a plain name (letters, digits, '.', '_', '-'; starting with a letter or digit; no "
+            f"'/'), got {text!r}: the run folder is <--runs>/<name>")
+    return text
+
+
+def check_writable_folder(folder, flag):
+    """Create `folder` (and its parents) and check that it takes new files, before any work is
+    done; RunInputError naming the flag otherwise (a read-only or full file system, no permission)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunInputError(f"{flag}: {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise RunInputError(f"{flag}: cannot write into {folder} ({err.strerror or err})") from None
+    return folder
 
 
 def check_iterations(iters, batch):
