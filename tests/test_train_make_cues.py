@@ -182,6 +182,14 @@ def test_a_damaged_partial_is_named(cue_inputs, tmp_path, capsys):
     assert run(argv_of(cue_inputs, out, "--restart")) == 0 and not partial.exists()
 
 
+def test_a_partial_of_an_older_make_cues_is_started_over(cue_inputs, tmp_path, capsys):
+    out = tmp_path / "cues.pickle"
+    marker = (np.array([1], np.int64), np.array([[1], [0], [0]], np.int64))
+    (tmp_path / "cues.pickle.partial").write_bytes(pickle.dumps({"fingerprint": {"threshold": 0.2}, "cues": {2: marker}}))
+    assert run(argv_of(cue_inputs, out)) == 0
+    assert "starting over" in capsys.readouterr().err and pickle.loads(out.read_bytes())["2_cues"].shape[1] > 1
+
+
 def test_ctrl_c_saves_what_was_done(cue_inputs, tmp_path, capsys, monkeypatch):
     calls = []
     heatmaps = loc.CueNets.heatmaps

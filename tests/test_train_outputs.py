@@ -72,6 +72,17 @@ def test_resume_and_overwrite_together_are_refused(tiny_set, tmp_path, capsys):
     assert "one of them" in capsys.readouterr().err
 
 
+def test_train_localization_checks_its_outputs_before_training(tmp_path, capsys):
+    from sec import synthetic
+    synthetic.generate(tmp_path / "syn", 2, 0, seed=1)
+    (tmp_path / "out").mkdir()
+    argv = ["--net", "bg", "--list", str(tmp_path / "syn" / "train.txt"), "--root", str(tmp_path / "syn" / "images"),
+            "--labels", str(tmp_path / "syn" / "train_labels.json"), "--run-dir", str(tmp_path / "run"),
+            "--out", str(tmp_path / "out"), "--iters", "1", "--device", "cpu"]
+    assert LOCALIZATION.main(LOCALIZATION.build_parser().parse_args(argv)) == 2
+    assert "--out: " in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("flags, named", [(["--precision", "bf16"], "--precision bf16"),
                                           (["--channels-last"], "--channels-last"), (["--no-tf32"], "--no-tf32"),
                                           (["--threads", "2"], "--threads"), (["--gpus", "2"], "--gpus > 1")])

@@ -201,7 +201,7 @@ def load_partial(path, key, stamps, restart):
     try:
         with open(path, "rb") as handle:
             saved = pickle.load(handle)
-        if not all(isinstance(saved.get(k), dict) for k in ("fingerprint", "cues", "inputs")):
+        if not all(isinstance(saved.get(k), dict) for k in ("fingerprint", "cues")):
             raise ValueError("need a dict of 'fingerprint', 'cues' and 'inputs'")
     except Exception as err:  # a damaged pickle raises nearly any exception type
         raise ValueError(f"{path}: unreadable partial results of an earlier run ({type(err).__name__}: {err}); "
@@ -211,8 +211,9 @@ def load_partial(path, key, stamps, restart):
         print(f"make_cues: {path} was made with other nets or settings ({', '.join(changed)}); starting over",
               file=sys.stderr)
         return {}
+    inputs = saved.get("inputs") if isinstance(saved.get("inputs"), dict) else {}
     done = {image: cues for image, cues in saved["cues"].items()
-            if image in stamps and saved["inputs"].get(image) == stamps[image]}
+            if image in stamps and inputs.get(image) == stamps[image]}
     redo = len(saved["cues"]) - len(done)
     print(f"make_cues: resuming, {len(done)} images done in {path}"
           + (f" ({redo} others redone: their image file, labels or list entry changed)" if redo else ""))
