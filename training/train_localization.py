@@ -123,10 +123,10 @@ def prepare_run_folder(args):
     remove stale temporary files, write labels.json; returns its path."""
     from sec import run_folder
     run_folder.check_image_list(args.list, args.root)
-    run_folder.check_writable_folder(args.run_dir, "--run-dir")
     if args.out.is_dir():
         raise run_folder.RunInputError(f"--out: {args.out} is a folder; need the .caffemodel file to write")
     run_folder.check_writable_folder(args.out.parent, "--out")
+    run_folder.check_writable_folder(args.run_dir, "--run-dir")
     if args.resume and run_folder.latest_snapshot(args.run_dir, args.net) is None:
         raise run_folder.RunInputError(f"--resume: no {args.net}_iter_*.solverstate in {args.run_dir}")
     if not args.resume:
