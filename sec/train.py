@@ -258,6 +258,19 @@ def mask_finder(cfg):
                                if (masks / f"{Path(image_file).stem}.png").is_file() else None)
 
 
+def check_before_training(cfg):
+    """What train() refuses before it writes anything, checked without writing (so that a launcher
+    can check before it starts processes): check_inputs, --resume without a snapshot, an earlier run
+    in the folder without --resume or --overwrite. Returns the .solverstate to resume from or None."""
+    check_inputs(cfg)
+    state = latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
+    if cfg.resume and state is None:
+        raise RunInputError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
+    if not cfg.resume and not cfg.overwrite:
+        prepare_new_run(cfg.run_dir, cfg.name, False, cfg.runs_root)  # refuses an earlier run, deletes nothing
+    return state
+
+
 def build_solver(cfg, rank=0, world_size=1):
     """The solver (SGD, or Adam by the solver's type) of a run: the model prototxts plus the run's paths and overrides."""
     global_batch = cfg.batch if cfg.batch is not None else global_batch_of(cfg.net)

@@ -100,6 +100,32 @@ def test_flags_for_other_engines_or_recipes_are_refused(tiny_set, tmp_path, caps
         assert status == 2 and f"{flag[0]}: the synthetic recipe's own localization stages" in err
 
 
+# ----- --gpus N: one line and the worker's own status, not torchrun's report and status 1 ------------
+def test_with_gpus_bad_inputs_are_found_before_torchrun_starts(tiny_set, tmp_path, capsys, monkeypatch):
+    import pickle
+    cues = pickle.loads((tiny_set / "cues.pickle").read_bytes())
+    del cues["3_cues"]
+    bad = tmp_path / "bad.pickle"
+    bad.write_bytes(pickle.dumps(cues))
+
+    def no_torchrun(*args):
+        raise AssertionError("torchrun started although the cues lack an id")
+    monkeypatch.setattr(SCRIPT, "relaunch_with_torchrun", no_torchrun)
+    status, _, err = cli(tiny_set, tmp_path, capsys, "--gpus", "2", cues=bad)
+    assert status == 2 and "id 3" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_with_gpus_a_diverged_worker_gives_status_3(tiny_set, tmp_path):
+    """Two gloo processes on the CPU, base_lr 1e6: torchrun exits 1 whatever the reason; train.py
+    returns the workers' own status 3 and says so in its last line."""
+    write_solver(tmp_path, base_lr=1e6, snapshot=1, max_iter=12)
+    result = run_limited(python_script("training/train.py", *tiny_argv(tiny_set, tmp_path, "--gpus", "2")))
+    assert result.returncode == SCRIPT.EXIT_NONFINITE, result.stderr[-3000:]
+    assert message_lines(result.stderr, "train.py:")[-1].startswith("train.py: a training process stopped with "
+                                                                   "exit status 3")
+
+
 # ----- outputs that cannot be written ---------------------------------------------------------------
 def test_a_read_only_runs_folder_is_one_line_and_loses_nothing(tiny_set, tmp_path):
     runs = tmp_path / "runs"

@@ -22,6 +22,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +45,7 @@ EXIT_MISSING_INPUT = 2         # a missing or unusable input, flag or run folder
 EXIT_NONFINITE = 3             # training diverged (NaN/Inf); the earlier snapshots are kept
 EXIT_STAGE_FAILED = 4          # a pipeline stage (subprocess) failed; its message is above
 EXIT_INTERRUPTED = 130         # Ctrl-C; the snapshots written so far are kept (--resume)
+STATUS_DIR_ENV = "SEC_TRAIN_STATUS_DIR"   # --gpus N: where the torchrun workers leave their exit statuses
 
 
 def build_parser():
@@ -254,13 +256,32 @@ def run_child(command, env=None):
 
 
 def relaunch_with_torchrun(args, argv):
-    """Re-run this script under torchrun with one process per GPU (or CPU process with gloo)."""
+    """Re-run this script under torchrun with one process per GPU (or CPU process with gloo); returns
+    the first failed worker's own exit status (each writes it to STATUS_DIR_ENV's folder: torchrun
+    itself exits 1 whatever the reason), else torchrun's."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={args.gpus}", str(Path(__file__).resolve()), *argv]
-    status, interrupted = run_child(command)
+    with tempfile.TemporaryDirectory(prefix="sec-train-status-") as folder:
+        status, interrupted = run_child(command, env=dict(os.environ, **{STATUS_DIR_ENV: folder}))
+        workers = [int(path.read_text()) for path in sorted(Path(folder).glob("rank*"))]
     if interrupted:
         raise KeyboardInterrupt
-    return status
+    failed = [worker for worker in workers if worker != 0]
+    if failed:
+        print(f"train.py: a training process stopped with exit status {failed[0]} (its message, then torchrun's "
+              "report, are above)", file=sys.stderr)
+        return failed[0]
+    if status != 0:
+        print(f"train.py: torchrun failed with exit status {status} (its message is above)", file=sys.stderr)
+        return EXIT_STAGE_FAILED
+    return 0
+
+
+def record_worker_status(status):
+    """Under relaunch_with_torchrun: leave this process's exit status for the launcher."""
+    folder = os.environ.get(STATUS_DIR_ENV)
+    if folder and Path(folder).is_dir():
+        (Path(folder) / f"rank{os.environ.get('RANK', 0)}").write_text(str(status))
 
 
 def run_with_caffe(cfg, args):
@@ -273,12 +294,7 @@ def run_with_caffe(cfg, args):
 
     try:
         # The same checks as the torch engine: inputs first, and an earlier run is never destroyed.
-        sec_train.check_inputs(cfg)
-        state = sec_train.latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
-        if cfg.resume and state is None:
-            raise sec_train.RunInputError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
-        if not cfg.resume and not cfg.overwrite:
-            sec_train.prepare_new_run(cfg.run_dir, cfg.name, False, cfg.runs_root)  # refuses an earlier run
+        state = sec_train.check_before_training(cfg)
     except expected_errors() as err:
         return report_failure(err)
     try:
@@ -360,11 +376,13 @@ def main(args, argv=()):
     """Exit status: 0 done, 2 a missing or unusable input, flag or run folder, or outputs that cannot be
     written, 3 diverged, 4 a pipeline stage failed, 130 Ctrl-C (see docs/troubleshooting.md)."""
     try:
-        return run(args, argv)
+        status = run(args, argv)
     except KeyboardInterrupt:
         print("train.py: interrupted; every finished stage and snapshot is kept (rerun the same command; "
               "SEC training continues with --resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        status = EXIT_INTERRUPTED
+    record_worker_status(status)
+    return status
 
 
 def run(args, argv):
@@ -384,12 +402,13 @@ def run(args, argv):
             if args.localization_only:
                 print(f"localization stages done: {localization_files(args.runs)['folder']}")
                 return 0
-        if not relaunch:
-            cfg = recipe(args)
-            cfg.precision, cfg.tf32, cfg.channels_last = args.precision, args.tf32, args.channels_last
-            for path in (cfg.source, cfg.cues):
-                if path is not None and not Path(path).is_file():
-                    raise FileNotFoundError(f"{path} not found")
+        cfg = recipe(args)
+        cfg.precision, cfg.tf32, cfg.channels_last = args.precision, args.tf32, args.channels_last
+        for path in (cfg.source, cfg.cues):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"{path} not found")
+        if relaunch:            # a bad input is one line here, not one per process and torchrun's report
+            sec_train.check_before_training(cfg)
     except (*expected_errors(), StageError, OSError) as err:
         return report_failure(err)
     if relaunch:
