@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -170,16 +169,11 @@ def run_name(text):
 def check_writable_folder(folder, flag):
     """Create `folder` (and its parents) and check that it takes new files, before any work is
     done; RunInputError naming the flag otherwise (a read-only or full file system, no permission)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise RunInputError(f"{flag}: {folder} exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise RunInputError(f"{flag}: cannot write into {folder} ({err.strerror or err})") from None
-    return folder
+    from sec.deploy_files import folder_write_problem
+    problem = folder_write_problem(folder)
+    if problem is not None:
+        raise RunInputError(f"{flag}: {problem}")
+    return Path(folder)
 
 
 def describe_os_error(err):

@@ -244,18 +244,10 @@ def check_inputs(cfg):
 def mask_finder(cfg):
     """image file of the list -> its ground-truth mask path or None: VOC's SegmentationClass(Aug)/,
     the synthetic set's masks/."""
+    from sec.localization import mask_finder as finder
     if cfg.classes == "voc":
-        layout = data.VOCLayout(cfg.dataset)
-
-        def voc_mask(image_file):
-            try:
-                return layout.gt_path(Path(image_file).stem)
-            except FileNotFoundError:
-                return None
-        return voc_mask
-    masks = Path(cfg.dataset) / "masks"
-    return lambda image_file: (masks / f"{Path(image_file).stem}.png"
-                               if (masks / f"{Path(image_file).stem}.png").is_file() else None)
+        return finder(voc=cfg.dataset)
+    return finder(masks=Path(cfg.dataset) / "masks")
 
 
 def check_before_training(cfg):

@@ -128,23 +128,8 @@ def check_outputs(args):
 
 def truth_finder(args):
     """image file -> ground-truth mask path or None (from --masks or the VOC folder)."""
-    if args.masks is not None:
-        return lambda image_file: _existing(Path(args.masks) / (Path(image_file).stem + ".png"))
-    if args.voc is not None:
-        from sec.data import VOCLayout
-        layout = VOCLayout(args.voc)
-
-        def voc_truth(image_file):
-            try:
-                return layout.gt_path(Path(image_file).stem)
-            except FileNotFoundError:
-                return None
-        return voc_truth
-    return lambda image_file: None
-
-
-def _existing(path):
-    return path if path.is_file() else None
+    from sec.localization import mask_finder
+    return mask_finder(masks=args.masks, voc=args.voc)
 
 
 def image_labels(args, entries):
