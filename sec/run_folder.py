@@ -176,10 +176,14 @@ def check_writable_folder(folder, flag):
     return Path(folder)
 
 
-def describe_os_error(err):
-    """One line for an OSError met while a run writes its files: the reason and, when known, the file."""
+def describe_os_error(err, folder=None):
+    """One line for an OSError met while a run writes its files: the reason and the file (or, when
+    the error does not name one, as for a full disk met while writing, the run's `folder`)."""
+    if err.filename:
+        where = err.filename
+    else:
+        where = f"into {folder}" if folder is not None else "the run's files"
     what = "cannot write" if err.errno in WRITE_ERRNOS else "error on"
-    where = err.filename if err.filename else "the run's files"
     return f"{what} {where}: {err.strerror or err}"
 
 

@@ -466,9 +466,8 @@ def report_failure(err, cfg=None):
             print(f"train.py: {err}", file=sys.stderr)
             return status
     if isinstance(err, OSError):
-        kept = (f"; every complete snapshot in {cfg.run_dir} is kept (continue with --resume once it can be written)"
-                if cfg is not None else "")
-        print(f"train.py: {describe_os_error(err)}{kept}", file=sys.stderr)
+        kept = "; every complete snapshot is kept (continue with --resume once it can be written)" if cfg else ""
+        print(f"train.py: {describe_os_error(err, cfg.run_dir if cfg is not None else None)}{kept}", file=sys.stderr)
         return EXIT_MISSING_INPUT
     raise err
 

@@ -175,7 +175,7 @@ def main(args):
         print("train_localization: interrupted before training; nothing was trained", file=sys.stderr)
         return EXIT_INTERRUPTED
     started = time.perf_counter()
-    kept = f"the snapshots in {args.run_dir} are kept (--resume)"
+    kept = "every complete snapshot is kept (continue with --resume)"
     try:
         handler = sec_train.attach_log_file(args.run_dir / "train.log")
         try:
@@ -193,10 +193,11 @@ def main(args):
         print(f"train_localization: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as err:
-        print(f"train_localization: {describe_os_error(err)}; every complete snapshot: {kept}", file=sys.stderr)
+        print(f"train_localization: {describe_os_error(err, args.run_dir)}; {kept}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"train_localization: interrupted; {kept}", file=sys.stderr)
+        print(f"train_localization: interrupted; the snapshots in {args.run_dir} are kept (continue with --resume)",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"{args.net} net: {solver.iter} iterations in {time.perf_counter() - started:.1f} s, "
           f"final loss {solver.smoothed_loss:.4f}; wrote {args.out}")
