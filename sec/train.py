@@ -304,8 +304,9 @@ def train(cfg):
                 for bad, reason in skipped:
                     print(f"--resume: skipped unreadable snapshot {bad} ({reason})")
                 print(f"resuming from {state} at iteration {solver.iter} (weights {solver.restored_from[1]})")
-                if missing_sidecar_note(state):
-                    print(missing_sidecar_note(state), file=sys.stderr)
+                warning = missing_sidecar_note(state)
+                if warning:
+                    print(warning, file=sys.stderr)
         elif cfg.weights is not None:
             require_some_weights(solver.load_weights(cfg.weights), cfg.weights)
         run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0)

@@ -147,8 +147,9 @@ def train(args, labels_path, device):
         for bad, reason in skipped:
             print(f"--resume: skipped unreadable snapshot {bad} ({reason})")
         print(f"resuming from {state} at iteration {solver.iter} (weights {solver.restored_from[1]})")
-        if run_folder.missing_sidecar_note(state):
-            print(run_folder.missing_sidecar_note(state), file=sys.stderr)
+        warning = run_folder.missing_sidecar_note(state)
+        if warning:
+            print(warning, file=sys.stderr)
     elif args.weights is not None:
         run_folder.require_some_weights(solver.load_weights(args.weights), args.weights)
     sec_train.run_loop(solver, args.run_dir, resume_iter=solver.iter if args.resume else None)
