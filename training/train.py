@@ -20,12 +20,11 @@ once finished, runs/latest.json names the weights for deploy/deploy.py.
 import argparse
 import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from sec import launch
 from sec.run_folder import caffe_seed, positive_int, run_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +44,6 @@ EXIT_MISSING_INPUT = 2         # a missing or unusable input, flag or run folder
 EXIT_NONFINITE = 3             # training diverged (NaN/Inf); the earlier snapshots are kept
 EXIT_STAGE_FAILED = 4          # a pipeline stage (subprocess) failed; its message is above
 EXIT_INTERRUPTED = 130         # Ctrl-C; the snapshots written so far are kept (--resume)
-STATUS_DIR_ENV = "SEC_TRAIN_STATUS_DIR"   # --gpus N: where the torchrun workers leave their exit statuses
 
 
 def build_parser():
@@ -184,7 +182,7 @@ def run_stage(name, command):
     command = [str(part) for part in command]
     print(f"== {name}: {' '.join(command)}", flush=True)
     started = time.perf_counter()
-    status, interrupted = run_child(command)
+    status, interrupted = launch.run_child(command)
     if interrupted:
         raise KeyboardInterrupt
     if status != 0:
@@ -238,50 +236,10 @@ def needed_stages(args):
     return stages
 
 
-def run_child(command, env=None):
-    """Run a child process to its end; returns (exit status, whether Ctrl-C was pressed meanwhile).
-
-    The child shares this process's group, so a terminal's Ctrl-C reaches it too and it stops in its
-    own way (a stage or torchrun worker: its one line and status 130; Caffe: a snapshot, then exit);
-    here the first Ctrl-C only waits for that, a second one kills the child."""
-    process = subprocess.Popen(command, env=env)
-    interrupted = False
-    while True:
-        try:
-            return process.wait(), interrupted
-        except KeyboardInterrupt:
-            if interrupted:
-                process.kill()
-            interrupted = True
-
-
 def relaunch_with_torchrun(args, argv):
     """Re-run this script under torchrun with one process per GPU (or CPU process with gloo); returns
-    the first failed worker's own exit status (each writes it to STATUS_DIR_ENV's folder: torchrun
-    itself exits 1 whatever the reason), else torchrun's."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={args.gpus}", str(Path(__file__).resolve()), *argv]
-    with tempfile.TemporaryDirectory(prefix="sec-train-status-") as folder:
-        status, interrupted = run_child(command, env=dict(os.environ, **{STATUS_DIR_ENV: folder}))
-        workers = [int(path.read_text()) for path in sorted(Path(folder).glob("rank*"))]
-    if interrupted:
-        raise KeyboardInterrupt
-    failed = [worker for worker in workers if worker != 0]
-    if failed:
-        print(f"train.py: a training process stopped with exit status {failed[0]} (its message, then torchrun's "
-              "report, are above)", file=sys.stderr)
-        return failed[0]
-    if status != 0:
-        print(f"train.py: torchrun failed with exit status {status} (its message is above)", file=sys.stderr)
-        return EXIT_STAGE_FAILED
-    return 0
-
-
-def record_worker_status(status):
-    """Under relaunch_with_torchrun: leave this process's exit status for the launcher."""
-    folder = os.environ.get(STATUS_DIR_ENV)
-    if folder and Path(folder).is_dir():
-        (Path(folder) / f"rank{os.environ.get('RANK', 0)}").write_text(str(status))
+    the exit status of the first process that failed (sec.launch.torchrun)."""
+    return launch.torchrun(Path(__file__).resolve(), args.gpus, argv)
 
 
 def run_with_caffe(cfg, args):
@@ -320,7 +278,7 @@ def run_with_caffe(cfg, args):
         command.append("--gpu=0")
     print(f"Caffe's Python: {python} (numpy {found['numpy']}; pylayers from {Path(found['pylayers']).parent})")
     print(" ".join(command), flush=True)
-    status, interrupted = run_child(command, env=env)
+    status, interrupted = launch.run_child(command, env=env)
     if interrupted:       # Caffe's own SIGINT handling (-sigint_effect stop) snapshots, then exits 0
         print(f"train.py: interrupted; Caffe stopped after a snapshot, the snapshots in {cfg.run_dir} are kept "
               "(continue with --resume)", file=sys.stderr)
@@ -381,7 +339,7 @@ def main(args, argv=()):
         print("train.py: interrupted; every finished stage and snapshot is kept (rerun the same command; "
               "SEC training continues with --resume)", file=sys.stderr)
         status = EXIT_INTERRUPTED
-    record_worker_status(status)
+    launch.record_worker_status(status)
     return status
 
 
