@@ -439,7 +439,7 @@ def test_pipeline_runs_only_missing_or_stale_stages(tmp_path, monkeypatch):
 def test_a_failed_stage_stops_the_pipeline_with_its_status(tmp_path, monkeypatch, capsys):
     script = _train_script()
     monkeypatch.setattr(script, "prepare_synthetic", lambda folder: None)
-    monkeypatch.setattr(script.subprocess, "call", lambda command: 1)     # every stage fails
+    monkeypatch.setattr(script.launch, "run_child", lambda command, env=None: (1, False))     # every stage fails
     args = script.build_parser().parse_args(["--synthetic-dir", str(tmp_path), "--runs", str(tmp_path / "runs")])
     assert script.main(args) == script.EXIT_STAGE_FAILED
     assert "stage 'fg' failed with exit status 1" in capsys.readouterr().err
