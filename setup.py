@@ -18,6 +18,9 @@ setup(
         "pillow",
         "opencv-python-headless>=4.10",
         "pyyaml",
+        "lmdb",
+        "plyvel",
+        "h5py",
         "protobuf>=7.35.1,<8",
         "tqdm",
         "torch==2.13.0",
@@ -26,4 +29,16 @@ setup(
         # python -m sec.export: the ONNX exporter needs onnx, its check against the engine onnxruntime
         "export": ["onnx", "onnxruntime"],
     },
+    # Caffe's command-line tools (sec/caffe/tools). `caffe` runs a real Caffe binary found on PATH
+    # instead (SEC_CAFFE=auto, the default; sec, bvlc); `sec-caffe` always runs sec.caffe's (docs/caffe/tools.md).
+    entry_points={"console_scripts": [
+        "caffe = sec.caffe.tools.caffe:installed_main",
+        "sec-caffe = sec.caffe.tools.caffe:main",
+        "upgrade_net_proto_text = sec.caffe.tools.upgrade:upgrade_net_proto_text",
+        "upgrade_net_proto_binary = sec.caffe.tools.upgrade:upgrade_net_proto_binary",
+        "upgrade_solver_proto_text = sec.caffe.tools.upgrade:upgrade_solver_proto_text",
+        "extract_features = sec.caffe.tools.extract_features:main",
+        "convert_imageset = sec.caffe.tools.convert_imageset:main",
+        "compute_image_mean = sec.caffe.tools.compute_image_mean:main",
+    ]},
 )

@@ -14,6 +14,9 @@ writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, 
   the Caffe-written .caffemodel (bytes), and per layer the bottoms, tops, top diffs fed to
   backward, bottom diffs and parameter diffs.
 * edge_nets.json: nets at the edge of what Caffe builds, and whether Net::Init accepts each.
+* data.json + data.npz: the data layers (Data on LMDB / LevelDB, ImageData, HDF5Data, HDF5Output,
+  MemoryData, WindowData) and the tools convert_imageset and compute_image_mean, run by Caffe on tiny
+  files that the fixture carries (bench/caffe_reference_data.py).
 * image_data.json + image_data.npz: ImageData tops of small odd-sized images (uint8 BGR stored,
   written as PNG for Caffe) resized by Caffe's cv::resize, for two new_height x new_width.
 * sec_nets.json + sec_nets.npz + sec_init.caffemodel: the SEC training and deploy nets, faithful
@@ -21,6 +24,8 @@ writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, 
   Caffe) but channels / WIDTH_DIVISOR and a 41 x 41 input (6 x 6 scores); dropout layers removed,
   shuffle off. The same per-layer records, a full backward of the training net, the deploy net's
   forward and the notebooks' saliency (fc8-SEC diff 1, backward, conv4_1 diff).
+* solvers.json + solvers.npz: every solver and lr policy, five iterations on a tiny net
+  (bench/caffe_reference_solvers.py).
 * solver.json + solver.npz + sec_iter_5.caffemodel/.solverstate: five iterations of the original
   solver settings on that net (losses, snapshot), the same five from weights perturbed by
   PERTURBATION (Caffe's own sensitivity), and from the snapshot in a fresh solver one more
@@ -51,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from caffe_reference_cases import CASES, EDGE_DIFFERENCES, EDGE_NETS, INPUT_CASE, case_prototxt, make_input
+from caffe_reference_data import write_data
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH_DIVISOR = 32
@@ -475,7 +481,7 @@ def write_fixtures(args):
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
     families = case_families()
-    steps = list(families) + ["edge", "image_data", "sec"]
+    steps = list(families) + ["edge", "image_data", "data", "sec", "solvers"]
     unknown = sorted(set(args.only or []) - set(steps))
     if unknown:
         raise SystemExit(f"--only: unknown part(s) {unknown}; known: {steps}")
@@ -489,6 +495,13 @@ def write_fixtures(args):
                 write_edge_nets(caffe, out, sub)
             elif step == "image_data":
                 write_image_data(caffe, out, sub)
+            elif step == "data":
+                write_data(caffe, out, sub, save, caffe_version)
+            elif step == "solvers":
+                from caffe_reference_solvers import write_solvers
+                store, files = Store("v"), {}
+                save(out, "solvers", write_solvers(caffe, sub, store, files, caffe_version(caffe)),
+                     {**store.arrays, **files})
             else:
                 train_path, init_model = write_sec_nets(caffe, out, sub)
                 write_solver(caffe, out, sub, train_path, init_model)
@@ -504,7 +517,9 @@ def build_parser():
                         help="fixture folder to write (run with pycaffe's Python)")
     parser.add_argument("--only", action="append", metavar="PART",
                         help="write only this part (repeatable): layers, layers_<family> (one per "
-                             "bench/caffe_cases_<family>.py), edge, image_data, sec (the SEC nets and solver)")
+                             "bench/caffe_cases_<family>.py), edge, image_data, data (the data layers and "
+                             "tools, bench/caffe_reference_data.py), sec (the SEC nets and solver), "
+                             "solvers (every solver and lr policy, bench/caffe_reference_solvers.py)")
     parser.add_argument("--bench", action="store_true",
                         help="time Caffe's and sec.caffe's SEC solver step instead (run with the project's python); "
                              "the flags after it are bench/caffe_speed.py's (python3 bench/caffe_speed.py --help)")

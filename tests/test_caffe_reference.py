@@ -206,6 +206,7 @@ def test_one_layer_net_through_pycaffe_api_matches_caffe(tmp_path, case):
 def test_every_engine_layer_type_has_a_caffe_fixture():
     from sec.caffe.layers import LAYER_TYPES
     covered = {c["type"] for c in LAYER_CASES} | {"ImageData"}   # ImageData: image_data.json, sec_nets
+    covered |= {"Data", "HDF5Data", "HDF5Output", "MemoryData", "WindowData"}  # data.json: test_caffe_data_reference
     assert set(LAYER_TYPES) <= covered, f"no Caffe fixture for {sorted(set(LAYER_TYPES) - covered)}"
 
 

@@ -2,17 +2,22 @@
 
 Each class is built as ``cls(layer_param, bottom_shapes, build_context)``; base.py says what it
 provides. The modules follow Caffe's layer families: vision (and vision_pooling), neuron, common,
-utility (and utility_select), loss (and loss_distance), recurrent, data; python: `type: "Python"`
-layers, with sec_twins for SEC's own.
+utility (and utility_select), loss (and loss_distance), recurrent, data (and data_arrays); python:
+`type: "Python"` layers, with sec_twins for SEC's own.
 """
-from sec.caffe.layers import (common, data, loss, loss_distance, neuron, recurrent, utility, utility_select,
-                              vision, vision_pooling)
+from sec.caffe.layers import (common, data, data_arrays, loss, loss_distance, neuron, recurrent, utility,
+                              utility_select, vision, vision_pooling)
 from sec.caffe.layers.sec_twins import python_layer
 
 LAYER_TYPES = {
     # data
     "Input": data.Input,
+    "Data": data.Data,
     "ImageData": data.ImageData,
+    "HDF5Data": data_arrays.HDF5Data,
+    "HDF5Output": data_arrays.HDF5Output,
+    "MemoryData": data_arrays.MemoryData,
+    "WindowData": data.WindowData,
     # vision
     "Convolution": vision.Convolution,
     "Deconvolution": vision.Deconvolution,
