@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from sec import data, metrics, visualize
+from sec import data, metrics, tensorboard, visualize
 from sec.caffe import formats
 from sec.caffe.solver import NetOverrides, apply_net_overrides, make_solver, snapshot_paths
 from sec.deploy_files import atomic_save
@@ -70,6 +71,7 @@ class RunConfig:
     precision: str = "fp32"         # "bf16": autocast of the net body (sec.nn.speed)
     tf32: bool = True               # TF32 convolutions on CUDA (PyTorch's default)
     channels_last: bool = False     # NHWC parameters and inputs
+    tensorboard: Path | None = None  # --tensorboard DIR: events in DIR/<name> (sec.tensorboard), rank 0
 
     @property
     def run_dir(self):
@@ -309,7 +311,12 @@ def train(cfg):
                     print(warning, file=sys.stderr)
         elif cfg.weights is not None:
             require_some_weights(solver.load_weights(cfg.weights), cfg.weights)
-        run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0)
+        board = None
+        if cfg.tensorboard is not None and rank == 0:
+            board = tensorboard.TrainingLog(tensorboard.run_log_dir(cfg.tensorboard, cfg.name),
+                                            resume_iter=solver.iter if cfg.resume else None)
+        run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0,
+                 board=board)
         return snapshot_paths(cfg.prefix, solver.iter)[0]
     finally:
         for name in ("sec", "pylayers"):
@@ -317,8 +324,9 @@ def train(cfg):
         handler.close()
 
 
-def run_loop(solver, run_dir, resume_iter=None, show=True):
-    """solver.solve() with a tqdm bar (loss, ETA), losses.csv and losses.png."""
+def run_loop(solver, run_dir, resume_iter=None, show=True, board=None):
+    """solver.solve() with a tqdm bar (loss, ETA), losses.csv and losses.png; `board` (a
+    sec.tensorboard.TrainingLog) logs every iteration too, and is closed at the end."""
     csv_path = Path(run_dir) / "losses.csv"
     losses = LossLog(csv_path, resume_iter) if show else None
     bar = tqdm(total=solver.param.max_iter, initial=solver.iter, desc="train", unit="it",
@@ -333,12 +341,16 @@ def run_loop(solver, run_dir, resume_iter=None, show=True):
         bar.update(1)
 
     solver.on_iteration_end.append(on_iteration_end)
+    if board is not None:
+        solver.on_iteration_end.append(board.iteration)
     solved = False
     try:
         solver.solve()
         solved = True
     finally:
         bar.close()
+        if board is not None:
+            board.close()
         try:
             if losses is not None:
                 losses.close()
@@ -457,6 +469,12 @@ def write_caffe_files(cfg):
     return solver_path
 
 
+def snapshot_iteration(weights):
+    """N of a snapshot `<prefix>_iter_N.caffemodel` (Caffe's naming), else None."""
+    match = re.fullmatch(r".*_iter_(\d+)\.caffemodel", Path(weights).name)
+    return int(match.group(1)) if match else None
+
+
 def finish(cfg, weights, evaluate_after=True):
     """Write runs/latest.json; on the synthetic set, evaluate on val and print the IoU table."""
     info = write_latest(cfg.runs_root, weights, cfg.deploy, cfg.classes, cfg.num_classes, cfg.dataset)
@@ -477,4 +495,8 @@ def finish(cfg, weights, evaluate_after=True):
     print(format_iou_table(confusion, synthetic.CLASSES))
     save_eval(cfg.run_dir / "eval.json", confusion, synthetic.CLASSES, {"weights": str(weights)})
     print(f"wrote {cfg.run_dir / 'eval.json'} and {cfg.run_dir / 'panels.png'}")
+    if cfg.tensorboard is not None:   # at the last iteration's step (0-based, as losses.csv)
+        iterations = snapshot_iteration(weights)
+        tensorboard.log_evaluation(tensorboard.run_log_dir(cfg.tensorboard, cfg.name),
+                                   iterations - 1 if iterations else 0, confusion.miou())
     return info

@@ -10,9 +10,10 @@ SEC recipe (models/synthetic/train.prototxt: its layers, three losses and the de
 changes a data-parallel run cannot match on purpose: the list is read in order (each rank reads
 its shard of the list, shuffled by its own seed when shuffling), and no Dropout (each rank draws
 its own masks) and no BatchNorm (statistics of the rank's share of the batch, as in Caffe's
-multi-GPU training).
+multi-GPU training). With the tensorboard package, --tensorboard is checked to log on rank 0 only.
 """
 import csv
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ WEIGHT_TOL = 1e-4
 MIN_UPDATE = 1e-3          # every learnable blob moved at least this much (relative) in the 3 iterations
 LOSS_TOL = 1e-5
 RUN_TIMEOUT_S = 300
+WITH_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 
 def data_parallel_net(dataset, path):
@@ -79,7 +81,10 @@ def free_port():
 
 
 def node_command(node, port, flags, runs):
-    """torchrun for one of two nodes; node 0 hosts the rendezvous store."""
+    """torchrun for one of two nodes; node 0 hosts the rendezvous store. With the tensorboard
+    package, each node is given its own --tensorboard folder (rank 0 alone must write there)."""
+    if WITH_TENSORBOARD:
+        flags = [*flags, "--tensorboard", str(runs.parent / f"tb{node}")]
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
             "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "sec-multinode-test",
             "--rdzv_conf", f"is_host={1 if node == 0 else 0}", "--max_restarts", "0",
@@ -125,6 +130,9 @@ def test_two_nodes_train_the_weights_of_one_process_with_the_same_global_batch(s
         run = folder / f"node{node}" / "synthetic"
         assert (run / f"list_rank{node}.txt").is_file() and not (run / f"list_rank{1 - node}.txt").exists()
     assert (folder / "node1" / "synthetic" / "train_rank1.log").is_file()
+    if WITH_TENSORBOARD:
+        assert list((folder / "tb0" / "synthetic").glob("events.out.tfevents.*"))
+        assert not (folder / "tb1").exists()
     name = f"synthetic_iter_{ITERATIONS}.caffemodel"
     assert not (folder / "node1" / "synthetic" / name).exists()     # rank 0 alone snapshots
     want = weights(folder / "single" / "synthetic" / name)

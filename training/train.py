@@ -104,6 +104,11 @@ def build_parser():
                         "CUDA (default: TF32 allowed, PyTorch's default; torch engine only)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for the net (CUDA; "
                         "torch engine only)")
+    parser.add_argument("--tensorboard", type=Path, metavar="DIR", help="TensorBoard events in DIR/<run name>: "
+                        "every loss, the smoothed loss, lr, seconds per iteration, the evaluation's mIoU, and "
+                        "every 50 iterations a panel of image, cues, prediction and CRF output; the synthetic "
+                        "localization stages log to DIR/localization-synthetic-{fg,bg}. Needs `pip install "
+                        "tensorboard`; rank 0 only; --resume appends (torch engine only)")
     return parser
 
 
@@ -198,9 +203,10 @@ def localization_stages(args, stages):
     inputs = ["--list", dataset / "train.txt", "--root", dataset / "images",
               "--labels", dataset / "train_labels.json", "--device", args.device]
     iters = [] if args.loc_iters is None else ["--iters", args.loc_iters]
+    board = [] if args.tensorboard is None else ["--tensorboard", args.tensorboard]
     commands = {
         net: [sys.executable, TRAIN_LOCALIZATION, "--net", net, "--preset", LOCALIZATION_PRESET, *inputs,
-              "--run-dir", files["folder"] / net, "--out", files[net], "--overwrite", *iters]
+              "--run-dir", files["folder"] / net, "--out", files[net], "--overwrite", *iters, *board]
         for net in ("fg", "bg")}
     commands["cues"] = [sys.executable, MAKE_CUES, "--preset", LOCALIZATION_PRESET, *inputs,
                         "--masks", dataset / "masks", "--fg-weights", files["fg"], "--bg-weights", files["bg"],
@@ -302,7 +308,8 @@ TORCH_ENGINE_ONLY = (("--precision bf16", lambda args: args.precision != "fp32")
                      ("--channels-last", lambda args: args.channels_last),
                      ("--no-tf32", lambda args: not args.tf32),
                      ("--threads", lambda args: args.threads is not None),
-                     ("--gpus > 1", lambda args: args.gpus > 1))
+                     ("--gpus > 1", lambda args: args.gpus > 1),
+                     ("--tensorboard", lambda args: args.tensorboard is not None))
 CAFFE_ENGINE_ONLY = (("--caffe-python", lambda args: args.caffe_python is not None),
                      ("--caffe-bin", lambda args: args.caffe_bin is not None))
 SYNTHETIC_STAGES_ONLY = (("--localization-only", lambda args: args.localization_only),
@@ -344,6 +351,7 @@ def main(args, argv=()):
 
 
 def run(args, argv):
+    from sec import tensorboard
     from sec import train as sec_train
     from sec.caffe.solver import NonFiniteLossError
     from sec.run_folder import check_writable_folder
@@ -353,6 +361,8 @@ def run(args, argv):
     relaunch = args.gpus > 1 and not under_torchrun and args.engine == "torch"
     try:
         check_flags(args)
+        if args.tensorboard is not None:
+            tensorboard.require()                   # before any stage: the package is there
         sec_train.pick_device(args.device)          # before any stage runs on it
         check_writable_folder(args.runs, "--runs")
         if not under_torchrun:
@@ -362,6 +372,7 @@ def run(args, argv):
                 return 0
         cfg = recipe(args)
         cfg.precision, cfg.tf32, cfg.channels_last = args.precision, args.tf32, args.channels_last
+        cfg.tensorboard = args.tensorboard
         for path in (cfg.source, cfg.cues):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path} not found")
