@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import randomize_weights
 from sec import caffe
 from sec.export import ExportError, export, main, parse_args
 from sec.export_trace import CHECK_TOL, need_module, relative_difference
@@ -58,20 +59,6 @@ def engine_run(net, feed, outputs=None):
     with torch.no_grad():
         values = net.run({name: torch.from_numpy(np.asarray(x, np.float32)) for name, x in feed.items()})
     return [values[name].numpy() for name in (outputs or net.outputs)]
-
-
-def randomize(net, seed=0):
-    """Random weights everywhere, BatchNorm statistics included (variance > 0, factor 1)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, kind, params in net.layer_params():
-            if kind == "BatchNorm":
-                params[0].normal_(generator=generator)
-                params[1].uniform_(0.5, 2.0, generator=generator)
-                params[2].fill_(1.0)
-            else:
-                for p in params:
-                    p.normal_(0.0, 0.3, generator=generator)
 
 
 def synthetic_deploy(tmp_path, side=TINY_SIDE):
@@ -165,7 +152,7 @@ def test_one_layer_net_exports_equal_to_caffe_or_is_refused_naming_the_layer(tmp
 
 def test_synthetic_net_with_random_weights_exports_with_dynamic_batch_and_size(tmp_path):
     net = caffe.Net(str(synthetic_deploy(tmp_path)), caffe.TEST)
-    randomize(net)
+    randomize_weights(net)
     report = export(net, onnx=tmp_path / "s.onnx", torchscript=tmp_path / "s.pt")
     assert report.dynamic == {"images": [0, 2, 3]}
     assert report.worst["onnx"] <= CHECK_TOL and report.worst["torchscript"] <= CHECK_TOL
@@ -243,7 +230,7 @@ def save_net(tmp_path, text):
     prototxt = tmp_path / "net.prototxt"
     prototxt.write_text(text)
     net = caffe.Net(str(prototxt), caffe.TEST)
-    randomize(net)
+    randomize_weights(net)
     net.save(str(tmp_path / "net.caffemodel"))
     return prototxt, tmp_path / "net.caffemodel"
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import load_script
+from conftest import load_script, randomize_weights
 from sec import caffe, data, tta
 from sec import deploy as pipeline
 
@@ -62,16 +62,7 @@ def model(tmp_path_factory):
     prototxt = folder / "deploy.prototxt"
     prototxt.write_text(SYNTHETIC_DEPLOY.read_text().replace("dim: 161", f"dim: {NET_SIDE}"))
     net = caffe.Net(str(prototxt), caffe.TEST)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for _, kind, params in net.layer_params():
-            if kind == "BatchNorm":
-                params[0].normal_(generator=generator)
-                params[1].uniform_(0.5, 2.0, generator=generator)
-                params[2].fill_(1.0)
-            else:
-                for p in params:
-                    p.normal_(0.0, 0.3, generator=generator)
+    randomize_weights(net)
     net.save(str(folder / "w.caffemodel"))
     images = folder / "images"
     images.mkdir()
