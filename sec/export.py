@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from sec.caffe.layers.base import TEST
 from sec.caffe.layers.vision_pooling import POOL_STOCHASTIC
 from sec.deploy_files import atomic_save
 from sec.export_trace import (CHECK_TOL, SPATIAL_AXES, ExportError, OnnxRunner, export_forward,
@@ -43,6 +44,8 @@ from sec.export_trace import (CHECK_TOL, SPATIAL_AXES, ExportError, OnnxRunner, 
 PROBE_GROW = (1, 13, 6)     # batch, height, width added for the probe shape: odd and even sizes
 INPUT_STD = 64.0            # random inputs at the scale of mean-subtracted pixels
 CHECK_SEED = 0
+EXIT_BAD_INPUT = 2          # a flag, file or net the export cannot use; nothing written
+EXIT_INTERRUPTED = 130      # Ctrl-C; nothing written
 
 REFUSED_TYPES = {
     "Python": "runs Python (numpy) code on the host, outside the traced graph",
@@ -161,16 +164,18 @@ def random_inputs(shapes, seed=CHECK_SEED):
 
 # ---- exporting ------------------------------------------------------------------------------
 
+FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
+
+
 def _fail(net, fmt, base_inputs, probe_inputs, what):
+    """Raise the ExportError of a failed or disagreeing export: naming the layer at fault when
+    one fails alone (find_layer_at_fault), else the net and `what` happened."""
     found = find_layer_at_fault(net, base_inputs, probe_inputs, fmt)
     if found is not None:
         step, reason = found
         raise ExportError(f"{net._where(step)}: cannot be expressed in {FORMAT_NAMES[fmt]}: {reason}")
     raise ExportError(f"{net.source}: {FORMAT_NAMES[fmt]} export failed ({what}), and no single layer "
                       "fails alone")
-
-
-FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
 
 def _check(runner, cases, fmt, net, report):
@@ -209,7 +214,7 @@ def export(net, onnx=None, torchscript=None, outputs=None, static=False, check=T
     """
     if onnx is None and torchscript is None:
         raise ExportError("nothing to export: give an ONNX and/or a TorchScript output path")
-    if net.phase != 1:
+    if net.phase != TEST:
         raise ExportError(f"{net.source}: export needs the net built in the TEST phase")
     if not net.inputs:
         raise ExportError(f"{net.source}: the net declares no input blob (a deploy net has an Input layer)")
@@ -312,8 +317,8 @@ def parse_args(argv=None):
 
 
 def main(args):
-    """Export as the flags say; prints what was written. Returns the exit status (0, or 2 with
-    one line on stderr)."""
+    """Export as the flags say; prints what was written. Returns the exit status: 0, or
+    EXIT_BAD_INPUT / EXIT_INTERRUPTED with one line on stderr (nothing written then)."""
     try:
         net = load_net(args.prototxt, args.weights, args.allow_missing_weights)
         outputs = [name.strip() for name in args.outputs.split(",")] if args.outputs else None
@@ -321,9 +326,15 @@ def main(args):
                         static=args.static, check=not args.no_check)
     except ExportError as err:
         print(f"export: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except OSError as err:   # an output that cannot be written (read-only folder, full disk)
+        print(f"export: error: cannot write the export: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("export: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     axes = ", ".join(f"{name}: {axes or 'static'}" for name, axes in report.dynamic.items())
-    print(f"inputs {report.inputs} -> outputs {report.outputs}; dynamic axes {axes}")
+    print(f"inputs {report.inputs} -> outputs {report.output_names}; dynamic axes {axes}")
     for fmt in ("onnx", "torchscript"):
         path = getattr(report, fmt)
         if path is not None:

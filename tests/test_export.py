@@ -318,3 +318,23 @@ def test_help_lists_every_flag(capsys):
     for flag in ("--prototxt", "--weights", "--onnx", "--torchscript", "--outputs", "--static", "--no-check",
                  "--allow-missing-weights"):
         assert flag in text, flag
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import sec.export
+    prototxt, weights = save_net(tmp_path, FC_NET)
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(sec.export, "atomic_save", full_disk)
+    args = ["--prototxt", str(prototxt), "--weights", str(weights), "--onnx", str(tmp_path / "f.onnx")]
+    assert main(parse_args(args)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("export: error: cannot write the export: ") and "No space left" in err
+    assert err.count("\n") == 1
+    assert main(parse_args(["--prototxt", str(prototxt), "--weights", str(weights),
+                            "--onnx", str(tmp_path / "no" / "f.onnx")])) == 2
+    assert "the folder" in capsys.readouterr().err
