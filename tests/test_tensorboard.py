@@ -102,6 +102,13 @@ def test_a_missing_package_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "tb").exists() and not (tmp_path / "runs" / "synthetic").exists()
 
 
+def test_engine_caffe_refuses_tensorboard(tmp_path, capsys):
+    train = load_script("training/train.py")
+    argv = ["--engine", "caffe", "--tensorboard", str(tmp_path / "tb"), "--runs", str(tmp_path / "runs")]
+    assert train.main(train.build_parser().parse_args(argv), argv) == 2
+    assert "--tensorboard: torch engine only" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
     from sec import synthetic
