@@ -37,6 +37,7 @@ from sec.deploy_files import atomic_save
 from sec.run_folder import (RunInputError, check_cue_pairing, check_iterations,  # noqa: F401
                             check_train_net_inputs, latest_snapshot, missing_sidecar_note, prepare_new_run,
                             remove_stale_temporaries, require_some_weights, restore_newest_readable)
+from sec.tensorboard import PANEL_EVERY
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class RunConfig:
     tf32: bool = True               # TF32 convolutions on CUDA (PyTorch's default)
     channels_last: bool = False     # NHWC parameters and inputs
     tensorboard: Path | None = None  # --tensorboard DIR: events in DIR/<name> (sec.tensorboard), rank 0
+    tensorboard_panels: int = PANEL_EVERY   # a panel every N iterations (0: none)
 
     @property
     def run_dir(self):
@@ -314,7 +316,8 @@ def train(cfg):
         board = None
         if cfg.tensorboard is not None and rank == 0:
             board = tensorboard.TrainingLog(tensorboard.run_log_dir(cfg.tensorboard, cfg.name),
-                                            resume_iter=solver.iter if cfg.resume else None)
+                                            resume_iter=solver.iter if cfg.resume else None,
+                                            panel_every=cfg.tensorboard_panels)
         run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0,
                  board=board)
         return snapshot_paths(cfg.prefix, solver.iter)[0]

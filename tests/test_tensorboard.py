@@ -129,7 +129,7 @@ def tiny_config(tiny_set, tmp_path, **fields):
                     deploy=tmp_path / "deploy.prototxt", runs_root=tmp_path / "runs", classes="synthetic",
                     num_classes=7, dataset=tiny_set, source=tiny_set / "train.txt",
                     root_folder=str(tiny_set / "images") + "/", cues=tiny_set / "cues.pickle", batch=2, iters=3,
-                    tensorboard=tmp_path / "tb")
+                    tensorboard=tmp_path / "tb", tensorboard_panels=2)
     for key, value in fields.items():
         setattr(cfg, key, value)
     return cfg
@@ -154,7 +154,7 @@ def test_training_logs_every_loss_lr_time_panels_and_the_evaluation(tiny_set, tm
             assert logged[int(row["iter"])] == pytest.approx(float(row[column]), rel=1e-6), tag
     assert all(value > 0 for value in scalar_steps(reader, "time/iteration_s").values())
     panels = reader.Images("panels")
-    assert [p.step for p in panels] == [0] and (panels[0].width, panels[0].height) == (4 * TINY_NET, 2 * TINY_NET)
+    assert [p.step for p in panels] == [0, 2] and (panels[0].width, panels[0].height) == (4 * TINY_NET, 2 * TINY_NET)
     miou = json.loads((cfg.run_dir / "eval.json").read_text())["miou"]
     assert scalar_steps(reader, "eval/mIoU") == {2: pytest.approx(miou)}
 

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from sec import launch
-from sec.run_folder import caffe_seed, positive_int, run_name
+from sec.run_folder import caffe_seed, nonnegative_int, positive_int, run_name
+from sec.tensorboard import PANEL_EVERY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = REPO_ROOT / "models"
@@ -109,6 +110,9 @@ def build_parser():
                         "every 50 iterations a panel of image, cues, prediction and CRF output; the synthetic "
                         "localization stages log to DIR/localization-synthetic-{fg,bg}. Needs `pip install "
                         "tensorboard`; rank 0 only; --resume appends (torch engine only)")
+    parser.add_argument("--tensorboard-panels", type=nonnegative_int, default=PANEL_EVERY, metavar="N",
+                        help="with --tensorboard: a panel of image, cues, prediction and CRF every N iterations "
+                             "(0: none; default %(default)s)")
     return parser
 
 
@@ -372,7 +376,7 @@ def run(args, argv):
                 return 0
         cfg = recipe(args)
         cfg.precision, cfg.tf32, cfg.channels_last = args.precision, args.tf32, args.channels_last
-        cfg.tensorboard = args.tensorboard
+        cfg.tensorboard, cfg.tensorboard_panels = args.tensorboard, args.tensorboard_panels
         for path in (cfg.source, cfg.cues):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path} not found")
