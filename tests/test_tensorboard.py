@@ -170,3 +170,10 @@ def test_localization_training_logs_its_losses(tmp_path, tiny_set):
     reader = events(tmp_path / "tb" / "localization-synthetic-fg")
     assert sorted(scalar_steps(reader, "loss/total")) == [0, 1]
     assert "lr" in reader.Tags()["scalars"] and not reader.Tags()["images"]   # no SEC blobs: no panels
+
+
+def test_panels_flag_needs_tensorboard(tmp_path, capsys):
+    train = load_script("training/train.py")
+    argv = ["--tensorboard-panels", "5", "--runs", str(tmp_path / "runs")]
+    assert train.main(train.build_parser().parse_args(argv), argv) == 2
+    assert "--tensorboard-panels: only with --tensorboard DIR" in capsys.readouterr().err

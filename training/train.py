@@ -110,9 +110,9 @@ def build_parser():
                         "every 50 iterations a panel of image, cues, prediction and CRF output; the synthetic "
                         "localization stages log to DIR/localization-synthetic-{fg,bg}. Needs `pip install "
                         "tensorboard`; rank 0 only; --resume appends (torch engine only)")
-    parser.add_argument("--tensorboard-panels", type=nonnegative_int, default=PANEL_EVERY, metavar="N",
+    parser.add_argument("--tensorboard-panels", type=nonnegative_int, metavar="N",
                         help="with --tensorboard: a panel of image, cues, prediction and CRF every N iterations "
-                             "(0: none; default %(default)s)")
+                             f"(0: none; default {PANEL_EVERY})")
     return parser
 
 
@@ -358,7 +358,7 @@ def run(args, argv):
     from sec import tensorboard
     from sec import train as sec_train
     from sec.caffe.solver import NonFiniteLossError
-    from sec.run_folder import check_writable_folder
+    from sec.run_folder import RunInputError, check_writable_folder
 
     under_torchrun = "WORLD_SIZE" in os.environ
     started = time.perf_counter()
@@ -367,6 +367,8 @@ def run(args, argv):
         check_flags(args)
         if args.tensorboard is not None:
             tensorboard.require()                   # before any stage: the package is there
+        elif args.tensorboard_panels is not None:
+            raise RunInputError("--tensorboard-panels: only with --tensorboard DIR")
         sec_train.pick_device(args.device)          # before any stage runs on it
         check_writable_folder(args.runs, "--runs")
         if not under_torchrun:
@@ -376,7 +378,9 @@ def run(args, argv):
                 return 0
         cfg = recipe(args)
         cfg.precision, cfg.tf32, cfg.channels_last = args.precision, args.tf32, args.channels_last
-        cfg.tensorboard, cfg.tensorboard_panels = args.tensorboard, args.tensorboard_panels
+        cfg.tensorboard = args.tensorboard
+        if args.tensorboard_panels is not None:
+            cfg.tensorboard_panels = args.tensorboard_panels
         for path in (cfg.source, cfg.cues):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path} not found")
