@@ -11,6 +11,7 @@ LAYER_TYPES = {
     # data
     "Input": data.Input,
     "ImageData": data.ImageData,
+    "DummyData": data.DummyData,
     # vision
     "Convolution": vision.Convolution,
     "Deconvolution": vision.Deconvolution,

@@ -1,0 +1,473 @@
+"""pycaffe's Net API (python/caffe/pycaffe.py and _caffe.cpp) as methods of `sec.caffe.Net`.
+
+Layout of what a net offers, as pycaffe: `blobs` (OrderedDict name -> blob, creation order),
+`params` (layer name -> BlobVec of its parameter blobs), `layers` (a Python layer's own instance,
+else a `LayerView` with `type`, `blobs`, `setup`, `reshape`), `layer_dict`, `inputs`, `outputs`,
+`blob_loss_weights`, `top_names`, `bottom_names`, the index views `_layer_names`, `_blob_names`,
+`_blobs`, `_inputs`, `_outputs`, `_blob_loss_weights`, `_top_ids(i)`, `_bottom_ids(i)`.
+
+Forward and backward run layer by layer over a range, as Caffe's ForwardFromTo/BackwardFromTo, with
+the before/after callbacks. Backward is Caffe's too: each layer (last to first) reads its tops'
+diffs from the blobs and writes its bottoms' diffs (overwriting, except that a blob feeding several
+layers receives the sum, as Caffe's Split layers give it) and adds to its parameters' diffs; loss
+tops hold their loss_weight as diff from the start. It differentiates the graph of the last forward
+when there is one (autograd, per layer), else recomputes each layer from its blobs' current data
+(`backward()` before any `forward()`, or after one run under torch.no_grad(), as pycaffe allows).
+"""
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+CALLBACK_KINDS = ("before_forward", "after_forward", "before_backward", "after_backward")
+
+
+class LayerView:
+    """`net.layers[i]` of a built-in layer: pycaffe's Layer (`type`, `blobs`, `setup`, `reshape`)."""
+
+    def __init__(self, net, step, blobs):
+        self.name = step.name
+        self.type = step.type
+        self.blobs = blobs
+        self._impl = step.impl
+
+    def reshape(self, bottom, top):
+        """Caffe's Layer::Reshape: top blobs take the shapes the layer computes from the bottoms'."""
+        for blob, shape in zip(top, self._impl.shapes([tuple(b.shape) for b in bottom])):
+            blob.reshape(*shape)
+
+    def setup(self, bottom, top):
+        """Caffe's Layer::SetUp on a built net: the layer keeps its parameters, so this is reshape."""
+        self.reshape(bottom, top)
+
+
+class PycaffeNet:
+    """The pycaffe side of sec.caffe.Net (a mixin: the torch side and the building are in net.py)."""
+
+    # ---- views ----------------------------------------------------------------------------
+
+    @property
+    def _layer_names(self):
+        return list(self.layer_names)
+
+    @property
+    def _blob_names(self):
+        return list(self.blobs)
+
+    @property
+    def _blobs(self):
+        return list(self.blobs.values())
+
+    @property
+    def _inputs(self):
+        names = self._blob_names
+        return [names.index(n) for n in self.inputs]
+
+    @property
+    def _outputs(self):
+        names = self._blob_names
+        return [names.index(n) for n in self.outputs]
+
+    @property
+    def _blob_loss_weights(self):
+        return [float(self.loss_weights.get(n, 0.0)) for n in self.blobs]
+
+    @property
+    def blob_loss_weights(self):
+        """OrderedDict blob name -> loss weight (0 for blobs that are not losses)."""
+        return OrderedDict(zip(self._blob_names, self._blob_loss_weights))
+
+    @property
+    def layer_dict(self):
+        """OrderedDict layer name -> net.layers entry."""
+        return OrderedDict(zip(self.layer_names, self.layers))
+
+    def _top_ids(self, index):
+        names = self._blob_names
+        return [names.index(n) for n in self._layers[index].tops]
+
+    def _bottom_ids(self, index):
+        names = self._blob_names
+        return [names.index(n) for n in self._layers[index].bottoms]
+
+    def _layer_index(self, name):
+        if name not in self.layer_names:
+            raise ValueError(f"{self.source}: no layer named {name!r} in this "
+                             f"{('TRAIN', 'TEST')[self.phase]} net")
+        return self.layer_names.index(name)
+
+    # ---- callbacks --------------------------------------------------------------------------
+
+    def before_forward(self, fn):
+        """Call fn(layer index) before each layer's forward (Caffe's Net callbacks)."""
+        self._callbacks.setdefault("before_forward", []).append(fn)
+
+    def after_forward(self, fn):
+        self._callbacks.setdefault("after_forward", []).append(fn)
+
+    def before_backward(self, fn):
+        self._callbacks.setdefault("before_backward", []).append(fn)
+
+    def after_backward(self, fn):
+        self._callbacks.setdefault("after_backward", []).append(fn)
+
+    def _run_callbacks(self, kind, index):
+        for fn in self._callbacks.get(kind, ()):
+            fn(index)
+
+    # ---- forward ----------------------------------------------------------------------------
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """pycaffe's forward: kwargs set every input blob (their first axis must be the batch);
+        runs layers start..end (names, inclusive); returns {name: data} of the outputs (or of layer
+        `end`'s tops) plus `blobs`."""
+        blobs = list(blobs or [])
+        first = self._layer_index(start) if start is not None else 0
+        if end is not None:
+            last = self._layer_index(end)
+            names = self.top_names[end] + blobs
+        else:
+            last = len(self._layers) - 1
+            names = self.outputs + blobs
+        if kwargs:
+            if set(kwargs) != set(self.inputs):
+                raise Exception(f"Input blob arguments do not match net inputs. (inputs: {self.inputs}, "
+                                f"given: {sorted(kwargs)})")
+            for name, value in kwargs.items():
+                if value.shape[0] != self.blobs[name].shape[0]:
+                    raise Exception(f"Input is not batch sized ('{name}': {value.shape[0]} vs "
+                                    f"{self.blobs[name].shape[0]})")
+                self.blobs[name].data[...] = value
+        self._forward(first, last)
+        return {name: self.blobs[name].data for name in dict.fromkeys(names)}
+
+    def _forward(self, start, end):
+        """Caffe's ForwardFromTo(start, end) (layer indices, inclusive); returns the loss of the range."""
+        self.sync_param_blobs()
+        device, grad = self.device, torch.is_grad_enabled()
+        values, record, loss = {}, [], 0.0
+        for step in self._layers[start:end + 1]:
+            self._run_callbacks("before_forward", step.index)
+            if step.kind != "input":
+                tops = self._forward_step(step, values, device, grad)
+                record.append((step, [values[b] for b in step.bottoms], tops))
+                for name, top in zip(step.tops, tops):
+                    values[name] = top
+                    self.blobs[name].set_tensor(top)
+                    if name in self.loss_weights:
+                        loss += self.loss_weights[name] * float(top.detach().sum())
+            self._run_callbacks("after_forward", step.index)
+        self._record = record if grad else None
+        return loss
+
+    def _forward_step(self, step, values, device, grad):
+        """One layer's tops (bottoms from `values` or, first, from the blobs)."""
+        for name in step.bottoms:
+            if name not in values:
+                values[name] = self._blob_tensor(name, device, grad)
+        bottoms = [values[b] for b in step.bottoms]
+        if step.detach is not None:
+            bottoms = [b.detach() if d else b for b, d in zip(bottoms, step.detach)]
+        tops = []
+        for name, top in zip(step.tops, step.fn(*bottoms)):
+            if top is None:                          # kept (DummyData's constant tops): the blob's content
+                top = self._blob_tensor(name, device, grad)
+            elif grad and self.force_backward and not step.bottoms and not top.requires_grad:
+                top = top.detach().requires_grad_()  # force_backward: data tops get diffs too, as in Caffe
+            tops.append(top)
+        return _distinct_tops(tops, bottoms)
+
+    def _blob_tensor(self, name, device, grad):
+        tensor = self.blobs[name].tensor(device)
+        if grad and self.force_backward and name in self._needs_backward:
+            tensor = tensor.detach().requires_grad_()
+        return tensor
+
+    # ---- backward ---------------------------------------------------------------------------
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """pycaffe's backward from layer `start` (default last) down to `end` (default first);
+        kwargs set the diffs of every output. Returns {name: diff} of the inputs (or of layer `end`'s
+        bottoms) plus `diffs`."""
+        diffs = list(diffs or [])
+        last = self._layer_index(start) if start is not None else len(self._layers) - 1
+        if end is not None:
+            first = self._layer_index(end)
+            names = self.bottom_names[end] + diffs
+        else:
+            first = 0
+            names = self.inputs + diffs
+        if kwargs:
+            if set(kwargs) != set(self.outputs):
+                raise Exception(f"Top diff arguments do not match net outputs. (outputs: {self.outputs}, "
+                                f"given: {sorted(kwargs)})")
+            for name, value in kwargs.items():
+                if value.shape[0] != self.blobs[name].shape[0]:
+                    raise Exception(f"Diff is not batch sized ('{name}': {value.shape[0]} vs "
+                                    f"{self.blobs[name].shape[0]})")
+                self.blobs[name].diff[...] = value
+        self._backward(last, first)
+        return {name: self.blobs[name].diff for name in dict.fromkeys(names)}
+
+    def _backward(self, start, end):
+        """Caffe's BackwardFromTo(start, end): layers start down to end (indices, inclusive)."""
+        self.sync_param_blobs()
+        recorded = {entry[0].index: entry for entry in (self._record or [])}
+        written = set()
+        for step in reversed(self._layers[end:start + 1]):
+            self._run_callbacks("before_backward", step.index)
+            if step.kind != "input":
+                if step.index in recorded:
+                    _, bottoms, tops = recorded[step.index]
+                    self._backward_tensors(step, bottoms, tops, written)
+                else:
+                    self._backward_from_blobs(step, written)
+            self._run_callbacks("after_backward", step.index)
+
+    def _top_diff(self, name, top):
+        diff = self.blobs[name].diff_tensor(top.device)
+        return torch.zeros_like(top) if diff is None else diff.reshape(top.shape).to(top.dtype)
+
+    def _backward_tensors(self, step, bottoms, tops, written):
+        """Autograd through one layer's graph: top diffs from the blobs in, bottom and param diffs out."""
+        seeds = [(top, self._top_diff(name, top)) for name, top in zip(step.tops, tops) if top.requires_grad]
+        # one entry per tensor: a blob given twice as a bottom gets its whole gradient once (Caffe's split sum)
+        wrt = list({id(b): (index, b) for index, b in reversed(list(enumerate(bottoms))) if b.requires_grad}.values())
+        params = [p for p in dict.fromkeys(step.impl.params) if p.requires_grad]
+        if not seeds or not (wrt or params):
+            return
+        grads = torch.autograd.grad([t for t, _ in seeds], [b for _, b in wrt] + params, [d for _, d in seeds],
+                                    retain_graph=True, allow_unused=True)
+        for (index, _), grad in zip(wrt, grads):
+            if grad is not None:
+                self._store_bottom_diff(step, index, grad, written)
+        with torch.no_grad():
+            for param, grad in zip(params, grads[len(wrt):]):
+                if grad is None:
+                    continue
+                if param.grad is None:
+                    param.grad = grad.detach().clone()
+                else:
+                    param.grad.add_(grad)
+
+    def _backward_from_blobs(self, step, written):
+        """A layer not in the last forward's graph: recompute it from its bottoms' current data
+        (a Python layer's backward is called on the blobs directly, as Caffe calls it)."""
+        from sec.caffe.net import _python_runner
+        device = self.device
+        needs = [name in self._needs_backward and not (step.detach and step.detach[i])
+                 for i, name in enumerate(step.bottoms)]
+        runner = _python_runner(step.impl)
+        if runner is not None:
+            propagate = [need and spec for need, spec in zip(needs, runner.propagate)]
+            if not runner.needs_backward(propagate):
+                return
+            arrays = [self.blobs[b].data for b in step.bottoms]
+            tops = [self.blobs[t].data for t in step.tops]
+            diffs = [self.blobs[t].diff for t in step.tops]
+            for index, diff in enumerate(runner.run_backward(arrays, tops, diffs, propagate)):
+                if propagate[index]:
+                    self._store_bottom_diff(step, index, torch.from_numpy(diff).to(device), written)
+            return
+        bottoms = [self.blobs[b].tensor(device).detach().requires_grad_(need) for b, need in zip(step.bottoms, needs)]
+        with torch.enable_grad():
+            tops = [t for t in step.fn(*bottoms)]
+        kept = [(n, t) for n, t in zip(step.tops, tops) if t is not None]
+        step_view = _StepTops(step, [n for n, _ in kept])
+        self._backward_tensors(step_view, bottoms, _distinct_tops([t for _, t in kept], bottoms), written)
+
+    def _store_bottom_diff(self, step, index, grad, written):
+        """Caffe's diff of a bottom: overwritten, except that a blob already written in this backward
+        by another consumer (a Split in Caffe's net) accumulates; an in-place layer's bottom is its
+        top, so it is overwritten."""
+        name = step.bottoms[index]
+        blob = self.blobs[name]
+        if name in written and name not in step.tops:
+            current = blob.diff_tensor(grad.device)
+            grad = grad + current.reshape(grad.shape) if current is not None else grad
+        blob.set_diff_tensor(grad.detach())
+        written.add(name)
+
+    # ---- batches ----------------------------------------------------------------------------
+
+    def _batch(self, blobs):
+        """Split {name: array of N items} into the net's batch size (the first blob's first axis);
+        the last batch is padded with zeros."""
+        num = len(next(iter(blobs.values())))
+        batch_size = next(iter(self.blobs.values())).shape[0]
+        for start in range(0, num - num % batch_size, batch_size):
+            yield {name: value[start:start + batch_size] for name, value in blobs.items()}
+        remainder = num % batch_size
+        if remainder:
+            yield {name: np.concatenate([value[-remainder:],
+                                         np.zeros((batch_size - remainder,) + value.shape[1:])])
+                   for name, value in blobs.items()}
+
+    def forward_all(self, blobs=None, **kwargs):
+        """forward over inputs of any length in batches; {output: array of all items} (padding cut)."""
+        if not kwargs:
+            raise TypeError("forward_all needs the input arrays as keyword arguments")
+        outs = {name: [] for name in dict.fromkeys(self.outputs + list(blobs or []))}
+        for batch in self._batch(kwargs):
+            for name, value in self.forward(blobs=blobs, **batch).items():
+                outs[name].extend(value.copy())
+        return _stack_and_cut(outs, len(next(iter(kwargs.values()))))
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """forward + backward in batches: kwargs hold inputs (for forward) and/or output diffs (for
+        backward); returns ({output: array}, {input: diff array}), padding cut. (pycaffe packs only as
+        many of each as the shorter dict holds into arrays; here every entry is an array.)"""
+        if not kwargs:
+            raise TypeError("forward_backward_all needs input or output arrays as keyword arguments")
+        outs = {name: [] for name in dict.fromkeys(self.outputs + list(blobs or []))}
+        grads = {name: [] for name in dict.fromkeys(self.inputs + list(diffs or []))}
+        forward_batches = list(self._batch({n: kwargs[n] for n in self.inputs if n in kwargs})) \
+            if any(n in kwargs for n in self.inputs) else []
+        backward_batches = list(self._batch({n: kwargs[n] for n in self.outputs if n in kwargs})) \
+            if any(n in kwargs for n in self.outputs) else []
+        for index in range(max(len(forward_batches), len(backward_batches))):
+            fb = forward_batches[index] if index < len(forward_batches) else {}
+            bb = backward_batches[index] if index < len(backward_batches) else {}
+            for name, value in self.forward(blobs=blobs, **fb).items():
+                outs[name].extend(value.copy())
+            for name, value in self.backward(diffs=diffs, **bb).items():
+                grads[name].extend(value.copy())
+        count = len(next(iter(kwargs.values())))
+        return _stack_and_cut(outs, count), _stack_and_cut(grads, count)
+
+    # ---- inputs, shapes, weights ---------------------------------------------------------------
+
+    def set_input_arrays(self, data, labels):
+        """MemoryData input (the net's first layer must be MemoryData): float32 C-contiguous
+        N x C x H x W data and N labels (or N x 1 x 1 x 1), N a multiple of the batch size."""
+        if labels.ndim == 1:
+            labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
+        return self._set_input_arrays(data, labels)
+
+    def _set_input_arrays(self, data, labels):
+        step = self._layers[0] if self._layers else None
+        if step is None or step.type != "MemoryData":
+            raise RuntimeError("set_input_arrays may only be called if the first layer is a MemoryDataLayer")
+        p = step.lp.memory_data_param
+        _check_memory_array(data, "data array", p.channels, p.height, p.width)
+        _check_memory_array(labels, "labels array", 1, 1, 1)
+        if data.shape[0] != labels.shape[0]:
+            raise RuntimeError("data and labels must have the same first dimension")
+        if p.batch_size and data.shape[0] % p.batch_size:
+            raise RuntimeError("first dimensions of input arrays must be a multiple of batch size")
+        step.impl.reset(data, labels)
+
+    def reshape(self):
+        """Caffe's Net::Reshape: propagate the blobs' (possibly new) shapes through every layer,
+        checking them; blobs whose shape changes are zeroed."""
+        from sec.caffe.layers.base import NetError
+        for step in self._layers:
+            if step.kind == "input":
+                continue
+            shapes = [self.blobs[b].shape for b in step.bottoms]
+            try:
+                top_shapes = step.impl.shapes(shapes)
+            except Exception as err:  # located for the user, as at build time
+                raise NetError(f"{self._where(step)}: {type(err).__name__}: {err}") from err
+            for name, shape in zip(step.tops, top_shapes):
+                if tuple(self.blobs[name].shape) != tuple(shape):
+                    self.blobs[name].reshape(*shape)
+
+    def _weight_targets(self):
+        return {s.name: list(s.impl.params) for s in self._layers}
+
+    def copy_from(self, path):
+        """Copy weights by layer name from a .caffemodel (current or V1) or Caffe's HDF5 layout, as
+        Caffe's CopyTrainedLayersFrom: blob counts and shapes are checked before anything changes,
+        NaN/Inf values load with a warning naming the layer. Returns the WeightReport (loaded /
+        untouched / ignored / nonfinite), also kept as `net.weight_report`."""
+        from sec.caffe.weights import copy_weights
+        self.sync_param_blobs()
+        self.weight_report = copy_weights(path, self._weight_targets(), allow_nonfinite=True)
+        return self.weight_report
+
+    def load_hdf5(self, path):
+        """Copy weights from Caffe's HDF5 layout (save_hdf5's), as copy_from does."""
+        from sec.caffe import formats
+        from sec.caffe.weights import is_hdf5
+        if not is_hdf5(str(path)):
+            raise formats.CaffeFormatError(f"{path}: not an HDF5 file")
+        return self.copy_from(path)
+
+    def save(self, path):
+        """Write every layer's parameters as a .caffemodel (current format)."""
+        from sec.caffe import formats
+        self.sync_param_blobs()
+        layers = [(n, t, [p.detach().cpu().numpy() for p in ps]) for n, t, ps in self.layer_params()]
+        formats.write_caffemodel(str(path), self.name, layers)
+
+    def save_hdf5(self, path):
+        """Write the parameters in Caffe's HDF5 layout (/data/<layer>/<blob index>)."""
+        from sec.caffe.weights import write_hdf5
+        self.sync_param_blobs()
+        write_hdf5(path, [(s.name, list(s.impl.params)) for s in self._layers])
+
+    def share_with(self, other):
+        """Caffe's ShareTrainedLayersWith: each layer of `other` whose name this net has lends it its
+        parameter data (the same memory from now on; diffs stay separate)."""
+        import logging
+        self.sync_param_blobs()
+        other.sync_param_blobs()
+        mine = self._weight_targets()
+        plan = []
+        for name, _, theirs in other.layer_params():
+            if name not in mine:
+                logging.getLogger(__name__).info("Ignoring source layer %s", name)
+                continue
+            if len(mine[name]) != len(theirs):
+                raise ValueError(f"share_with: incompatible number of blobs for layer '{name}' "
+                                 f"({len(theirs)} in the source net, {len(mine[name])} here)")
+            for index, (target, source) in enumerate(zip(mine[name], theirs)):
+                if target.shape != source.shape or target.device != source.device:
+                    raise ValueError(f"share_with: cannot share param {index} of layer '{name}': source "
+                                     f"{tuple(source.shape)} on {source.device}, target {tuple(target.shape)} "
+                                     f"on {target.device}")
+                plan.append((target, source))
+        for target, source in plan:
+            target.data = source.data
+
+    def clear_param_diffs(self):
+        """Zero every parameter's diff in place (arrays read from `.diff` before see the zeros)."""
+        self.sync_param_blobs()
+        with torch.no_grad():
+            for param in self._param_list:
+                if param.grad is not None:
+                    param.grad.zero_()
+
+
+class _StepTops:
+    """A layer step seen with only some of its tops (those a recomputation produced)."""
+
+    def __init__(self, step, tops):
+        self.tops, self.bottoms, self.impl = tops, step.bottoms, step.impl
+
+
+def _distinct_tops(tops, bottoms):
+    """The tops, each a tensor object of its own: a layer that hands back a bottom unchanged
+    (TEST Dropout, a one-axis Flatten) gets a view instead, so that backward differentiates the
+    top with respect to the bottom (the diff copied through, as Caffe does)."""
+    inputs = {id(b) for b in bottoms}
+    return [t.view_as(t) if id(t) in inputs else t for t in tops]
+
+
+def _stack_and_cut(lists, count):
+    """{name: list of items} -> {name: array of the first `count` items} (the padding cut)."""
+    return {name: np.asarray(items)[:count] for name, items in lists.items()}
+
+
+def _check_memory_array(array, name, channels, height, width):
+    """pycaffe's CheckContiguousArray for set_input_arrays."""
+    if not isinstance(array, np.ndarray) or not array.flags["C_CONTIGUOUS"]:
+        raise RuntimeError(f"{name} must be C contiguous")
+    if array.ndim != 4:
+        raise RuntimeError(f"{name} must be 4-d")
+    if array.dtype != np.float32:
+        raise RuntimeError(f"{name} must be float32")
+    for axis, (want, what) in enumerate(((channels, "channels"), (height, "height"), (width, "width")), start=1):
+        if array.shape[axis] != want:
+            raise RuntimeError(f"{name} has wrong {'number of channels' if what == 'channels' else what}")
