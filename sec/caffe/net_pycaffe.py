@@ -149,8 +149,8 @@ class PycaffeNet:
         for step in self._layers[start:end + 1]:
             self._run_callbacks("before_forward", step.index)
             if step.kind != "input":
-                tops = self._forward_step(step, values, device, grad)
-                record.append((step, [values[b] for b in step.bottoms], tops))
+                bottoms, tops = self._forward_step(step, values, device, grad)
+                record.append((step, bottoms, tops))
                 for name, top in zip(step.tops, tops):
                     values[name] = top
                     self.blobs[name].set_tensor(top)
@@ -161,11 +161,16 @@ class PycaffeNet:
         return loss
 
     def _forward_step(self, step, values, device, grad):
-        """One layer's tops (bottoms from `values` or, first, from the blobs)."""
-        for name in step.bottoms:
+        """One layer's (bottoms, tops), bottoms from `values` or, first, from the blobs. Each layer's
+        bottoms are leaves of their own (the graph is cut between layers), so that backward can
+        differentiate one layer at a time, as Caffe's layers compute their own diffs."""
+        leaves = {}
+        for name in dict.fromkeys(step.bottoms):
             if name not in values:
                 values[name] = self._blob_tensor(name, device, grad)
-        bottoms = [values[b] for b in step.bottoms]
+            value = values[name]
+            leaves[name] = value.detach().requires_grad_(value.requires_grad) if grad else value
+        bottoms = [leaves[b] for b in step.bottoms]
         if step.detach is not None:
             bottoms = [b.detach() if d else b for b, d in zip(bottoms, step.detach)]
         tops = []
@@ -175,7 +180,7 @@ class PycaffeNet:
             elif grad and self.force_backward and not step.bottoms and not top.requires_grad:
                 top = top.detach().requires_grad_()  # force_backward: data tops get diffs too, as in Caffe
             tops.append(top)
-        return _distinct_tops(tops, bottoms)
+        return bottoms, _distinct_tops(tops, bottoms)
 
     def _blob_tensor(self, name, device, grad):
         tensor = self.blobs[name].tensor(device)

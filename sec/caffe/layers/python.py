@@ -97,9 +97,16 @@ class PythonLayer:
         self.top = [Blob() for _ in lp.top]
         self.params = []
 
+        shared_later = {}
+
         def make_blob(index, shape):
+            spec = lp.param[index] if index < len(lp.param) else None
+            is_shared = spec is not None and spec.name in ctx.shared
             param = ctx.param(lp, index, shape, None)   # zeros, as Caffe's new blob; shared by param name
             self.params.append(param)
+            if is_shared:   # Caffe shares after setup: the owner's values stand, what setup writes is lost
+                shared_later[index] = param
+                return ParamBlob(torch.nn.Parameter(torch.zeros(shape)), {})
             return ParamBlob(param, {})                 # the net gives it its pending dict (Net._finish)
 
         self.layer = self._call(cls, lp)
@@ -111,6 +118,8 @@ class PythonLayer:
         self.layer.param_str = lp.python_param.param_str
         self.layer.phase = ctx.phase
         self._call(self.layer.setup, self.bottom, self.top)
+        for index, param in shared_later.items():
+            blobs[index] = ParamBlob(param, {})
         blobs.make_blob = None   # blobs added later are plain numpy blobs, not net parameters (see README)
 
     @staticmethod
