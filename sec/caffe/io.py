@@ -29,7 +29,7 @@ def blobproto_to_array(blob, return_diff=False):
     """The data (or diff) of a BlobProto as a float64 array of its shape: the legacy 4-D
     num/channels/height/width when any of them is set, else `shape.dim` (no shape: a 0-d array,
     or ValueError when there is more than one value)."""
-    data = np.array(blob.diff if return_diff else blob.data)
+    data = np.array(blob.diff if return_diff else blob.data, dtype=np.float64)   # Python floats, as pycaffe's
     if any(blob.HasField(axis) for axis in ("num", "channels", "height", "width")):
         return data.reshape(blob.num, blob.channels, blob.height, blob.width)
     return data.reshape(tuple(blob.shape.dim))
@@ -98,7 +98,8 @@ def _as_float(array):
 
 def load_image(filename, color=True):
     """An image file as float32 in [0, 1]: H x W x 3 RGB when `color` (grey images repeated, an alpha
-    channel dropped), else H x W x 1 luminance (0.2125 R + 0.7154 G + 0.0721 B for colour files).
+    channel dropped), else H x W x 1 luminance (0.2125 R + 0.7154 G + 0.0721 B for colour files,
+    an alpha channel first blended over white).
 
     pycaffe reads through scikit-image's imread(as_grey=...), an argument scikit-image >= 0.16
     removed (BVLC's load_image raises TypeError there); this reads the file with Pillow and applies
@@ -115,7 +116,10 @@ def load_image(filename, color=True):
         array = np.asarray(image)
     img = _as_float(array)
     if not color and img.ndim == 3 and img.shape[2] in (3, 4):
-        img = img[:, :, :3] @ GREY_WEIGHTS
+        if img.shape[2] == 4:   # scikit-image's rgba2rgb: blended over a white background
+            alpha = img[:, :, 3:]
+            img = np.clip((1 - alpha) + alpha * img[:, :, :3], 0, 1)
+        img = img @ GREY_WEIGHTS
     img = img.astype(np.float32)
     if img.ndim == 2:
         img = img[:, :, np.newaxis]
