@@ -22,6 +22,7 @@ setup(
         "pyyaml",
         "protobuf>=7.35.1,<8",
         "tqdm",
+        "h5py",
         "torch==2.13.0",
     ],
 )

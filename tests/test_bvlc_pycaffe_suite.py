@@ -57,9 +57,9 @@ def test_bvlc_suite_module_passes(outcomes, module):
     mine = module_outcomes(outcomes, module)
     assert mine, f"no test of {module} ran"
     if module == DRAW_MODULE and not draw_available():
-        ((test, (outcome, message)),) = mine.items()
-        assert test == f"unittest.loader._FailedTest.{module}" and outcome == "error", mine
-        assert "pydot" in message, message   # Caffe fails this import the same way without pydot
+        # as under Caffe: without pydot the import fails naming it; without Graphviz, drawing fails
+        assert all(outcome in ("error", "fail") and ("pydot" in message or "dot" in message)
+                   for outcome, message in mine.values()), mine
         return
     failed = {test: result for test, result in mine.items() if result[0] != "ok"}
     assert not failed, "\n\n".join(f"{test}: {outcome}\n{message}" for test, (outcome, message) in failed.items())
