@@ -17,75 +17,13 @@ import numpy as np
 import caffe
 from caffe import layers as L, params as P
 
-LAYER_MODULE = '''
-import numpy as np
-import caffe
-
-
-class Ramp(caffe.Layer):
-    """Data: a fixed batch per call (x of shape 4 x 3, target 4 x 2), from RandomState(call)."""
-
-    def setup(self, bottom, top):
-        self.calls = 0
-
-    def reshape(self, bottom, top):
-        top[0].reshape(4, 3)
-        top[1].reshape(4, 2)
-
-    def forward(self, bottom, top):
-        rng = np.random.RandomState(self.calls)
-        self.calls += 1
-        top[0].data[...] = rng.rand(4, 3)
-        top[1].data[...] = rng.rand(4, 2)
-
-    def backward(self, top, propagate_down, bottom):
-        pass
-
-
-class Scale(caffe.Layer):
-    """top = w * bottom, one learnable blob w (starts at 1.5)."""
-
-    def setup(self, bottom, top):
-        self.blobs.add_blob(1)
-        self.blobs[0].data[0] = 1.5
-
-    def reshape(self, bottom, top):
-        top[0].reshape(*bottom[0].data.shape)
-
-    def forward(self, bottom, top):
-        top[0].data[...] = self.blobs[0].data[0] * bottom[0].data
-
-    def backward(self, top, propagate_down, bottom):
-        self.blobs[0].diff[0] += np.sum(top[0].diff * bottom[0].data)
-        if propagate_down[0]:
-            bottom[0].diff[...] = self.blobs[0].data[0] * top[0].diff
-
-
-class HalfSquared(caffe.Layer):
-    """loss = 0.5 * sum((a - b)^2) / N."""
-
-    def setup(self, bottom, top):
-        pass
-
-    def reshape(self, bottom, top):
-        top[0].reshape(1)
-
-    def forward(self, bottom, top):
-        self.delta = bottom[0].data - bottom[1].data
-        top[0].data[0] = 0.5 * np.sum(self.delta ** 2) / bottom[0].data.shape[0]
-
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            bottom[0].diff[...] = top[0].diff[0] * self.delta / bottom[0].data.shape[0]
-'''
-
 SOLVER_NET = """name: "pysolver"
-layer { name: "data" type: "Python" top: "x" top: "target" python_param { module: "live_layers" layer: "Ramp" } }
+layer { name: "data" type: "Python" top: "x" top: "target" python_param { module: "pycaffe_layers" layer: "Ramp" } }
 layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h" param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
         inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.1 } } }
-layer { name: "scale" type: "Python" bottom: "h" top: "y" python_param { module: "live_layers" layer: "Scale" } }
+layer { name: "scale" type: "Python" bottom: "h" top: "y" python_param { module: "pycaffe_layers" layer: "Scale" } }
 layer { name: "loss" type: "Python" bottom: "y" bottom: "target" top: "loss" loss_weight: 1
-        python_param { module: "live_layers" layer: "HalfSquared" } }
+        python_param { module: "pycaffe_layers" layer: "HalfSquared" } }
 """
 SOLVER = ('net: "{net}" base_lr: 0.1 momentum: 0.9 weight_decay: 0.01 lr_policy: "fixed" max_iter: 5 '
           'display: 0 snapshot_after_train: false snapshot_prefix: "{out}/snap"\n')
@@ -113,9 +51,7 @@ def netspec(out, weights):
 
 
 def solver(out, weights):
-    sys.path.insert(0, out)
-    with open(os.path.join(out, "live_layers.py"), "w") as handle:
-        handle.write(LAYER_MODULE)
+    """The layers are tests/pycaffe_layers.py, importable beside this script."""
     net = os.path.join(out, "pysolver.prototxt")
     with open(net, "w") as handle:
         handle.write(SOLVER_NET)

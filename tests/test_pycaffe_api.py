@@ -178,51 +178,14 @@ def test_set_input_arrays_checks_as_pycaffe_and_hands_the_arrays_to_memory_data(
             net.set_input_arrays(*bad)
 
 
-LAYER_MODULE = '''
-import numpy as np
-from sec import caffe
-
-
-class Scale(caffe.Layer):
-    """top = w * bottom with one learnable scalar w (starts at param_str)."""
-
-    def setup(self, bottom, top):
-        self.blobs.add_blob(1)
-        self.blobs[0].data[0] = float(self.param_str or 1)
-
-    def reshape(self, bottom, top):
-        top[0].reshape(*bottom[0].data.shape)
-
-    def forward(self, bottom, top):
-        top[0].data[...] = self.blobs[0].data[0] * bottom[0].data
-
-    def backward(self, top, propagate_down, bottom):
-        self.blobs[0].diff[0] += np.sum(top[0].diff * bottom[0].data)
-        if propagate_down[0]:
-            bottom[0].diff[...] = self.blobs[0].data[0] * top[0].diff
-
-
-class Broken(caffe.Layer):
-    def setup(self, bottom, top):
-        raise RuntimeError("broken on purpose")
-'''
-
-
-@pytest.fixture
-def layer_module(tmp_path, monkeypatch):
-    (tmp_path / "api_scale_layer.py").write_text(LAYER_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(__import__("sys").modules, "api_scale_layer", raising=False)
-
-
 def scale_net(extra=""):
     return ('input: "x" input_shape { dim: 2 dim: 3 }\n'
             'layer { name: "s" type: "Python" bottom: "x" top: "y" '
-            'python_param { module: "api_scale_layer" layer: "Scale" param_str: "3" } ' + extra + '}\n'
+            'python_param { module: "pycaffe_layers" layer: "Scale" param_str: "3" } ' + extra + '}\n'
             'layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "y" bottom: "x" top: "loss" }\n')
 
 
-def test_python_layer_blobs_are_parameters_saved_loaded_and_updated(tmp_path, layer_module):
+def test_python_layer_blobs_are_parameters_saved_loaded_and_updated(tmp_path):
     net = build(tmp_path, scale_net("param { lr_mult: 2 decay_mult: 0 }"))
     infos = [(i.layer, i.index, i.lr_mult, i.decay_mult) for i in net.learnable_params()]
     assert infos == [("s", 0, 2.0, 0.0)]
@@ -256,18 +219,18 @@ def test_python_layer_blobs_are_parameters_saved_loaded_and_updated(tmp_path, la
     assert float(solver.net.params["s"][0].data[0]) == pytest.approx(expected, rel=1e-5)
 
 
-def test_python_layer_blobs_share_by_param_name(tmp_path, layer_module):
+def test_python_layer_blobs_share_by_param_name(tmp_path):
     text = scale_net('param { name: "w" }').replace(
         'layer { name: "loss"',
         'layer { name: "t" type: "Python" bottom: "y" top: "z" param { name: "w" } '
-        'python_param { module: "api_scale_layer" layer: "Scale" param_str: "7" } }\nlayer { name: "loss"')
+        'python_param { module: "pycaffe_layers" layer: "Scale" param_str: "7" } }\nlayer { name: "loss"')
     net = build(tmp_path, text)
     assert net.params["t"][0].param is net.params["s"][0].param
     # Caffe shares a blob after the layer's setup: the owner's value stands, not what "t" set (7).
     assert net.params["t"][0].data[0] == 3.0
 
 
-def test_an_exception_in_setup_reaches_the_caller_as_itself_and_located(tmp_path, layer_module):
+def test_an_exception_in_setup_reaches_the_caller_as_itself_and_located(tmp_path):
     text = scale_net().replace('layer: "Scale"', 'layer: "Broken"')
     with pytest.raises(RuntimeError, match="broken on purpose") as info:
         build(tmp_path, text)
@@ -361,7 +324,7 @@ def test_a_diff_written_before_the_gradient_was_cleared_is_dropped():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
-def test_param_diffs_written_between_solver_steps_on_cuda(tmp_path, layer_module):
+def test_param_diffs_written_between_solver_steps_on_cuda(tmp_path):
     (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}" base_lr: 0.1 lr_policy: "fixed" '
                                               'max_iter: 3 snapshot_after_train: false display: 0\n')
     build(tmp_path, scale_net())

@@ -123,23 +123,24 @@ class PycaffeNet:
         `end`'s tops) plus `blobs`."""
         blobs = list(blobs or [])
         first = self._layer_index(start) if start is not None else 0
-        if end is not None:
-            last = self._layer_index(end)
-            names = self.top_names[end] + blobs
-        else:
-            last = len(self._layers) - 1
-            names = self.outputs + blobs
-        if kwargs:
-            if set(kwargs) != set(self.inputs):
-                raise Exception(f"Input blob arguments do not match net inputs. (inputs: {self.inputs}, "
-                                f"given: {sorted(kwargs)})")
-            for name, value in kwargs.items():
-                if value.shape[0] != self.blobs[name].shape[0]:
-                    raise Exception(f"Input is not batch sized ('{name}': {value.shape[0]} vs "
-                                    f"{self.blobs[name].shape[0]})")
-                self.blobs[name].data[...] = value
+        last = self._layer_index(end) if end is not None else len(self._layers) - 1
+        names = (self.top_names[end] if end is not None else self.outputs) + blobs
+        self._set_arrays(kwargs, self.inputs, "data", ("Input blob arguments do not match net inputs.",
+                                                       "Input is not batch sized"))
         self._forward(first, last)
         return {name: self.blobs[name].data for name in dict.fromkeys(names)}
+
+    def _set_arrays(self, arrays, names, which, messages):
+        """pycaffe's feeding of forward inputs / backward output diffs: `arrays` must name exactly
+        `names` (else messages[0]), each batch-sized (else messages[1]); written into `which`."""
+        if not arrays:
+            return
+        if set(arrays) != set(names):
+            raise Exception(f"{messages[0]} (expected: {names}, given: {sorted(arrays)})")
+        for name, value in arrays.items():
+            if value.shape[0] != self.blobs[name].shape[0]:
+                raise Exception(f"{messages[1]} ('{name}': {value.shape[0]} vs {self.blobs[name].shape[0]})")
+            getattr(self.blobs[name], which)[...] = value
 
     def _forward(self, start, end):
         """Caffe's ForwardFromTo(start, end) (layer indices, inclusive); returns the loss of the range."""
@@ -196,21 +197,10 @@ class PycaffeNet:
         bottoms) plus `diffs`."""
         diffs = list(diffs or [])
         last = self._layer_index(start) if start is not None else len(self._layers) - 1
-        if end is not None:
-            first = self._layer_index(end)
-            names = self.bottom_names[end] + diffs
-        else:
-            first = 0
-            names = self.inputs + diffs
-        if kwargs:
-            if set(kwargs) != set(self.outputs):
-                raise Exception(f"Top diff arguments do not match net outputs. (outputs: {self.outputs}, "
-                                f"given: {sorted(kwargs)})")
-            for name, value in kwargs.items():
-                if value.shape[0] != self.blobs[name].shape[0]:
-                    raise Exception(f"Diff is not batch sized ('{name}': {value.shape[0]} vs "
-                                    f"{self.blobs[name].shape[0]})")
-                self.blobs[name].diff[...] = value
+        first = self._layer_index(end) if end is not None else 0
+        names = (self.bottom_names[end] if end is not None else self.inputs) + diffs
+        self._set_arrays(kwargs, self.outputs, "diff", ("Top diff arguments do not match net outputs.",
+                                                        "Diff is not batch sized"))
         self._backward(last, first)
         return {name: self.blobs[name].diff for name in dict.fromkeys(names)}
 
