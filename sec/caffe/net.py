@@ -311,8 +311,8 @@ class Net(PycaffeNet, torch.nn.Module):
         """Forward of every layer; returns {blob name: tensor} (in-place blobs: last value).
 
         `feed` maps blob names to tensors (made float32 on the net's device): net inputs, or the tops
-        of data layers (which then read nothing). Unfed inputs use the blob's content; a layer
-        handing back None for a top (DummyData's constant ones) keeps the blob's content too.
+        of data layers (which then read nothing). Unfed inputs use the blob's content, and so do the
+        tops a layer names in `held_tops` (DummyData's constant ones, which Caffe fills only once).
         Autograd follows torch's grad mode.
         """
         self.sync_param_blobs()
@@ -330,8 +330,9 @@ class Net(PycaffeNet, torch.nn.Module):
             bottoms = [values[b] for b in step.bottoms]
             if step.detach is not None:
                 bottoms = [b.detach() if d else b for b, d in zip(bottoms, step.detach)]
-            for name, top in zip(step.tops, step.fn(*bottoms)):
-                values[name] = top if top is not None else self.blobs[name].tensor(device)
+            held = getattr(step.impl, "held_tops", ())
+            for index, (name, top) in enumerate(zip(step.tops, step.fn(*bottoms))):
+                values[name] = self.blobs[name].tensor(device) if index in held else top
         for name, tensor in values.items():
             self.blobs[name].set_tensor(tensor)
         return values

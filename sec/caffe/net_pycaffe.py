@@ -16,8 +16,9 @@ when there is one (autograd, per layer), else recomputes each layer from its blo
 """
 from collections import OrderedDict
 
-import numpy as np
 import torch
+
+from sec.caffe.net_batches import BatchedNet
 
 CALLBACK_KINDS = ("before_forward", "after_forward", "before_backward", "after_backward")
 
@@ -41,8 +42,9 @@ class LayerView:
         self.reshape(bottom, top)
 
 
-class PycaffeNet:
-    """The pycaffe side of sec.caffe.Net (a mixin: the torch side and the building are in net.py)."""
+class PycaffeNet(BatchedNet):
+    """The pycaffe side of sec.caffe.Net (a mixin: the torch side and the building are in net.py;
+    batches and MemoryData input in net_batches.py)."""
 
     # ---- views ----------------------------------------------------------------------------
 
@@ -175,8 +177,9 @@ class PycaffeNet:
         if step.detach is not None:
             bottoms = [b.detach() if d else b for b, d in zip(bottoms, step.detach)]
         tops = []
-        for name, top in zip(step.tops, step.fn(*bottoms)):
-            if top is None:                          # kept (DummyData's constant tops): the blob's content
+        held = getattr(step.impl, "held_tops", ())
+        for index, (name, top) in enumerate(zip(step.tops, step.fn(*bottoms))):
+            if index in held:                        # DummyData's constant tops: the blob's content
                 top = self._blob_tensor(name, device, grad)
             elif grad and self.force_backward and not step.bottoms and not top.requires_grad:
                 top = top.detach().requires_grad_()  # force_backward: data tops get diffs too, as in Caffe
@@ -266,10 +269,8 @@ class PycaffeNet:
             return
         bottoms = [self.blobs[b].tensor(device).detach().requires_grad_(need) for b, need in zip(step.bottoms, needs)]
         with torch.enable_grad():
-            tops = [t for t in step.fn(*bottoms)]
-        kept = [(n, t) for n, t in zip(step.tops, tops) if t is not None]
-        step_view = _StepTops(step, [n for n, _ in kept])
-        self._backward_tensors(step_view, bottoms, _distinct_tops([t for _, t in kept], bottoms), written)
+            tops = _distinct_tops(step.fn(*bottoms), bottoms)
+        self._backward_tensors(step, bottoms, tops, written)
 
     def _store_bottom_diff(self, step, index, grad, written):
         """Caffe's diff of a bottom: overwritten, except that a blob already written in this backward
@@ -282,75 +283,6 @@ class PycaffeNet:
             grad = grad + current.reshape(grad.shape) if current is not None else grad
         blob.set_diff_tensor(grad.detach())
         written.add(name)
-
-    # ---- batches ----------------------------------------------------------------------------
-
-    def _batch(self, blobs):
-        """Split {name: array of N items} into the net's batch size (the first blob's first axis);
-        the last batch is padded with zeros."""
-        num = len(next(iter(blobs.values())))
-        batch_size = next(iter(self.blobs.values())).shape[0]
-        for start in range(0, num - num % batch_size, batch_size):
-            yield {name: value[start:start + batch_size] for name, value in blobs.items()}
-        remainder = num % batch_size
-        if remainder:
-            yield {name: np.concatenate([value[-remainder:],
-                                         np.zeros((batch_size - remainder,) + value.shape[1:])])
-                   for name, value in blobs.items()}
-
-    def forward_all(self, blobs=None, **kwargs):
-        """forward over inputs of any length in batches; {output: array of all items} (padding cut)."""
-        if not kwargs:
-            raise TypeError("forward_all needs the input arrays as keyword arguments")
-        outs = {name: [] for name in dict.fromkeys(self.outputs + list(blobs or []))}
-        for batch in self._batch(kwargs):
-            for name, value in self.forward(blobs=blobs, **batch).items():
-                outs[name].extend(value.copy())
-        return _stack_and_cut(outs, len(next(iter(kwargs.values()))))
-
-    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
-        """forward + backward in batches: kwargs hold inputs (for forward) and/or output diffs (for
-        backward); returns ({output: array}, {input: diff array}), padding cut. (pycaffe packs only as
-        many of each as the shorter dict holds into arrays; here every entry is an array.)"""
-        if not kwargs:
-            raise TypeError("forward_backward_all needs input or output arrays as keyword arguments")
-        outs = {name: [] for name in dict.fromkeys(self.outputs + list(blobs or []))}
-        grads = {name: [] for name in dict.fromkeys(self.inputs + list(diffs or []))}
-        forward_batches = list(self._batch({n: kwargs[n] for n in self.inputs if n in kwargs})) \
-            if any(n in kwargs for n in self.inputs) else []
-        backward_batches = list(self._batch({n: kwargs[n] for n in self.outputs if n in kwargs})) \
-            if any(n in kwargs for n in self.outputs) else []
-        for index in range(max(len(forward_batches), len(backward_batches))):
-            fb = forward_batches[index] if index < len(forward_batches) else {}
-            bb = backward_batches[index] if index < len(backward_batches) else {}
-            for name, value in self.forward(blobs=blobs, **fb).items():
-                outs[name].extend(value.copy())
-            for name, value in self.backward(diffs=diffs, **bb).items():
-                grads[name].extend(value.copy())
-        count = len(next(iter(kwargs.values())))
-        return _stack_and_cut(outs, count), _stack_and_cut(grads, count)
-
-    # ---- inputs, shapes, weights ---------------------------------------------------------------
-
-    def set_input_arrays(self, data, labels):
-        """MemoryData input (the net's first layer must be MemoryData): float32 C-contiguous
-        N x C x H x W data and N labels (or N x 1 x 1 x 1), N a multiple of the batch size."""
-        if labels.ndim == 1:
-            labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
-        return self._set_input_arrays(data, labels)
-
-    def _set_input_arrays(self, data, labels):
-        step = self._layers[0] if self._layers else None
-        if step is None or step.type != "MemoryData":
-            raise RuntimeError("set_input_arrays may only be called if the first layer is a MemoryDataLayer")
-        p = step.lp.memory_data_param
-        _check_memory_array(data, "data array", p.channels, p.height, p.width)
-        _check_memory_array(labels, "labels array", 1, 1, 1)
-        if data.shape[0] != labels.shape[0]:
-            raise RuntimeError("data and labels must have the same first dimension")
-        if p.batch_size and data.shape[0] % p.batch_size:
-            raise RuntimeError("first dimensions of input arrays must be a multiple of batch size")
-        step.impl.reset(data, labels)
 
     def reshape(self):
         """Caffe's Net::Reshape: propagate the blobs' (possibly new) shapes through every layer,
@@ -435,34 +367,9 @@ class PycaffeNet:
                     param.grad.zero_()
 
 
-class _StepTops:
-    """A layer step seen with only some of its tops (those a recomputation produced)."""
-
-    def __init__(self, step, tops):
-        self.tops, self.bottoms, self.impl = tops, step.bottoms, step.impl
-
-
 def _distinct_tops(tops, bottoms):
     """The tops, each a tensor object of its own: a layer that hands back a bottom unchanged
     (TEST Dropout, a one-axis Flatten) gets a view instead, so that backward differentiates the
     top with respect to the bottom (the diff copied through, as Caffe does)."""
     inputs = {id(b) for b in bottoms}
     return [t.view_as(t) if id(t) in inputs else t for t in tops]
-
-
-def _stack_and_cut(lists, count):
-    """{name: list of items} -> {name: array of the first `count` items} (the padding cut)."""
-    return {name: np.asarray(items)[:count] for name, items in lists.items()}
-
-
-def _check_memory_array(array, name, channels, height, width):
-    """pycaffe's CheckContiguousArray for set_input_arrays."""
-    if not isinstance(array, np.ndarray) or not array.flags["C_CONTIGUOUS"]:
-        raise RuntimeError(f"{name} must be C contiguous")
-    if array.ndim != 4:
-        raise RuntimeError(f"{name} must be 4-d")
-    if array.dtype != np.float32:
-        raise RuntimeError(f"{name} must be float32")
-    for axis, (want, what) in enumerate(((channels, "channels"), (height, "height"), (width, "width")), start=1):
-        if array.shape[axis] != want:
-            raise RuntimeError(f"{name} has wrong {'number of channels' if what == 'channels' else what}")

@@ -35,9 +35,9 @@ class DummyData:
     """Caffe's DummyData: tops of the shapes in dummy_data_param (`shape`, once or once per top, or
     the legacy num/channels/height/width, each once or once per top), filled by data_filler (none:
     constant 0; one: for every top; else one per top). As Caffe's DummyDataLayer, a top whose
-    filler is "constant" is filled once when the net is built and then kept: forward hands it back
-    as None, so the net keeps the blob's content, including what the user wrote into it. Other
-    tops are refilled at every forward (torch's generator); they hold zeros until the first.
+    filler is "constant" is filled once when the net is built and then kept: `held_tops` names
+    them, and the net hands on the blob's content there, including what the user wrote into it.
+    Other tops are refilled at every forward (torch's generator); they hold zeros until the first.
     transform_param is ignored, as Caffe ignores it here."""
 
     LEGACY_FIELDS = ("num", "channels", "height", "width")
@@ -55,6 +55,7 @@ class DummyData:
             if any(d < 0 for d in shape):
                 raise ValueError(f"dummy_data_param: negative dimension in shape {shape}")
         self.constant = [f is None or f.type == "constant" for f in self.fillers]
+        self.held_tops = frozenset(i for i, constant in enumerate(self.constant) if constant)
         self.net_device = ctx.net_device
         self.params = []
 
@@ -82,8 +83,7 @@ class DummyData:
 
     def forward(self):
         device = self.net_device()
-        return tuple(None if constant else fill(f, s).to(device)
-                     for f, s, constant in zip(self.fillers, self.top_shapes, self.constant))
+        return tuple(fill(f, s).to(device) for f, s in zip(self.fillers, self.top_shapes))
 
 
 class ImageData:
