@@ -29,12 +29,13 @@ PYTHON_TYPE = "Python"
 class Layer:
     """pycaffe's `caffe.Layer` base for users' own Python layers (`class L(caffe.Layer)`).
     The engine constructs it with the LayerParameter and sets `param_str` and `phase`; `blobs`
-    is the layer's BlobVec (`self.blobs.add_blob(*shape)` in setup), `type` is "Python"."""
+    is the layer's BlobVec (`self.blobs.add_blob(*shape)` in setup), `type` is "Python".
+    Constructed by hand (a test driving a layer), it takes param_str and phase from `param`."""
 
     def __init__(self, param=None):
         self.param = param
-        self.param_str = ""
-        self.phase = 0
+        self.param_str = getattr(getattr(param, "python_param", None), "param_str", "") or ""
+        self.phase = getattr(param, "phase", 0) if param is not None else 0
         self.blobs = BlobVec()
 
     @property
