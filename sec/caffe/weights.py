@@ -119,14 +119,20 @@ def copy_weights(path, targets, allow_nonfinite=False):
                 if value is not None:
                     # not np.ascontiguousarray: it turns a 0-d array (Scale num_axes: 0) into shape (1,)
                     tensor.copy_(torch.as_tensor(np.asarray(value, dtype=np.float32)).to(tensor.device))
+    return log_report(report)
+
+
+def log_report(report):
+    """Log a copy as Caffe does ("Ignoring source layer X"), plus the non-finite blobs loaded and the
+    layers that kept their filler values; returns the report."""
     for name in report.ignored:
         log.info("Ignoring source layer %s", name)
-    log.info("Copied weights of %d layers from %s", len(report.loaded), path)
+    log.info("Copied weights of %d layers from %s", len(report.loaded), report.source)
     for name, index, bad in report.nonfinite:
-        log.warning("%s (loaded as Caffe loads it)", _nonfinite_message(path, name, index, bad))
+        log.warning("%s (loaded as Caffe loads it)", _nonfinite_message(report.source, name, index, bad))
     if report.untouched:
         log.warning("%s has no weights for parameter layer(s) %s: they keep their filler values",
-                    path, ", ".join(report.untouched))
+                    report.source, ", ".join(report.untouched))
     return report
 
 
