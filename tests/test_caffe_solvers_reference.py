@@ -22,7 +22,7 @@ import torch
 from sec import caffe
 from sec.caffe import formats
 from sec.caffe.solver import snapshot_paths
-from sec.caffe.solvers import hdf5
+from sec.caffe import hdf5
 from test_caffe_reference import fixture, rel_error
 
 REPLAY_TOL = 1e-6

@@ -315,9 +315,8 @@ class PycaffeNet(BatchedNet):
 
     def load_hdf5(self, path):
         """Copy weights from Caffe's HDF5 layout (save_hdf5's), as copy_from does."""
-        from sec.caffe import formats
-        from sec.caffe.weights import is_hdf5
-        if not is_hdf5(str(path)):
+        from sec.caffe import formats, hdf5
+        if not hdf5.is_hdf5(str(path)):
             raise formats.CaffeFormatError(f"{path}: not an HDF5 file")
         return self.copy_from(path)
 
@@ -330,9 +329,9 @@ class PycaffeNet(BatchedNet):
 
     def save_hdf5(self, path):
         """Write the parameters in Caffe's HDF5 layout (/data/<layer>/<blob index>)."""
-        from sec.caffe.weights import write_hdf5
+        from sec.caffe import hdf5
         self.sync_param_blobs()
-        write_hdf5(path, [(s.name, list(s.impl.params)) for s in self._layers])
+        hdf5.write_model(path, [(s.name, [(p, None) for p in s.impl.params]) for s in self._layers])
 
     def share_with(self, other):
         """Caffe's ShareTrainedLayersWith: each layer of `other` whose name this net has lends it its

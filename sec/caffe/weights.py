@@ -8,12 +8,9 @@ callers can make the last two cases errors (`report.require_complete()`, as depl
 cue making do). NaN/Inf are refused before anything is copied unless `allow_nonfinite` (what
 pycaffe's `Net(..., weights=)` and `net.copy_from` pass: they load, with a warning naming the layer).
 
-HDF5 files (recognised by their signature, as Caffe's H5Fis_hdf5) follow Net::ToHDF5: a group
-`data` holding one group per layer (every layer, in net order) with datasets "0", "1", ... for the
-parameter blobs each layer owns (a blob shared through `param { name }` is stored at its first
-layer only); `write_hdf5` writes that layout and `copy_weights` reads it (h5py needed).
+HDF5 files (recognised by their signature, as Caffe's H5Fis_hdf5) are read in Net::ToHDF5's layout
+by sec.caffe.hdf5.
 """
-import io
 import logging
 from dataclasses import dataclass, field
 
@@ -31,9 +28,6 @@ class NonFiniteWeightsError(formats.CaffeFormatError):
 
 class MissingWeightsError(ValueError):
     """A parameter layer of the net got no weights from the file."""
-
-
-HDF5_GROUP = "data"   # Caffe's Net::ToHDF5 keeps the weights under /data/<layer>/<blob index>
 
 
 @dataclass
@@ -95,9 +89,10 @@ def copy_weights(path, targets, allow_nonfinite=False):
     `allow_nonfinite`, NonFiniteWeightsError, all before any tensor is changed. With
     `allow_nonfinite` NaN/Inf values load (as Caffe loads them) with a warning naming the layer.
     """
+    from sec.caffe import hdf5
     path = str(path)
-    if is_hdf5(path):
-        arrays, file_layers = _read_hdf5(path, targets)
+    if hdf5.is_hdf5(path):
+        arrays, file_layers = hdf5.match_model(path, targets)
     else:
         netparam = formats.read_caffemodel(path)
         expected = {name: [tuple(t.shape) for t in tensors] for name, tensors in targets.items()}
@@ -134,88 +129,3 @@ def log_report(report):
         log.warning("%s has no weights for parameter layer(s) %s: they keep their filler values",
                     report.source, ", ".join(report.untouched))
     return report
-
-
-def is_hdf5(path):
-    """Whether the file starts with HDF5's signature (Caffe's test: H5Fis_hdf5)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(len(formats.HDF5_MAGIC)) == formats.HDF5_MAGIC
-    except FileNotFoundError:
-        raise FileNotFoundError(f"weights file not found: {path}") from None
-
-
-def _h5py():
-    try:
-        import h5py
-    except ImportError as err:
-        raise ImportError("HDF5 weights need the h5py package (pip install h5py)") from err
-    return h5py
-
-
-def _owners(targets):
-    """{id(tensor): first layer listing it}: a blob shared by later layers is owned by its first."""
-    owners = {}
-    for name, tensors in targets.items():
-        for tensor in tensors:
-            owners.setdefault(id(tensor), name)
-    return owners
-
-
-def _read_hdf5(path, targets):
-    """({layer: [array or None (shared, not stored)]}, [layers of the file]) of Caffe's HDF5
-    layout, checked as Net::CopyTrainedLayersFromHDF5 checks it."""
-    h5py = _h5py()
-    owners = _owners(targets)
-    arrays = {}
-    with h5py.File(path, "r") as handle:
-        if not isinstance(handle.get(HDF5_GROUP), h5py.Group):
-            raise formats.CaffeFormatError(f"{path}: no group '{HDF5_GROUP}' (Caffe's HDF5 weights keep "
-                                           f"/{HDF5_GROUP}/<layer>/<blob index>)")
-        group = handle[HDF5_GROUP]
-        file_layers = list(group.keys())
-        for name in file_layers:
-            if name not in targets:
-                continue
-            stored, tensors = group[name], targets[name]
-            if len(stored) > len(tensors):
-                raise formats.WeightShapeError(f"{path}: layer '{name}' stores {len(stored)} blobs, the net "
-                                               f"expects {len(tensors)}")
-            values = []
-            for index, tensor in enumerate(tensors):
-                if str(index) not in stored:
-                    if owners[id(tensor)] != name:
-                        values.append(None)   # shared with an earlier layer, which stores it
-                        continue
-                    raise formats.WeightShapeError(f"{path}: layer '{name}' has no blob {index} (the net "
-                                                   f"expects {len(tensors)})")
-                value = np.asarray(stored[str(index)][()])
-                if value.dtype.kind not in "fiu":
-                    raise formats.CaffeFormatError(f"{path}: layer '{name}' blob {index} has dtype {value.dtype}")
-                if value.shape != tuple(tensor.shape):
-                    raise formats.WeightShapeError(f"{path}: layer '{name}' blob {index}: expected shape "
-                                                   f"{tuple(tensor.shape)}, found {value.shape}")
-                values.append(value.astype(np.float32))
-            arrays[name] = values
-    return arrays, file_layers
-
-
-def write_hdf5(path, layers):
-    """Write Caffe's HDF5 weights layout (pycaffe's save_hdf5: data only) atomically: `layers` is
-    [(layer name, [parameter tensors])] in net order (every layer, [] for those without parameters);
-    a tensor seen at an earlier layer is shared and not stored again."""
-    h5py = _h5py()
-    buffer = io.BytesIO()
-    owners = _owners(dict(layers))
-    with h5py.File(buffer, "w") as handle:
-        data = handle.create_group(HDF5_GROUP)
-        for name, tensors in layers:
-            group = data.create_group(name)
-            for index, tensor in enumerate(tensors):
-                if owners[id(tensor)] == name:
-                    group.create_dataset(str(index), data=_numpy(tensor))
-    formats.atomic_write_bytes(str(path), buffer.getvalue())
-
-
-def _numpy(tensor):
-    return tensor.detach().to("cpu", torch.float32).numpy()
