@@ -18,7 +18,7 @@ setup(
         "pillow",
         "opencv-python-headless>=4.10",
         "pyyaml",
-        "protobuf>=7.35.1,<8",
+        "protobuf>=4.21,<8",
         "tqdm",
         "torch==2.13.0",
     ],
