@@ -68,3 +68,20 @@ def test_image_batches_reach_the_cpu_unchanged():
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     tensor = _to_device(array, torch.device("cpu"))
     np.testing.assert_array_equal(tensor.numpy(), array)
+
+
+@pytest.mark.parametrize("enabled", [False, True, False])
+def test_set_tf32_leaves_every_torch_flag_readable_and_consistent(enabled):
+    """--no-tf32 used to write only cudnn.conv.fp32_precision: conv and RNN then differed and
+    reading the legacy torch.backends.cudnn.allow_tf32 raised RuntimeError (torch >= 2.9)."""
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        speed.set_tf32(enabled)
+        assert torch.backends.cudnn.allow_tf32 is enabled     # raised before
+        assert speed.tf32_enabled() is enabled
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            assert conv.fp32_precision in (("tf32",) if enabled else ("ieee", "none"))
+            assert torch.backends.cudnn.rnn.fp32_precision == conv.fp32_precision
+    finally:
+        speed.set_tf32(saved)

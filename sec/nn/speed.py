@@ -20,19 +20,22 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def set_tf32(enabled):
-    """Allow (or forbid) TF32 for float32 cuDNN convolutions, process-wide."""
-    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
-    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):   # torch >= 2.9
-        cudnn_conv.fp32_precision = "tf32" if enabled else "ieee"
-    else:
-        torch.backends.cudnn.allow_tf32 = bool(enabled)
+    """Allow (or forbid) TF32 for float32 cuDNN convolutions, process-wide.
+
+    Through the legacy flag ``torch.backends.cudnn.allow_tf32``, which sets the convolution and
+    RNN precisions together: writing only the new per-operator ``cudnn.conv.fp32_precision``
+    leaves conv and RNN different, and torch then raises on any later read of ``allow_tf32``
+    (torch >= 2.9; tests/test_nn_speed.py)."""
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
 def tf32_enabled():
-    """Whether float32 cuDNN convolutions may use TF32 (read through the API set_tf32 writes)."""
+    """Whether float32 cuDNN convolutions may use TF32: the per-operator precision where torch has
+    one and it is set ("tf32" / "ieee"), else the legacy flag it falls back to ("none")."""
     cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
-    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):
-        return cudnn_conv.fp32_precision == "tf32"
+    precision = getattr(cudnn_conv, "fp32_precision", "none") if cudnn_conv is not None else "none"
+    if precision != "none":
+        return precision == "tf32"
     return bool(torch.backends.cudnn.allow_tf32)
 
 
