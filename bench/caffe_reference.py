@@ -14,6 +14,9 @@ writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, 
   the Caffe-written .caffemodel (bytes), and per layer the bottoms, tops, top diffs fed to
   backward, bottom diffs and parameter diffs.
 * edge_nets.json: nets at the edge of what Caffe builds, and whether Net::Init accepts each.
+* data.json + data.npz: the data layers (Data on LMDB / LevelDB, ImageData, HDF5Data, HDF5Output,
+  MemoryData, WindowData) and the tools convert_imageset and compute_image_mean, run by Caffe on tiny
+  files that the fixture carries (bench/caffe_reference_data.py).
 * image_data.json + image_data.npz: ImageData tops of small odd-sized images (uint8 BGR stored,
   written as PNG for Caffe) resized by Caffe's cv::resize, for two new_height x new_width.
 * sec_nets.json + sec_nets.npz + sec_init.caffemodel: the SEC training and deploy nets, faithful
@@ -51,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from caffe_reference_cases import CASES, EDGE_DIFFERENCES, EDGE_NETS, INPUT_CASE, case_prototxt, make_input
+from caffe_reference_data import write_data
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH_DIVISOR = 32
@@ -66,6 +70,9 @@ LOSSES = ("loss-Seed", "loss-Expand", "loss-Constrain")
 MEAN_BGR = (104, 117, 123)
 IMAGE_DATA_SIZES = [(5, 7), (13, 11), (40, 31), (9, 6)]
 IMAGE_DATA_TARGETS = [(6, 8), (17, 23)]
+# Layer types whose Forward keeps what their Backward reads in a bottom's diff (layer type ->
+# bottom indices; hinge_loss_layer.cpp): record_backward must not overwrite those with its marker.
+SCRATCH_IN_BOTTOM_DIFF = {"HingeLoss": (0,)}
 
 # ---------------------------------------------------------------- recording
 
@@ -109,8 +116,8 @@ def record_backward(net, records, store):
     for rec in reversed(records):
         name = rec["name"]
         rec["top_diff"] = [maybe(store, net.blobs[t].diff) for t in rec["tops"]]
-        for b in rec["bottoms"]:
-            if b not in rec["tops"]:
+        for index, b in enumerate(rec["bottoms"]):
+            if b not in rec["tops"] and index not in SCRATCH_IN_BOTTOM_DIFF.get(rec["type"], ()):
                 net.blobs[b].diff[...] = np.nan
         net.backward(start=name, end=name)
         rec["bottom_diff"] = [maybe(store, net.blobs[b].diff) for b in rec["bottoms"]]
@@ -123,12 +130,13 @@ def maybe(store, diff):
     return None if np.isnan(diff).all() else store.add(diff)
 
 
-def seed_output_diffs(net, rng, store):
-    """Random diffs on the outputs that hold none (loss tops keep their loss_weight)."""
+def seed_output_diffs(net, rng, store, loss_tops_too=False):
+    """Random diffs on the outputs that hold none (loss tops keep their loss_weight, unless
+    `loss_tops_too`)."""
     seeds = {}
     for name in net.outputs:
         blob = net.blobs[name]
-        if not np.any(blob.diff):
+        if loss_tops_too or not np.any(blob.diff):
             blob.diff[...] = rng.standard_normal(blob.diff.shape)
             seeds[name] = store.add(blob.diff)
     return seeds
@@ -183,13 +191,17 @@ def write_layer_cases(caffe, out, tmp, fixture_name, cases, input_kinds):
         if not opts.get("fill"):
             randomize_params(net, rng, opts.get("bn_factor"))
         extra[f"{name}/caffemodel"] = caffemodel_bytes(net, tmp)
+        learned = opts.get("learned", ())
         for blob, (shape, kind) in inputs.items():
             make = input_kinds.get(kind)
-            net.blobs[blob].data[...] = make(rng, shape) if make else make_input(rng, shape, kind)
+            target = net.params[f"input_{blob}"][0] if blob in learned else net.blobs[blob]
+            target.data[...] = make(rng, shape) if make else make_input(rng, shape, kind)
+        if learned:   # inputs held by Parameter layers are weights: saved with the others
+            extra[f"{name}/caffemodel"] = caffemodel_bytes(net, tmp)
         backward = opts.get("backward", True)
         records = record_forward(net, store)
         if backward:
-            seed_output_diffs(net, rng, store)
+            seed_output_diffs(net, rng, store, loss_tops_too=bool(learned))
             record_backward(net, records, store)
         manifest.append({"name": name, "type": spec[0][0], "prototxt": text, "phase": opts.get("phase", "TEST"),
                          "backward": backward, "fill": bool(opts.get("fill")), "layers": records})
@@ -546,13 +558,13 @@ def write_fixtures(args):
     caffe.set_random_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # A fixed work folder: Caffe writes its paths into the .caffemodel files, so that
-    # regenerating gives the same bytes.
-    tmp = os.path.join(tempfile.gettempdir(), "sec_caffe_reference")
+    # A fixed work folder per set of parts: Caffe writes its paths into the .caffemodel files, so
+    # that regenerating gives the same bytes; runs of different parts at once do not share it.
+    tmp = os.path.join(tempfile.gettempdir(), "_".join(["sec_caffe_reference", *sorted(args.only or [])]))
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
     families = case_families()
-    steps = list(families) + ["edge", "image_data", "sec"]
+    steps = list(families) + ["edge", "image_data", "data", "sec"]
     unknown = sorted(set(args.only or []) - set(steps))
     if unknown:
         raise SystemExit(f"--only: unknown part(s) {unknown}; known: {steps}")
@@ -566,6 +578,8 @@ def write_fixtures(args):
                 write_edge_nets(caffe, out, sub)
             elif step == "image_data":
                 write_image_data(caffe, out, sub)
+            elif step == "data":
+                write_data(caffe, out, sub, save, caffe_version)
             else:
                 train_path, init_model = write_sec_nets(caffe, out, sub)
                 write_solver(caffe, out, sub, train_path, init_model)
@@ -581,7 +595,8 @@ def build_parser():
                         help="fixture folder to write (run with pycaffe's Python)")
     parser.add_argument("--only", action="append", metavar="PART",
                         help="write only this part (repeatable): layers, layers_<family> (one per "
-                             "bench/caffe_cases_<family>.py), edge, image_data, sec (the SEC nets and solver)")
+                             "bench/caffe_cases_<family>.py), edge, image_data, data (the data layers and "
+                             "tools, bench/caffe_reference_data.py), sec (the SEC nets and solver)")
     parser.add_argument("--bench", action="store_true",
                         help="time Caffe's and sec.caffe's SEC solver step instead (run with the project's python)")
     parser.add_argument("--agreement", action="store_true",

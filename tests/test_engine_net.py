@@ -250,32 +250,35 @@ def test_save_and_copy_from_round_trip(tmp_path):
 
 
 def test_image_data_layer_uses_source_unless_fed(tmp_path, monkeypatch):
-    import sec.data
+    import sec.caffe.image_data
+    from sec.caffe.caffe_rng import CaffeRNG
 
     class StandIn:
         made = []
 
-        def __init__(self, source, root_folder, batch_size, new_height, new_width, mean_values, shuffle,
-                     seed):
-            StandIn.made.append((source, root_folder, batch_size, new_height, new_width, mean_values, shuffle,
-                                 seed))
+        def __init__(self, **options):
+            StandIn.made.append(options)
             self.calls = 0
 
         def next_batch(self):
             self.calls += 1
             return np.full((2, 3, 4, 5), self.calls, np.float32), np.array([7, 8], np.float32)
 
-    monkeypatch.setattr(sec.data, "ImageDataSource", StandIn)
+    monkeypatch.setattr(sec.caffe.image_data, "ImageDataSource", StandIn)
     text = ('layer { name: "data" type: "ImageData" top: "images" top: "ids" '
             'transform_param { mean_value: 104 mean_value: 117 mean_value: 123 } '
             'image_data_param { source: "list.txt" root_folder: "img/" batch_size: 2 new_height: 4 new_width: 5 '
             'shuffle: true } }\n'
             'layer { name: "r" type: "ReLU" bottom: "images" top: "r" }\n')
+    torch.manual_seed(1234)  # what the solver does with its random_seed, before it builds the net
     net = make_net(tmp_path, text, phase=caffe.TRAIN)
     assert StandIn.made == []  # created lazily
-    torch.manual_seed(1234)  # what the solver does with its random_seed
     out = net.run()
-    assert StandIn.made == [("list.txt", "img/", 2, 4, 5, (104.0, 117.0, 123.0), True, 1234)]
+    options = StandIn.made[0]
+    assert (options["source"], options["root_folder"], options["batch_size"], options["new_height"],
+            options["new_width"], options["shuffle"]) == ("list.txt", "img/", 2, 4, 5, True)
+    assert list(options["transformer"].mean_values) == [104.0, 117.0, 123.0]
+    assert options["seed"] == CaffeRNG(1234).raw()  # Caffe's first draw seeds ImageData's shuffling
     assert float(out["r"][0, 0, 0, 0]) == 1.0 and out["ids"].tolist() == [7.0, 8.0]
     fed = net.run({"images": torch.zeros(2, 3, 4, 5), "ids": torch.zeros(2)})
     assert float(fed["r"].abs().sum()) == 0

@@ -34,7 +34,9 @@ class BuildContext:
     callable giving the net's current device (the net may be moved after building);
     shared: ParamSpec name -> (Parameter, lr_mult, decay_mult) for `param { name: ... }`;
     infos: (layer, index, Parameter, lr_mult, decay_mult) of each learnable parameter, in
-    build order, shared ones once (at their first layer).
+    build order, shared ones once (at their first layer);
+    data_seeds: Caffe's global generator as the data layers draw their seeds from it while the
+    net is built (sec.caffe.caffe_rng.DataLayerSeeds; made by the first data layer that draws).
     """
 
     def __init__(self, phase, device, net_device):
@@ -44,6 +46,7 @@ class BuildContext:
         self.shared = {}
         self.infos = []
         self.layer_name = ""
+        self.data_seeds = None
 
     def weight_and_bias(self, lp, p, weight_shape, num_output):
         """Blob 0 (weight, `p.weight_filler`) and, when `p.bias_term`, blob 1 (bias of
