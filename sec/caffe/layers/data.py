@@ -15,6 +15,7 @@ threads (sec.caffe.prefetch, `data_param.prefetch` batches ahead); batches never
 timing.
 """
 import logging
+import weakref
 
 import torch
 
@@ -109,13 +110,34 @@ def rank_and_world():
     return 0, 1
 
 
+HOST_COPY_MAX_ELEMENTS = 1 << 16
+"""Tops up to this size (labels, image ids) keep their host values beside the device tensor."""
+_host_copies = {}   # id(device tensor) -> (weak reference to it, host array); dropped with the tensor
+
+
 def to_device(array, device):
     """A numpy batch as a tensor on `device`; to CUDA through pinned memory, asynchronously (torch's
-    pinned-memory cache keeps a buffer until its copy is done), so the upload overlaps GPU work."""
+    pinned-memory cache keeps a buffer until its copy is done), so the upload overlaps GPU work.
+
+    A small top (labels, ids: at most HOST_COPY_MAX_ELEMENTS) keeps a copy of its host values for
+    `host_values`: a layer that needs them on the host (the Annotation layer's cue lookup) reads
+    them there instead of back from the device, which would make the host wait for the GPU (as a
+    Caffe blob has a CPU and a GPU copy)."""
     tensor = torch.from_numpy(array)
     if device.type == "cuda":
         tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
+    out = tensor.to(device, non_blocking=True)
+    if array.size <= HOST_COPY_MAX_ELEMENTS:
+        key = id(out)
+        _host_copies[key] = (weakref.ref(out), array.copy())
+        weakref.finalize(out, _host_copies.pop, key, None)
+    return out
+
+
+def host_values(tensor):
+    """The host array a data layer uploaded ``tensor`` from (small tops only), or None."""
+    entry = _host_copies.get(id(tensor))
+    return entry[1] if entry is not None and entry[0]() is tensor else None
 
 
 class PrefetchingLayer:
