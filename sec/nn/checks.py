@@ -13,6 +13,7 @@ Every failure is one ValueError (TypeError for a wrong type) whose message start
 module's name and names the argument.
 """
 import math
+import numbers
 
 import torch
 
@@ -72,11 +73,11 @@ def probability_param(where, name, value, closed=False):
 
 
 def count_param(where, name, value, largest):
-    """A non-negative integer up to ``largest`` (e.g. maxiter, capped as krahenbuhl2013 caps it)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
-            math.inf, -math.inf) or int(value) != value:
-        raise ValueError(f"{where}: {name} must be an integer in 0..{largest}, got {value!r}")
-    if not 0 <= value <= largest:
+    """A non-negative integer up to ``largest`` (e.g. maxiter, capped as krahenbuhl2013 caps it);
+    integral floats are taken, as pylayers' param_str takes them."""
+    integral = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                and int(value) == value)
+    if not integral or not 0 <= value <= largest:
         raise ValueError(f"{where}: {name} must be an integer in 0..{largest}, got {value!r}")
     return int(value)
 

@@ -16,6 +16,7 @@ Results are N x H x W x L float32 marginals. No gradient flows through the CRF.
 """
 import functools
 import math
+import operator
 import struct
 
 import torch
@@ -151,7 +152,8 @@ class _ExactKernels:
 
 
 def check_crf_inputs(images, unaries, maxiter, method, where="dense_crf"):
-    """dense_crf's argument checks (krahenbuhl2013's wording) on everything but the values."""
+    """dense_crf's argument checks (krahenbuhl2013's wording) on everything but the values;
+    returns maxiter as an int."""
     if method not in METHODS:
         raise ValueError(f"{where}: need method in {METHODS}, got {method!r}")
     for name, tensor in (("images", images), ("unaries", unaries)):
@@ -163,8 +165,13 @@ def check_crf_inputs(images, unaries, maxiter, method, where="dense_crf"):
         raise ValueError(f"{where}: need non-empty images and at least one label, got shapes "
                          f"{tuple(images.shape)} and {tuple(unaries.shape)}")
     need_one_device(where, images=images, unaries=unaries)
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or not 0 <= maxiter <= MAX_ITERATIONS:
+    try:
+        iterations = operator.index(maxiter)
+    except TypeError:
+        iterations = None
+    if isinstance(maxiter, bool) or iterations is None or not 0 <= iterations <= MAX_ITERATIONS:
         raise ValueError(f"{where}: need 0 <= maxiter <= {MAX_ITERATIONS}, got {maxiter!r}")
+    return iterations
 
 
 def check_crf_values(images, unaries, where="dense_crf"):
@@ -186,7 +193,7 @@ def dense_crf(images, unaries, *, maxiter=DEFAULT_ITERATIONS, gaussian_sxy=SEC_G
     """Marginals N x H x W x L float32 of the dense CRF on a batch (`krahenbuhl2013.dense_crf_batch`
     on any device). images N x H x W x 3 (0..255), unaries N x H x W x L; a weight of 0 turns a
     kernel off. ``check=False`` skips the value checks (one host read), not the others."""
-    check_crf_inputs(images, unaries, maxiter, method)
+    maxiter = check_crf_inputs(images, unaries, maxiter, method)
     settings = {"gaussian_sxy": float32_width(gaussian_sxy, "gaussian_sxy"),
                 "bilateral_sxy": float32_width(bilateral_sxy, "bilateral_sxy"),
                 "bilateral_srgb": float32_width(bilateral_srgb, "bilateral_srgb"),
