@@ -27,8 +27,9 @@ import warnings
 
 import torch
 
-_CSR_NOTICE = "Sparse CSR tensor support is in beta"
-"""torch's one-time notice on creating a CSR tensor; the products used here are long stable."""
+_CSR_NOTICES = ("Sparse CSR tensor support is in beta", "Sparse invariant checks are implicitly disabled")
+"""torch's one-time notices on creating a CSR tensor (the products used here are long stable; the
+structure is built here, so its invariants hold by construction)."""
 
 NORM_EPSILON = 1e-20
 """Added to K 1 before the inverse square root (densecrf's NORMALIZE_SYMMETRIC)."""
@@ -318,5 +319,6 @@ class SparseFilter:
 
 def _csr(row_starts, columns, values, size):
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_CSR_NOTICE)
+        for notice in _CSR_NOTICES:
+            warnings.filterwarnings("ignore", message=notice)
         return torch.sparse_csr_tensor(row_starts, columns, values, size, check_invariants=False)
