@@ -25,4 +25,16 @@ setup(
         "tqdm",
         "torch==2.13.0",
     ],
+    # Caffe's command-line tools (sec/caffe/tools). `caffe` runs a real Caffe binary found on PATH
+    # instead (SEC_CAFFE=auto, the default; sec, bvlc); `sec-caffe` always runs sec.caffe's (docs/caffe/tools.md).
+    entry_points={"console_scripts": [
+        "caffe = sec.caffe.tools.caffe:installed_main",
+        "sec-caffe = sec.caffe.tools.caffe:main",
+        "upgrade_net_proto_text = sec.caffe.tools.upgrade:upgrade_net_proto_text",
+        "upgrade_net_proto_binary = sec.caffe.tools.upgrade:upgrade_net_proto_binary",
+        "upgrade_solver_proto_text = sec.caffe.tools.upgrade:upgrade_solver_proto_text",
+        "extract_features = sec.caffe.tools.extract_features:main",
+        "convert_imageset = sec.caffe.tools.convert_imageset:main",
+        "compute_image_mean = sec.caffe.tools.compute_image_mean:main",
+    ]},
 )

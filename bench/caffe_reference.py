@@ -24,6 +24,8 @@ writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, 
   Caffe) but channels / WIDTH_DIVISOR and a 41 x 41 input (6 x 6 scores); dropout layers removed,
   shuffle off. The same per-layer records, a full backward of the training net, the deploy net's
   forward and the notebooks' saliency (fc8-SEC diff 1, backward, conv4_1 diff).
+* solvers.json + solvers.npz: every solver and lr policy, five iterations on a tiny net
+  (bench/caffe_reference_solvers.py).
 * solver.json + solver.npz + sec_iter_5.caffemodel/.solverstate: five iterations of the original
   solver settings on that net (losses, snapshot), the same five from weights perturbed by
   PERTURBATION (Caffe's own sensitivity), and from the snapshot in a fresh solver one more
@@ -564,7 +566,7 @@ def write_fixtures(args):
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
     families = case_families()
-    steps = list(families) + ["edge", "image_data", "data", "sec"]
+    steps = list(families) + ["edge", "image_data", "data", "sec", "solvers"]
     unknown = sorted(set(args.only or []) - set(steps))
     if unknown:
         raise SystemExit(f"--only: unknown part(s) {unknown}; known: {steps}")
@@ -580,6 +582,11 @@ def write_fixtures(args):
                 write_image_data(caffe, out, sub)
             elif step == "data":
                 write_data(caffe, out, sub, save, caffe_version)
+            elif step == "solvers":
+                from caffe_reference_solvers import write_solvers
+                store, files = Store("v"), {}
+                save(out, "solvers", write_solvers(caffe, sub, store, files, caffe_version(caffe)),
+                     {**store.arrays, **files})
             else:
                 train_path, init_model = write_sec_nets(caffe, out, sub)
                 write_solver(caffe, out, sub, train_path, init_model)
@@ -596,7 +603,8 @@ def build_parser():
     parser.add_argument("--only", action="append", metavar="PART",
                         help="write only this part (repeatable): layers, layers_<family> (one per "
                              "bench/caffe_cases_<family>.py), edge, image_data, data (the data layers and "
-                             "tools, bench/caffe_reference_data.py), sec (the SEC nets and solver)")
+                             "tools, bench/caffe_reference_data.py), sec (the SEC nets and solver), "
+                             "solvers (every solver and lr policy, bench/caffe_reference_solvers.py)")
     parser.add_argument("--bench", action="store_true",
                         help="time Caffe's and sec.caffe's SEC solver step instead (run with the project's python)")
     parser.add_argument("--agreement", action="store_true",

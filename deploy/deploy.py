@@ -10,7 +10,8 @@ headers and OUT/deploy_manifest.json (what made the masks already there) are che
 Exit status: 0 when every image was segmented (or already was), 1 when some image could not be
 used (each is reported with its reason; the others are still written), 2 on a usage or setup
 error (bad flag value, unusable --out, outputs made with other options, no model, weights that
-do not fit the net).
+do not fit the net, an --output-blob that holds no class scores, outputs that cannot be written),
+130 on Ctrl-C (every finished output is kept; a rerun resumes).
 """
 import argparse
 import sys
@@ -24,6 +25,7 @@ DEFAULT_LATEST = REPO_ROOT / "runs" / "latest.json"
 DEFAULT_PROTOTXT = REPO_ROOT / "models" / "sec" / "deploy.prototxt"
 EXIT_SOME_FAILED = 1
 EXIT_SETUP_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def parse_args(argv=None):
@@ -59,13 +61,16 @@ def parse_args(argv=None):
                         help="threads for the CRFs of a batch, 0 = all cores "
                              "(default: %(default)s)")
     parser.add_argument("--output-blob", default=None,
-                        help="score blob to read (default: the net's only output)")
+                        help="score blob to read when the net has several outputs (default: the net's "
+                             "only output); it must hold class scores or probabilities, N x classes x h x w "
+                             "with the class count of the net's outputs")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs, also those made with other weights, "
                              "prototxt or --crf (default: keep them, so a run resumes)")
     parser.add_argument("--allow-missing-weights", action="store_true",
                         help="run even when the weights leave some parameter layer of the net "
-                             "at its filler values (default: refuse, naming the layers)")
+                             "at its filler values (default: refuse, naming the layers); weights that "
+                             "fill no layer at all are refused even so")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     for flag, value, low in (("--batch", args.batch, 1), ("--jobs", args.jobs, 1),
@@ -103,15 +108,22 @@ def main(args):
     """Run the deploy; returns the exit status."""
     try:
         spec = pipeline.resolve_model(args.weights, args.prototxt, args.latest, DEFAULT_PROTOTXT)
+        options = pipeline.mask_options(spec, args.output_blob, args.crf)
         plan = pipeline.prepare(list_inputs(args), args.out, overlay=args.overlay,
                                 probs=args.probs, overwrite=args.overwrite, crf=args.crf,
-                                options=pipeline.mask_options(spec, args.output_blob, args.crf))
+                                options=options)
         segmenter = load_segmenter(spec, args) if plan.todo else None
+        if segmenter is not None:
+            options["num_classes"] = segmenter.num_classes  # recorded with the first mask (plan.manifest)
         report = (pipeline.run(plan, segmenter, batch=args.batch, jobs=args.jobs,
                                progress=not args.quiet) if segmenter else plan.report)
     except pipeline.DeployError as err:
         print(f"deploy.py: error: {err}", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    except KeyboardInterrupt:
+        print(f"deploy.py: interrupted; every finished output in {args.out} is kept (rerun the same "
+              "command to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"{len(report.written)} written, {len(report.skipped)} kept (already there), "
           f"{len(report.failed)} failed -> {args.out}", file=sys.stderr)
     for _, reason in report.failed:

@@ -114,8 +114,12 @@ def resolve_model(weights, prototxt, latest, default_prototxt):
 def mask_options(spec, output_blob=None, crf=False):
     """The options that decide what a mask holds, for the output folder's manifest: the
     weights and prototxt (paths, and SHA-256 of their bytes), the score blob asked for (None:
-    the net's only output) and the CRF settings (None without the CRF)."""
-    return {"weights": str(Path(spec.weights).resolve()),
+    the net's only output) and the CRF settings (None without the CRF). Also, for readers such as
+    deploy/evaluate.py, the model's class set: `classes` (voc, synthetic; None when the weights
+    came from --weights) and `num_classes` (from runs/latest.json; the caller sets the count of
+    the loaded net)."""
+    return {"classes": spec.classes, "num_classes": spec.num_classes,
+            "weights": str(Path(spec.weights).resolve()),
             "weights_sha256": file_sha256(spec.weights),
             "prototxt": str(Path(spec.prototxt).resolve()),
             "prototxt_sha256": file_sha256(spec.prototxt),
@@ -171,6 +175,7 @@ class Segmenter:
             output = net.outputs[0]
         self.output = output
         self.output_is_softmax = _producer_type(net, output) == "Softmax"
+        _check_score_blob(net, output)
         self.input_size = tuple(int(d) for d in net.blobs[self.input].data.shape[2:])
         self.num_classes = int(net.blobs[output].data.shape[1])
         if self.num_classes > MAX_CLASSES:
@@ -216,6 +221,21 @@ class Segmenter:
         return _to_uint8(marginals[0].argmax(dim=2))
 
 
+def _check_score_blob(net, blob):
+    """`blob` must hold class scores: N x L x h x w with L the class count of the net's outputs
+    (an inner blob such as fc7 would make argmax over its features look like classes)."""
+    shape = tuple(net.blobs[blob].data.shape)
+    if len(shape) != 4:
+        raise DeployError(f"blob '{blob}' has shape {shape}: need class scores N x classes x h x w")
+    classes = {name: int(net.blobs[name].data.shape[1]) for name in net.outputs
+               if len(net.blobs[name].data.shape) == 4}
+    if classes and shape[1] not in classes.values():
+        listed = ", ".join(f"'{name}' {count}" for name, count in classes.items())
+        raise DeployError(f"--output-blob {blob}: {shape[1]} channels, but the net's output(s) give "
+                          f"{listed} classes: '{blob}' is not a class-score blob (its argmax would be no "
+                          "class); name the scores or probabilities, e.g. the net's output")
+
+
 def _producer_type(net, blob):
     """Type of the last layer writing `blob` (in-place layers write it again)."""
     types = [layer.type for layer, tops in zip(net.layers, net.top_names.values()) if blob in tops]
@@ -244,9 +264,10 @@ def _import_crf_batch():
 def load_net(spec, device="cpu", allow_missing_weights=False):
     """Build the sec.caffe.Net of `spec` in TEST phase and move it to `device`.
 
-    DeployError when the weights do not fit the prototxt, hold NaN or Inf (naming the layer), or
-    leave a parameter layer of the net without weights (it would keep its filler values and
-    give plausible-looking masks) unless allow_missing_weights."""
+    DeployError when the weights do not fit the prototxt, hold NaN or Inf (naming the layer), fill
+    no parameter layer at all (the wrong file), or leave a parameter layer of the net without
+    weights (it would keep its filler values and give plausible-looking masks) unless
+    allow_missing_weights."""
     from sec import caffe
     from sec.caffe.weights import MissingWeightsError
     device = torch.device(device)
@@ -258,8 +279,15 @@ def load_net(spec, device="cpu", allow_missing_weights=False):
         caffe.set_mode_cpu()
     try:
         net = caffe.Net(str(spec.prototxt), str(spec.weights), caffe.TEST)
+        report = net.weight_report
+        if report.untouched and not report.loaded:   # the wrong file, whatever --allow-missing-weights says
+            raise DeployError(
+                f"cannot load {spec.weights} into {spec.prototxt}: no layer of the file matches a parameter "
+                f"layer of the net by name (file layers: {', '.join(report.ignored[:8]) or 'none'}; net "
+                f"layers: {', '.join(report.untouched[:8])}), so every mask would come from filler values "
+                "(--allow-missing-weights allows some layers left at their fillers, not all)")
         if not allow_missing_weights:
-            net.weight_report.require_complete()
+            report.require_complete()
     except ValueError as err:  # prototxt, format, shape, non-finite and missing-weight errors
         hint = ("; pass --allow-missing-weights to run with filler values there"
                 if isinstance(err, MissingWeightsError) else "")

@@ -77,14 +77,24 @@ def check_output_folder(out_dir, overlay=False, probs=False):
     folders = [out_dir] + [out_dir / sub for sub, wanted in ((OVERLAY_DIR, overlay),
                                                              (PROBS_DIR, probs)) if wanted]
     for folder in folders:
-        if folder.exists() and not folder.is_dir():
-            raise DeployError(f"--out: {folder} exists and is not a folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as err:
-            raise DeployError(f"--out: cannot write into {folder}: {err}") from err
+        problem = folder_write_problem(folder)
+        if problem is not None:
+            raise DeployError(f"--out: {problem}")
+
+
+def folder_write_problem(folder):
+    """Create `folder` (and its parents) and try a temporary file in it: None when it takes files,
+    else why not ("X exists and is not a folder", "cannot write into X: reason")."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} exists and is not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"cannot write into {folder}: {err.strerror or err}"
+    return None
 
 
 @dataclass

@@ -15,9 +15,11 @@ the list, images and cues before the first iteration.
 The synthetic recipe's earlier stages (localization nets and cues) are training/train.py's.
 """
 import csv
+import io
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +32,10 @@ from tqdm import tqdm
 from sec import data, metrics, visualize
 from sec.caffe import formats
 from sec.caffe.solver import NetOverrides, apply_net_overrides, make_solver, snapshot_paths
-from sec.run_folder import (RunInputError, check_iterations, check_train_net_inputs,  # noqa: F401
-                            latest_snapshot, prepare_new_run, remove_stale_temporaries,
-                            require_some_weights, restore_newest_readable)
+from sec.deploy_files import atomic_save
+from sec.run_folder import (RunInputError, check_cue_pairing, check_iterations,  # noqa: F401
+                            check_train_net_inputs, latest_snapshot, missing_sidecar_note, prepare_new_run,
+                            remove_stale_temporaries, require_some_weights, restore_newest_readable)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class RunConfig:
     device: str = "cpu"
     resume: bool = False
     overwrite: bool = False         # a new run may delete an earlier run in its folder
+    list_written: bool = False      # `source` was written here (VOC: from trainaug.txt, ids 0..N-1), not given
     precision: str = "fp32"         # "bf16": autocast of the net body (sec.nn.speed)
     tf32: bool = True               # TF32 convolutions on CUDA (PyTorch's default)
     channels_last: bool = False     # NHWC parameters and inputs
@@ -88,9 +92,20 @@ def write_latest(runs_root, weights, deploy, classes, num_classes, dataset):
     return info
 
 
+class RunLogHandler(logging.FileHandler):
+    """train.log. A line that cannot be written (a full disk) raises its OSError, which stops the
+    run with one message, instead of logging's traceback on stderr and a run that goes on."""
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise error
+        super().handleError(record)
+
+
 def attach_log_file(path):
     """Send the solver's Caffe-style log lines to `path` (the console keeps the progress bar)."""
-    handler = logging.FileHandler(path)
+    handler = RunLogHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     for name in ("sec", "pylayers"):
         logger = logging.getLogger(name)
@@ -125,7 +140,9 @@ def global_batch_of(net_path):
 
 # ----- loss log -----------------------------------------------------------------------------------
 class LossLog:
-    """losses.csv: one row per iteration; on resume, rows from the resumed iteration on are dropped."""
+    """losses.csv: one row per iteration; on resume, rows from the resumed iteration on are dropped,
+    and so is a last row cut short (a full disk). The kept rows are rewritten atomically (a failure
+    leaves the old file whole), then new rows are appended."""
 
     def __init__(self, path, resume_iter=None):
         self.path = Path(path)
@@ -135,13 +152,13 @@ class LossLog:
             with open(self.path, newline="") as handle:
                 reader = csv.DictReader(handle)
                 self.fields = reader.fieldnames
-                self.rows = [row for row in reader if int(row["iter"]) < resume_iter]
+                self.rows = [row for row in reader if _complete(row) and int(row["iter"]) < resume_iter]
         self._handle = None
         self._writer = None
 
     def append(self, solver):
         outputs = dict(solver.last_outputs)
-        row = {"iter": solver.iter - 1, "lr": solver.lr, "loss": outputs.pop("loss"),
+        row = {"iter": solver.iter - 1, "lr": solver.last_lr, "loss": outputs.pop("loss"),
                "smoothed_loss": solver.smoothed_loss}
         row.update(outputs)
         row.update({f"{k}_s": solver.last_timings.get(k, float("nan")) for k in TIMING_FIELDS})
@@ -152,15 +169,23 @@ class LossLog:
 
     def _open(self, fields):
         self.fields = self.fields or fields
-        self._handle = open(self.path, "w", newline="")
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        formats.atomic_write_bytes(str(self.path), text.getvalue().encode())
+        self._handle = open(self.path, "a", newline="")
         self._writer = csv.DictWriter(self._handle, fieldnames=self.fields)
-        self._writer.writeheader()
-        self._writer.writerows(self.rows)
 
     def close(self):
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            handle.close()
+
+
+def _complete(row):
+    """A csv row with every field (a row cut short by a full disk has None or '' at its end)."""
+    return all(value not in (None, "") for value in row.values()) and None not in row
 
 
 def plot_losses(csv_path, png_path):
@@ -185,8 +210,10 @@ def plot_losses(csv_path, png_path):
     axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(png_path, dpi=100)
-    pyplot.close(figure)
+    try:
+        atomic_save(png_path, lambda tmp: figure.savefig(tmp, dpi=100))
+    finally:
+        pyplot.close(figure)
     return png_path
 
 
@@ -203,9 +230,37 @@ def run_overrides(cfg, source=None, local_batch=None):
 
 def check_inputs(cfg):
     """Everything a run reads, checked before anything is written or trained (RunInputError):
-    iteration and batch counts, the list's images, the cue file and every id's cues."""
+    iteration and batch counts, the list's images, the cue file and every id's cues, and, where
+    ground-truth masks are at hand, that the cue ids are this list's ids (sec.run_folder.check_cue_pairing)."""
     check_iterations(cfg.iters, cfg.batch)
-    check_train_net_inputs(apply_net_overrides(formats.read_net_prototxt(str(cfg.net)), run_overrides(cfg)))
+    netparam = apply_net_overrides(formats.read_net_prototxt(str(cfg.net)), run_overrides(cfg))
+    for source, entries, cues_path, cues in check_train_net_inputs(netparam):
+        note = check_cue_pairing(cues, cues_path, entries, source, mask_finder(cfg), cfg.num_classes,
+                                 list_written=cfg.list_written)
+        if note:
+            print(note)
+
+
+def mask_finder(cfg):
+    """image file of the list -> its ground-truth mask path or None: VOC's SegmentationClass(Aug)/,
+    the synthetic set's masks/."""
+    from sec.localization import mask_finder as finder
+    if cfg.classes == "voc":
+        return finder(voc=cfg.dataset)
+    return finder(masks=Path(cfg.dataset) / "masks")
+
+
+def check_before_training(cfg):
+    """What train() refuses before it writes anything, checked without writing (so that a launcher
+    can check before it starts processes): check_inputs, --resume without a snapshot, an earlier run
+    in the folder without --resume or --overwrite. Returns the .solverstate to resume from or None."""
+    check_inputs(cfg)
+    state = latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
+    if cfg.resume and state is None:
+        raise RunInputError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
+    if not cfg.resume and not cfg.overwrite:
+        prepare_new_run(cfg.run_dir, cfg.name, False, cfg.runs_root)  # refuses an earlier run, deletes nothing
+    return state
 
 
 def build_solver(cfg, rank=0, world_size=1):
@@ -249,6 +304,9 @@ def train(cfg):
                 for bad, reason in skipped:
                     print(f"--resume: skipped unreadable snapshot {bad} ({reason})")
                 print(f"resuming from {state} at iteration {solver.iter} (weights {solver.restored_from[1]})")
+                warning = missing_sidecar_note(state)
+                if warning:
+                    print(warning, file=sys.stderr)
         elif cfg.weights is not None:
             require_some_weights(solver.load_weights(cfg.weights), cfg.weights)
         run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0)
@@ -275,14 +333,20 @@ def run_loop(solver, run_dir, resume_iter=None, show=True):
         bar.update(1)
 
     solver.on_iteration_end.append(on_iteration_end)
+    solved = False
     try:
         solver.solve()
+        solved = True
     finally:
         bar.close()
-        if losses is not None:
-            losses.close()
-            if csv_path.is_file():
-                plot_losses(csv_path, Path(run_dir) / "losses.png")
+        try:
+            if losses is not None:
+                losses.close()
+                if csv_path.is_file():
+                    plot_losses(csv_path, Path(run_dir) / "losses.png")
+        except OSError:
+            if solved:  # otherwise the error that stopped training is the one to report
+                raise
 
 
 # ----- evaluation ---------------------------------------------------------------------------------
@@ -320,7 +384,7 @@ def evaluate(deploy, weights, image_list, root_folder, mask_folder, num_classes,
             if len(panels) < num_panels:
                 panels.append([image, gt, prediction])
     if panels_path is not None and panels:
-        visualize.save_panels(panels, panels_path)
+        atomic_save(panels_path, lambda tmp: visualize.save_panels(panels, tmp))
     return confusion
 
 
@@ -396,9 +460,12 @@ def write_caffe_files(cfg):
 def finish(cfg, weights, evaluate_after=True):
     """Write runs/latest.json; on the synthetic set, evaluate on val and print the IoU table."""
     info = write_latest(cfg.runs_root, weights, cfg.deploy, cfg.classes, cfg.num_classes, cfg.dataset)
-    print(f"wrote {Path(cfg.runs_root) / 'latest.json'}")
+    latest = Path(cfg.runs_root).resolve() / "latest.json"
+    print(f"wrote {latest}")
     if cfg.classes != "synthetic":
-        print("evaluate on VOC val with deploy/deploy.py (runs/latest.json) and deploy/evaluate.py")
+        print(f"segment and score VOC val with this run's model:\n"
+              f"  python deploy/deploy.py --latest {latest} --images IMAGES --out MASKS [--crf]\n"
+              f"  python deploy/evaluate.py --pred MASKS --gt {Path(cfg.dataset).resolve()} --classes voc")
         return info
     if not evaluate_after:
         return info

@@ -153,11 +153,17 @@ def test_hand_encoded_v1_caffemodel(tmp_path):
     np.testing.assert_array_equal(got, weight)
 
 
-def test_v0_layers_are_refused_by_name(tmp_path):
-    v0_layer = _field(1, b"conv1") + _field(2, b"conv")  # V0LayerParameter name, type
+def test_v0_caffemodel_is_upgraded_and_a_misplaced_v0_field_named(tmp_path):
+    v0_layer = _field(1, b"conv1") + _field(2, b"conv") + _varint(3 << 3) + _varint(4)  # name, type, num_output
     path = tmp_path / "v0.caffemodel"
     path.write_bytes(_field(2, _field(1, v0_layer)))  # NetParameter.layers[0].layer
-    with pytest.raises(io.CaffeFormatError, match="V0 format") as error:
+    net = io.read_caffemodel(path)
+    assert (net.layer[0].name, net.layer[0].type) == ("conv1", "Convolution")
+    assert net.layer[0].convolution_param.num_output == 4
+    relu = _field(1, b"relu1") + _field(2, b"relu") + _varint(3 << 3) + _varint(4)  # num_output on a ReLU
+    path.write_bytes(_field(2, _field(1, relu)))
+    with pytest.raises(io.CaffeFormatError, match="layer 'relu1': Unknown parameter num_output for layer type relu"
+                       ) as error:
         io.read_caffemodel(path)
     assert str(path) in str(error.value)
 

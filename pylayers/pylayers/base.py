@@ -11,6 +11,7 @@ it aborts (SIGABRT) without printing the Python error. The Caffe-side base (`caf
 therefore prints the layer's traceback to stderr before the exception propagates.
 """
 import functools
+import math
 import sys
 import traceback
 
@@ -129,11 +130,12 @@ def parse_param_str(param_str, defaults, label):
 
 
 def float_param(params, key, label, valid, requirement):
-    """params[key] as a float satisfying ``valid``; else ValueError naming layer, key and ``requirement``."""
+    """params[key] as a finite float satisfying ``valid``; else ValueError naming layer, key and
+    ``requirement`` (no parameter of these layers takes NaN or an infinity)."""
     try:
         value = float(params[key])
     except (TypeError, ValueError):
         raise ValueError(f"{label}: param_str {key} must be a number, got {params[key]!r}") from None
-    if not valid(value):
+    if not math.isfinite(value) or not valid(value):
         raise ValueError(f"{label}: param_str {key} must be {requirement}, got {value}")
     return value

@@ -15,7 +15,9 @@ from sec.caffe.layers.python import Layer
 __all__ = ["Blob", "Layer", "Net", "NetError", "ParamInfo", "SGDSolver", "TEST", "TRAIN",
            "set_device", "set_mode_cpu", "set_mode_gpu"]
 
-_LAZY = {"SGDSolver": "sec.caffe.solver"}
+_LAZY = {"SGDSolver": "sec.caffe.solver", "NesterovSolver": "sec.caffe.solver", "AdaGradSolver": "sec.caffe.solver",
+         "RMSPropSolver": "sec.caffe.solver", "AdaDeltaSolver": "sec.caffe.solver", "AdamSolver": "sec.caffe.solver",
+         "get_solver": "sec.caffe.solver"}
 
 
 def __getattr__(name):

@@ -81,10 +81,15 @@ def copy_weights(path, targets):
             for tensor, value in zip(targets[name], values):
                 # not np.ascontiguousarray: it turns a 0-d array (Scale num_axes: 0) into shape (1,)
                 tensor.copy_(torch.as_tensor(np.asarray(value, dtype=np.float32)).to(tensor.device))
+    return log_report(report)
+
+
+def log_report(report):
+    """Log a copy as Caffe does ("Ignoring source layer X") plus what kept its filler values; returns it."""
     for name in report.ignored:
         log.info("Ignoring source layer %s", name)
-    log.info("Copied weights of %d layers from %s", len(report.loaded), path)
+    log.info("Copied weights of %d layers from %s", len(report.loaded), report.source)
     if report.untouched:
         log.warning("%s has no weights for parameter layer(s) %s: they keep their filler values",
-                    path, ", ".join(report.untouched))
+                    report.source, ", ".join(report.untouched))
     return report
