@@ -11,8 +11,9 @@ least one kernel, whose host-side cost (a few microseconds) bounds small workloa
 code under test takes the same path as on CUDA) and classifies it:
 
 * sync: one of `SYNC_OPS`, indexing with a boolean mask, a copy from a non-CPU device to the
-  CPU, and the Python-level host reads `Tensor.tolist`/`numpy`/`__array__` (which on CPU
-  dispatch no operation at all, so they are hooked while counting);
+  CPU, the Python-level host reads `Tensor.tolist`/`numpy`/`__array__` (which on CPU dispatch
+  no operation at all, so they are hooked while counting) and the explicit waits
+  `torch.cuda.synchronize`, `Event.synchronize`, `Stream.synchronize`;
 * launch: any other operation that is not a view (`OpOverload.is_view`) or in `NO_KERNEL_OPS`
   (allocation and metadata only).
 
@@ -49,6 +50,8 @@ BOOL_INDEXING = frozenset({"index", "index_put_", "index_put"})
 
 HOST_READS = ("tolist", "numpy", "__array__")
 """Tensor methods that read device memory on the host; hooked while a counter is active."""
+HOST_WAITS = ((torch.cuda, "synchronize"), (torch.cuda.Event, "synchronize"), (torch.cuda.Stream, "synchronize"))
+"""Explicit waits for the GPU (called on CUDA only); hooked while a counter is active."""
 
 
 def _is_bool_index(args):
@@ -71,7 +74,7 @@ def classify(func, args, kwargs):
     name = func.overloadpacket.__name__
     if name in SYNC_OPS or _device_to_host(name, args, kwargs):
         return "sync"
-    if name == "repeat_interleave" and torch.is_tensor(args[0]) and kwargs.get("output_size") is None:
+    if name == "repeat_interleave" and func._overloadname == "Tensor" and kwargs.get("output_size") is None:
         return "sync"
     if name in BOOL_INDEXING and _is_bool_index(args):
         return "sync"
@@ -113,26 +116,26 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **kwargs)
 
     def __enter__(self):
-        for name in HOST_READS:
-            original = getattr(torch.Tensor, name)
-            self._saved[name] = original
-            setattr(torch.Tensor, name, self._host_read(name, original))
+        for owner, name in [(torch.Tensor, name) for name in HOST_READS] + list(HOST_WAITS):
+            original = getattr(owner, name)
+            self._saved[(owner, name)] = original
+            setattr(owner, name, self._host_read(name, original))
         return super().__enter__()
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            for name, original in self._saved.items():
-                setattr(torch.Tensor, name, original)
+            for (owner, name), original in self._saved.items():
+                setattr(owner, name, original)
             self._saved.clear()
 
     def _host_read(self, name, original):
         counter = self
 
-        def read(tensor, *args, **kwargs):
+        def read(*args, **kwargs):
             counter.record("sync", name)
-            return original(tensor, *args, **kwargs)
+            return original(*args, **kwargs)
         return read
 
     def total(self, kind, parts=None):
