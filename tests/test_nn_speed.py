@@ -7,7 +7,7 @@ import torch
 
 from sec import caffe
 from sec import train as sec_train
-from sec.caffe.layers.data import _to_device
+from sec.caffe.layers.data import to_device
 from sec.caffe.layers.sec_twins import LAYER_IMPL_ENV
 from sec.nn import speed
 
@@ -66,7 +66,7 @@ def test_bf16_autocast_keeps_losses_in_float32(sec_net, monkeypatch):  # noqa: F
 
 def test_image_batches_reach_the_cpu_unchanged():
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
-    tensor = _to_device(array, torch.device("cpu"))
+    tensor = to_device(array, torch.device("cpu"))
     np.testing.assert_array_equal(tensor.numpy(), array)
 
 
