@@ -33,6 +33,16 @@ def _probabilities(where, probs, checks):
         checks.within("probs", probs, 0.0, 1.0, "in [0, 1]")
 
 
+def _probabilities_and_map(where, probs, name, other, checks, floating=False):
+    """probs and a map of their shape on their device (cues, log_q), finite."""
+    _probabilities(where, probs, checks)
+    need_tensor(where, name, other, floating=floating)
+    need_shape(where, name, other, probs.shape, "the shape of the probabilities")
+    need_one_device(where, **{"probs": probs, name: other})
+    if checks is not None:
+        checks.finite(name, other)
+
+
 def _finite_loss(where, loss, checks, cause):
     """The loss must be finite: with valid inputs it is not only when ``cause`` (a log of 0)."""
     if checks is not None:
@@ -77,12 +87,7 @@ class SeedLoss(_Checked):
 
     def compute(self, probs, cues, checks=None):
         where = type(self).__name__
-        _probabilities(where, probs, checks)
-        need_tensor(where, "cues", cues)
-        need_shape(where, "cues", cues, probs.shape, "the shape of the probabilities")
-        need_one_device(where, probs=probs, cues=cues)
-        if checks is not None:
-            checks.finite("cues", cues)
+        _probabilities_and_map(where, probs, "cues", cues, checks)
         return _finite_loss(where, F.seed_loss(probs, cues), checks, "a probability of 0 where a cue is set")
 
 
@@ -120,12 +125,7 @@ class ConstrainLoss(_Checked):
 
     def compute(self, probs, log_q, checks=None):
         where = type(self).__name__
-        _probabilities(where, probs, checks)
-        need_tensor(where, "log_q", log_q, floating=True)
-        need_shape(where, "log_q", log_q, probs.shape, "the shape of the probabilities")
-        need_one_device(where, probs=probs, log_q=log_q)
-        if checks is not None:
-            checks.finite("log_q", log_q)
+        _probabilities_and_map(where, probs, "log_q", log_q, checks, floating=True)
         return _finite_loss(where, F.constrain_loss(probs, log_q), checks, "a probability of 0")
 
 
