@@ -1,4 +1,4 @@
-"""Data layers (Caffe's data_layers family): Input, Data, ImageData, WindowData (and, in
+"""Data layers (Caffe's data_layers family): Input, DummyData, Data, ImageData, WindowData (and, in
 data_arrays.py, HDF5Data, HDF5Output, MemoryData), with what they share.
 
 A data layer has ``kind = "input"`` (the net feeds its tops; forward is never called) or
@@ -21,7 +21,7 @@ import weakref
 import torch
 
 from sec.caffe.caffe_rng import CaffeRNG, DataLayerSeeds
-from sec.caffe.layers.base import need_bottoms
+from sec.caffe.layers.base import fill, need_bottoms
 from sec.caffe.transformer import DataTransformer
 
 log = logging.getLogger("sec.caffe.data")
@@ -55,6 +55,61 @@ class Input:
         return list(self.top_shapes)
 
     forward = None
+
+
+class DummyData:
+    """Caffe's DummyData: tops of the shapes in dummy_data_param (`shape`, once or once per top, or
+    the legacy num/channels/height/width, each once or once per top), filled by data_filler (none:
+    constant 0; one: for every top; else one per top). As Caffe's DummyDataLayer, a top whose
+    filler is "constant" is filled once when the net is built and then kept: `held_tops` names
+    them, and the net hands on the blob's content there, including what the user wrote into it.
+    Other tops are refilled at every forward (torch's generator); they hold zeros until the first.
+    transform_param is ignored, as Caffe ignores it here."""
+
+    LEGACY_FIELDS = ("num", "channels", "height", "width")
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 0)
+        p = lp.dummy_data_param
+        count = len(lp.top)
+        fillers = list(p.data_filler)
+        if len(fillers) not in (0, 1, count):
+            raise ValueError(f"dummy_data_param: {len(fillers)} data_filler given; need 0, 1 or one per top ({count})")
+        self.fillers = [fillers[0] if len(fillers) == 1 else fillers[i] if fillers else None for i in range(count)]
+        self.top_shapes = self._shapes(p, count)
+        for shape in self.top_shapes:
+            if any(d < 0 for d in shape):
+                raise ValueError(f"dummy_data_param: negative dimension in shape {shape}")
+        self.constant = [f is None or f.type == "constant" for f in self.fillers]
+        self.held_tops = frozenset(i for i, constant in enumerate(self.constant) if constant)
+        self.net_device = ctx.net_device
+        self.params = []
+
+    def _shapes(self, p, count):
+        def pick(values, i, field):
+            if len(values) not in (1, count):
+                raise ValueError(f"dummy_data_param.{field} must be given once or once per top ({count}), "
+                                 f"got {len(values)}")
+            return int(values[0] if len(values) == 1 else values[i])
+
+        if any(len(getattr(p, f)) for f in self.LEGACY_FIELDS):
+            if len(p.shape):
+                raise ValueError("dummy_data_param: both shape and legacy num/channels/height/width are set")
+            return [tuple(pick(getattr(p, f), i, f) for f in self.LEGACY_FIELDS) for i in range(count)]
+        if len(p.shape) not in (1, count):
+            raise ValueError(f"dummy_data_param.shape must be given once or once per top ({count}), got {len(p.shape)}")
+        return [tuple(int(d) for d in p.shape[0 if len(p.shape) == 1 else i].dim) for i in range(count)]
+
+    def shapes(self, shapes):
+        return list(self.top_shapes)
+
+    def initial_tops(self):
+        """{top index: tensor} of the constant tops, filled once at setup (Caffe's LayerSetUp)."""
+        return {i: fill(f, s) for i, (f, s, c) in enumerate(zip(self.fillers, self.top_shapes, self.constant)) if c}
+
+    def forward(self):
+        device = self.net_device()
+        return tuple(fill(f, s).to(device) for f, s in zip(self.fillers, self.top_shapes))
 
 
 # ---------------------------------------------------------------- helpers
