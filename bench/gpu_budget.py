@@ -16,7 +16,6 @@ layer, the SEC layers and the solver are the paper's; the body's own launches ar
 """
 import argparse
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -95,10 +94,10 @@ def count_step(solver, names):
 
 
 def counted_solver(args, tag="gpu_budget"):
-    """bench/train.py's solver at args.size / args.batch with the torch twins, one step taken (the
-    Gaussian kernel, the cue tables and the display iteration done), and its module."""
+    """bench/train.py's solver at args.size / args.batch with the torch twins (SEC_LAYERS=torch while
+    the net is built), one step taken (the Gaussian kernel, the cue tables and the display iteration
+    done), and its module."""
     bench_train = load_bench("train")
-    os.environ["SEC_LAYERS"] = "torch"
     train_args = bench_train.build_parser().parse_args([
         "--device", args.device, "--size", str(args.size), "--batch", str(args.batch), "--layers", "torch",
         "--net", str(args.net), "--solver", str(args.solver), "--synthetic-dir", str(args.synthetic_dir)])

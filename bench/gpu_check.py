@@ -140,20 +140,12 @@ def train_args(sizes, precision, layers=None):
 
 def op_counts(sizes, state, dry):
     """One counted solver step (after one warm-up step) with the torch twins."""
-    bench_train, args = train_args(sizes, "fp32", layers="torch")
-    saved = os.environ.get("SEC_LAYERS")
-    os.environ["SEC_LAYERS"] = "torch"
-    try:
-        solver = bench_train.build_solver(args, tag="gpu_check_counts")
-        solver.step(1)
-        counter = count_step(solver, bench_train)
-        for source in solver.net.data_layers():
-            source.close()
-    finally:
-        if saved is None:
-            os.environ.pop("SEC_LAYERS", None)
-        else:
-            os.environ["SEC_LAYERS"] = saved
+    bench_train, args = train_args(sizes, "fp32", layers="torch")   # SEC_LAYERS=torch while it is built
+    solver = bench_train.build_solver(args, tag="gpu_check_counts")
+    solver.step(1)
+    counter = count_step(solver, bench_train)
+    for source in solver.net.data_layers():
+        source.close()
     total, crf_syncs, crf_launches, rows = summary(counter)
     state["counts"] = {part: (syncs, launches) for part, syncs, launches, _ in rows}
     row("host syncs per training iteration (torch twins)", str(total), f"<= {TARGET_SYNCS}",

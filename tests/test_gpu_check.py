@@ -72,8 +72,17 @@ def test_preflight_on_a_bare_python_names_what_is_missing(tmp_path):
         assert "sec.proto.caffe_pb2" in result.stderr       # the schema is part of the preflight
 
 
-def test_a_failing_part_is_a_row_and_the_rest_still_run(monkeypatch, capsys):
-    check = load_script("bench/gpu_check.py")
+@pytest.fixture
+def in_process(monkeypatch):
+    """gpu_check.main --dry sets SEC_LAYERS and torch's threads for its process: undone afterwards."""
+    monkeypatch.setenv("SEC_LAYERS", os.environ.get("SEC_LAYERS", "auto"))
+    threads = torch.get_num_threads()
+    yield load_script("bench/gpu_check.py")
+    torch.set_num_threads(threads)
+
+
+def test_a_failing_part_is_a_row_and_the_rest_still_run(monkeypatch, capsys, in_process):
+    check = in_process
     done = []
 
     def part(name, fail=False):
@@ -93,8 +102,8 @@ def test_a_failing_part_is_a_row_and_the_rest_still_run(monkeypatch, capsys):
     assert done == ["cuda_tests", "op_counts", "part_table", "deploy", "engine_ratio"]
 
 
-def test_parts_after_the_budget_are_skipped_with_a_row(monkeypatch, capsys):
-    check = load_script("bench/gpu_check.py")
+def test_parts_after_the_budget_are_skipped_with_a_row(monkeypatch, capsys, in_process):
+    check = in_process
     clock = iter(range(0, 10_000, 100))
     monkeypatch.setattr(check.time, "perf_counter", lambda: float(next(clock)))
     for name in ("op_counts", "deploy", "engine_ratio", "part_table", "cuda_tests", "training"):
