@@ -119,3 +119,15 @@ def test_gpu_check_without_cuda_and_without_dry_says_so():
     result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "gpu_check.py")], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--dry" in result.stderr
+
+
+NOT_ON_THE_GPU_MACHINE = ("h5py", "lmdb", "plyvel", "hypothesis", "pydensecrf", "grpc_tools", "matplotlib")
+"""Project dependencies the GPU machine lacks (it has no pip): the check's code must not need them."""
+
+
+def test_the_check_imports_without_what_the_gpu_machine_lacks():
+    code = (f"import sys; sys.modules.update(dict.fromkeys({list(NOT_ON_THE_GPU_MACHINE)!r}));"
+            "sys.path.insert(0, 'bench'); import gpu_check, gpu_budget; gpu_budget.load_bench('train');"
+            "gpu_budget.load_bench('engine'); import sec.caffe.solver, sec.train, sec.deploy, sec.nn.modules")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
