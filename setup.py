@@ -23,7 +23,7 @@ setup(
         "lmdb",
         "plyvel",
         "h5py",
-        "protobuf>=7.35.1,<8",
+        "protobuf>=4.21,<8",
         "tqdm",
         "h5py",
         "torch==2.13.0",

