@@ -2,6 +2,7 @@
 lines (sec.caffe.tools.glog), exit statuses, and bad input that leaves nothing written. Caffe's own
 records and mean file are compared in tests/test_caffe_data_reference.py."""
 import datetime
+import logging
 import os
 import re
 import subprocess
@@ -124,7 +125,8 @@ def test_tools_usage_and_bad_flags_exit_1(capsys):
 
 def test_log_lines_are_glogs_of_caffes_time(tmp_path, capsys, monkeypatch):
     """The date is month and day (no year), as Caffe's tools/extra/extract_seconds.py reads it;
-    file:line is the tool's; GLOG_minloglevel hides lower levels."""
+    file:line is the tool's; GLOG_minloglevel hides lower levels, also of a logger given its own
+    level (sec.train sets "sec" to INFO for a run's train.log)."""
     write_images(tmp_path, [(5, 6)])
     assert convert_imageset.main([f"{tmp_path}/", str(tmp_path / "list.txt"), str(tmp_path / "db")]) == 0
     lines = capsys.readouterr().err.splitlines()
@@ -134,7 +136,13 @@ def test_log_lines_are_glogs_of_caffes_time(tmp_path, capsys, monkeypatch):
     assert {m.group(2) for m in found} == {f"{today.month:02d}{today.day:02d}"}
     assert {(m.group(1), m.group(5)) for m in found} == {("I", "convert_imageset.py")}
     monkeypatch.setenv("GLOG_minloglevel", "1")
-    assert compute_image_mean.main([str(tmp_path / "db"), str(tmp_path / "db")]) == 1
+    sec_logger = logging.getLogger("sec")
+    level = sec_logger.level
+    sec_logger.setLevel(logging.INFO)
+    try:
+        assert compute_image_mean.main([str(tmp_path / "db"), str(tmp_path / "db")]) == 1
+    finally:
+        sec_logger.setLevel(level)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and GLOG_LINE.match(lines[0]).group(1) == "E" and "nothing was written" in lines[0]
 
