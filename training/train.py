@@ -74,7 +74,7 @@ def build_parser():
     parser.add_argument("--caffe-bin", help="--engine caffe: the `caffe` binary (default: beside that Python's "
                         "pycaffe, <prefix>/bin/caffe, else `caffe` on PATH)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last readable .solverstate "
-                        "(not with --overwrite)")
+                        "(or .solverstate.h5: the newest iteration in either format; not with --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier run of the same name in its "
                         "folder (snapshots, losses, log) and start again; without it such a folder is refused "
                         "(not with --resume)")

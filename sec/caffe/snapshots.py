@@ -82,7 +82,8 @@ def copy_model(path, targets):
 
 def read_sidecar(path, num_sources, average_loss):
     """The .rng sidecar's dict (format 2; a format-1 window is put oldest first), checked against a
-    net with `num_sources` ImageData layers; SnapshotError naming the file otherwise."""
+    net with `num_sources` data layers (Net.data_layers(): every layer that makes its own batches,
+    Data, ImageData, HDF5Data, WindowData, MemoryData); SnapshotError naming the file otherwise."""
     try:
         with open(path, "rb") as f:
             extra = pickle.load(f)
@@ -97,7 +98,7 @@ def read_sidecar(path, num_sources, average_loss):
         raise SnapshotError(f"{path}: solver sidecar lacks {missing}")
     if num_sources != len(extra["data_sources"]):
         raise SnapshotError(f"{path}: {len(extra['data_sources'])} data source states, "
-                            f"the net has {num_sources} ImageData layers")
+                            f"the net has {num_sources} data layers (layers that make their own batches)")
     if extra["format"] == 1:    # ring order, next slot (iter - start) % window; the start was 0
         losses = list(extra["losses"])
         slot = extra["iter"] % len(losses) if len(losses) >= max(1, average_loss) else 0
