@@ -77,6 +77,15 @@ def test_unknown_type_names_layer_file_and_line(tmp_path):
     assert "odd.prototxt:5" in message and "mystery" in message and "Frobnicate" in message
 
 
+def test_error_line_is_the_layers_not_the_nets_own_name(tmp_path):
+    """A layer named like the net: the message points at the layer's line, not the net's `name:`
+    (nor at a brace inside a comment)."""
+    text = ('name: "relu"\n# a comment {\n' + input_layer("x", (1, 2)) +
+            'layer {\n  name: "relu"\n  type: "ReLU" bottom: "nothere" top: "y" }\n')
+    with pytest.raises(caffe.NetError, match=r"same.prototxt:5: layer 'relu'"):
+        make_net(tmp_path, text, name="same.prototxt")
+
+
 @pytest.mark.parametrize("layers,needle", [
     ('layer { name: "c" type: "Concat" bottom: "x" bottom: "z" top: "y" }', "bottom 1 has shape"),
     ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { kernel_size: 3 } }', "num_output"),

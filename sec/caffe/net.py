@@ -367,8 +367,12 @@ def _load(prototxt):
 
 
 def _find_line(text, layer_name):
-    """1-based line of `name: "layer_name"` in the prototxt text, or 0 if not found."""
+    """1-based line of the layer's `name: "layer_name"` in the prototxt text (inside a block, so
+    not the net's own top-level `name:` when the two are equal), or 0 if not found."""
     if not text:
         return 0
-    match = re.search(r"\bname\s*:\s*[\"']" + re.escape(layer_name) + r"[\"']", text)
-    return text.count("\n", 0, match.start()) + 1 if match else 0
+    for match in re.finditer(r"\bname\s*:\s*[\"']" + re.escape(layer_name) + r"[\"']", text):
+        before = re.sub(r"#[^\n]*", "", text[:match.start()])     # comments hold no braces
+        if before.count("{") > before.count("}"):
+            return text.count("\n", 0, match.start()) + 1
+    return 0
