@@ -1,4 +1,6 @@
-"""The `sec` library: the Caffe-compatible engine on PyTorch and the SEC pipeline.
+"""The `sec` library: the Caffe-compatible engine on PyTorch and the SEC pipeline, and the top-level
+package `caffe` (caffe/__init__.py: `import caffe` gives a real pycaffe when one is on the path,
+else the engine `sec.caffe`; docs/caffe/pycaffe.md).
 
 `pylayers/` and `CRF/` are separate pip projects; `python-dependencies.txt`
 installs all three.
@@ -10,7 +12,7 @@ setup(
     version="0.1.0",
     description="Seed, Expand and Constrain (Kolesnikov & Lampert, ECCV 2016) on PyTorch",
     python_requires=">=3.9",
-    packages=find_packages(include=["sec", "sec.*"]),
+    packages=find_packages(include=["sec", "sec.*", "caffe"]),
     package_data={"sec.proto": ["caffe.proto"]},
     install_requires=[
         "numpy",
@@ -21,8 +23,9 @@ setup(
         "lmdb",
         "plyvel",
         "h5py",
-        "protobuf>=7.35.1,<8",
+        "protobuf>=4.21,<8",
         "tqdm",
+        "h5py",
         "torch==2.13.0",
     ],
     extras_require={

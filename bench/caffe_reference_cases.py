@@ -332,6 +332,13 @@ EDGE_NETS = {
     "softmax_loss_labels_flattened": _net(_LABEL_FLAT, layer("SoftmaxWithLoss", "", ("x", "label"), ("loss",))),
     "sigmoid_ce_targets_flattened": _net(_TARGET_FLAT, layer("SigmoidCrossEntropyLoss", "", ("x", "label"),
                                                              ("loss",))),
+    # BatchNorm's blobs are statistics: a given lr_mult must be 0 (it defaults to 1); three specs are the old
+    # definition, which reading the prototxt upgrades to lr_mult 0
+    "batch_norm_lr_mult_one": _net(layer("BatchNorm", "param { lr_mult: 1 }")),
+    "batch_norm_lr_mult_default": _net(layer("BatchNorm", "param { lr_mult: 0 } param { decay_mult: 0 }")),
+    "batch_norm_lr_mult_zero": _net(layer("BatchNorm", "param { lr_mult: 0 } param { lr_mult: 0 decay_mult: 1 }")),
+    "batch_norm_three_specs_upgraded": _net(layer("BatchNorm", "param { lr_mult: 1 } param { lr_mult: 2 } "
+                                                               "param { lr_mult: 1 }")),
 }
 # Where sec.caffe refuses on purpose what Caffe builds (sec/caffe/README, "Differences").
 EDGE_DIFFERENCES = {

@@ -2,7 +2,9 @@
 resume starts from, and the checks of the run's inputs before its first iteration.
 
 Files of run `<name>` in its folder: `<name>_iter_<N>.caffemodel`, `.solverstate`,
-`.solverstate.rng` (snapshots), `losses.csv`, `losses.png`, `train.log`, `eval.json`, `panels.png`;
+`.solverstate.rng` (snapshots; with the solver's `snapshot_format: HDF5` `.caffemodel.h5`,
+`.solverstate.h5`, `.solverstate.h5.rng`: a resume takes the newest iteration whatever its format),
+`losses.csv`, `losses.png`, `train.log`, `eval.json`, `panels.png`;
 hidden `.<file>.<hex>.tmp` files are atomic writes in progress (sec.caffe.formats.atomic_write_bytes)
 or left behind by a killed process.
 """
@@ -21,8 +23,13 @@ from sec import data
 
 log = logging.getLogger(__name__)
 
-RNG_SIDECAR_SUFFIX = ".rng"   # <snapshot>.solverstate.rng: RNG states and data order (sec.caffe.solver)
-SNAPSHOT_SUFFIXES = (".caffemodel", ".solverstate", ".solverstate" + RNG_SIDECAR_SUFFIX)
+# Snapshot names, as sec.caffe.snapshots.snapshot_paths writes them (kept here so that this module
+# does not import the engine; tests/test_train.py checks that the two agree).
+RNG_SIDECAR_SUFFIX = ".rng"   # <solverstate>.rng: RNG states and data order
+HDF5_SUFFIX = ".h5"           # snapshot_format: HDF5 appends it to the weights and the solver state
+STATE_SUFFIXES = (".solverstate", ".solverstate" + HDF5_SUFFIX)          # BINARYPROTO, HDF5
+SNAPSHOT_SUFFIXES = ((".caffemodel", ".caffemodel" + HDF5_SUFFIX) + STATE_SUFFIXES
+                     + tuple(suffix + RNG_SIDECAR_SUFFIX for suffix in STATE_SUFFIXES))
 RUN_RECORDS = ("losses.csv", "losses.png", "eval.json", "panels.png", "train.log")
 EXAMPLES = 3                  # offending entries quoted in an input error
 # A full disk or quota, a read-only file system, no permission.
@@ -33,28 +40,40 @@ class RunInputError(ValueError):
     """A run's input (flag, list, image, cue file, run folder) that training cannot use."""
 
 
-def snapshots(run_dir, name):
-    """[(iteration, .solverstate path)] of run `name` in run_dir, newest first."""
-    found = []
-    for path in Path(run_dir).glob(f"{name}_iter_*.solverstate"):
-        number = path.name[len(f"{name}_iter_"):-len(".solverstate")]
+def _named(run_dir, name, suffix):
+    """[(N, path)] of the files `<name>_iter_<N><suffix>` in run_dir (N digits only)."""
+    head, found = f"{name}_iter_", []
+    for path in Path(run_dir).glob(f"{head}*{suffix}"):
+        number = path.name[len(head):len(path.name) - len(suffix)]
         if number.isdigit():
             found.append((int(number), path))
-    return sorted(found, reverse=True)
+    return found
+
+
+def snapshots(run_dir, name):
+    """[(iteration, solver state path)] of run `name` in run_dir, .solverstate and .solverstate.h5
+    alike, newest first: the highest iteration, and at the same iteration the file written last."""
+    found = [entry for suffix in STATE_SUFFIXES for entry in _named(run_dir, name, suffix)]
+    return sorted(found, key=lambda entry: (entry[0], entry[1].stat().st_mtime_ns), reverse=True)
 
 
 def latest_snapshot(run_dir, name):
-    """The .solverstate with the highest iteration in run_dir, or None."""
+    """The solver state (.solverstate or .solverstate.h5) with the highest iteration in run_dir, or None."""
     found = snapshots(run_dir, name)
     return found[0][1] if found else None
 
 
+def resume_snapshot(run_dir, name):
+    """latest_snapshot, or RunInputError naming --resume when run `name` has none in run_dir."""
+    state = latest_snapshot(run_dir, name)
+    if state is None:
+        raise RunInputError(f"--resume: no {name}_iter_*{STATE_SUFFIXES[0]} (nor {STATE_SUFFIXES[1]}) in {run_dir}")
+    return state
+
+
 def snapshot_files(run_dir, name):
-    """Every snapshot file (.caffemodel, .solverstate, .rng) of run `name`, sorted."""
-    files = set()
-    for suffix in SNAPSHOT_SUFFIXES:
-        files.update(p for p in Path(run_dir).glob(f"{name}_iter_*{suffix}") if p.name.endswith(suffix))
-    return sorted(files)
+    """Every snapshot file of run `name` (both formats: weights, solver state, .rng sidecar), sorted."""
+    return sorted({path for suffix in SNAPSHOT_SUFFIXES for _, path in _named(run_dir, name, suffix)})
 
 
 def remove_stale_temporaries(run_dir, name):
@@ -312,13 +331,11 @@ def check_cue_pairing(cues, cues_path, entries, source, mask_of, num_classes, li
 
 
 def restore_newest_readable(solver, run_dir, name):
-    """Restore the newest snapshot of `name` that reads; a damaged newer one is skipped with a
-    warning. Returns (state used, [(skipped state, reason)]); RunInputError when none reads."""
-    found = snapshots(run_dir, name)
-    if not found:
-        raise RunInputError(f"--resume: no {name}_iter_*.solverstate in {run_dir}")
+    """Restore the newest snapshot of `name` that reads (either format); a damaged newer one is
+    skipped with a warning. Returns (state used, [(skipped state, reason)]); RunInputError when none reads."""
+    resume_snapshot(run_dir, name)
     skipped = []
-    for _, state in found:
+    for _, state in snapshots(run_dir, name):
         try:
             solver.restore(str(state))
             return state, skipped
@@ -330,7 +347,7 @@ def restore_newest_readable(solver, run_dir, name):
 
 
 def missing_sidecar_note(state):
-    """The warning for a resume from a .solverstate without its .rng sidecar, or None."""
+    """The warning for a resume from a solver state without its .rng sidecar, or None."""
     sidecar = Path(str(state) + RNG_SIDECAR_SUFFIX)
     if sidecar.is_file():
         return None

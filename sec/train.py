@@ -3,7 +3,8 @@
 A run lives in `runs/<name>/`:
 - `<name>_train.prototxt`: the train net actually used (the model's prototxt with the run's
   list, root folder, cues and batch size written in), `<name>_iter_<N>.caffemodel/.solverstate`
-  (+ `.solverstate.rng`, see sec.caffe.solver) snapshots;
+  (+ `.solverstate.rng`, see sec.caffe.solver) snapshots, or `.caffemodel.h5/.solverstate.h5` (+ `.rng`)
+  with the solver's `snapshot_format: HDF5` (sec.run_folder sees both);
 - `train.log` (Caffe-style solver log), `losses.csv` (one row per iteration: lr, total loss,
   smoothed loss, each loss blob, forward/backward/update seconds) and `losses.png`;
 - `eval.json` and `panels.png` (image | ground truth | prediction) after evaluation.
@@ -32,11 +33,12 @@ from tqdm import tqdm
 
 from sec import data, metrics, tensorboard, visualize
 from sec.caffe import formats
-from sec.caffe.solver import NetOverrides, apply_net_overrides, make_solver, snapshot_paths
+from sec.caffe.solver import NetOverrides, apply_net_overrides, make_solver
 from sec.deploy_files import atomic_save
 from sec.run_folder import (RunInputError, check_cue_pairing, check_iterations,  # noqa: F401
                             check_train_net_inputs, latest_snapshot, missing_sidecar_note, prepare_new_run,
-                            remove_stale_temporaries, require_some_weights, restore_newest_readable)
+                            remove_stale_temporaries, require_some_weights, restore_newest_readable,
+                            resume_snapshot)
 from sec.tensorboard import PANEL_EVERY
 
 log = logging.getLogger(__name__)
@@ -259,9 +261,7 @@ def check_before_training(cfg):
     can check before it starts processes): check_inputs, --resume without a snapshot, an earlier run
     in the folder without --resume or --overwrite. Returns the .solverstate to resume from or None."""
     check_inputs(cfg)
-    state = latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
-    if cfg.resume and state is None:
-        raise RunInputError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
+    state = resume_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
     if not cfg.resume and not cfg.overwrite:
         prepare_new_run(cfg.run_dir, cfg.name, False, cfg.runs_root)  # refuses an earlier run, deletes nothing
     return state
@@ -283,14 +283,15 @@ def build_solver(cfg, rank=0, world_size=1):
 
 
 def train(cfg):
-    """Train (or resume) one run; returns the final .caffemodel path (on every rank).
+    """Train (or resume) one run; returns the final weights' path (.caffemodel, or .caffemodel.h5 with
+    snapshot_format: HDF5), on every rank.
 
     Raises RunInputError (bad flag, list, image, cues, an earlier run in the way, no readable
     snapshot to resume) before the first iteration, NonFiniteLossError on divergence."""
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     check_inputs(cfg)
-    if cfg.resume and latest_snapshot(cfg.run_dir, cfg.name) is None:
-        raise RunInputError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
+    if cfg.resume:
+        resume_snapshot(cfg.run_dir, cfg.name)
     if not cfg.resume and rank == 0:
         for path in prepare_new_run(cfg.run_dir, cfg.name, cfg.overwrite, cfg.runs_root):
             print(f"--overwrite: deleted {path}")
@@ -320,7 +321,7 @@ def train(cfg):
                                             panel_every=cfg.tensorboard_panels)
         run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0,
                  board=board)
-        return snapshot_paths(cfg.prefix, solver.iter)[0]
+        return solver.snapshot_files(solver.iter)[0]     # in the solver's snapshot_format
     finally:
         for name in ("sec", "pylayers"):
             logging.getLogger(name).removeHandler(handler)
@@ -431,6 +432,13 @@ def pick_device(name):
     return name
 
 
+def check_gpus(gpus, device):
+    """--gpus N on CUDA needs N devices (RunInputError naming both); on the CPU N gloo processes run."""
+    if device.startswith("cuda") and gpus > 1 and gpus > torch.cuda.device_count():
+        raise RunInputError(f"--gpus {gpus}: torch sees {torch.cuda.device_count()} CUDA device(s); "
+                            "pass at most that many (or --device cpu for gloo processes)")
+
+
 def environment_world():
     """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0)."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -438,13 +446,22 @@ def environment_world():
 
 
 def init_distributed(cfg, local_rank):
-    """torch.distributed for torchrun: NCCL on one GPU per process, gloo on CPU."""
+    """torch.distributed for torchrun: NCCL on one GPU per process, gloo on CPU. Pair it with
+    `close_distributed` when the process is done."""
     if cfg.device.startswith("cuda"):
+        check_gpus(local_rank + 1, cfg.device)     # a process past the devices: one line, not "invalid device ordinal"
         torch.cuda.set_device(local_rank)
         cfg.device = f"cuda:{local_rank}"
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+
+
+def close_distributed():
+    """Destroy the process group of `init_distributed`, if any (NCCL warns at exit otherwise, and
+    a process group left open can hold the GPU's communicators until the interpreter ends)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def write_caffe_files(cfg):

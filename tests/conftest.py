@@ -70,6 +70,19 @@ def write_tiny_voc(folder, missing_id=None):
     return {"voc": voc, "cues": folder / "cues.pickle", "weights": folder / "init.caffemodel"}
 
 
+@pytest.fixture
+def ieee_float32():
+    """float32 cuDNN convolutions in IEEE precision for the test (TF32 is torch's default for
+    convolutions, with a 10-bit mantissa: a CUDA-vs-CPU comparison at rtol 1e-4 of a net whose
+    convolutions are not what the test is about would measure TF32, not the code). Restores the
+    flag afterwards."""
+    from sec.nn import speed
+    saved = speed.tf32_enabled()
+    speed.set_tf32(False)
+    yield
+    speed.set_tf32(saved)
+
+
 def randomize_weights(net, seed=0):
     """Random weights in every layer of a sec.caffe Net, BatchNorm statistics included (mean
     normal, variance in 0.5..2, scale factor 1), so that a test net's output is not degenerate."""

@@ -4,10 +4,12 @@ that imports pycaffe; its tools convert_imageset / compute_image_mean are found 
 Fresh random images each run (PNG and JPEG): a tiny LMDB written by Caffe's own convert_imageset
 feeds the same batches in both engines (TRAIN: random crops and mirrors from the same seed); the
 LMDB our convert_imageset writes holds Caffe's records and Caffe reads the same batches from it; our
-compute_image_mean writes Caffe's .binaryproto byte for byte.
+compute_image_mean writes Caffe's .binaryproto byte for byte. Both tools print Caffe's usage text and
+log Caffe's messages.
 """
 import io
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -23,6 +25,9 @@ from sec.caffe.tools import compute_image_mean, convert_imageset
 CAFFE_PYTHON = os.environ.get("SEC_CAFFE_PYTHON")
 pytestmark = pytest.mark.skipif(not CAFFE_PYTHON, reason="SEC_CAFFE_PYTHON (a Python with pycaffe) not set")
 SEED, PASSES = 21, 4
+# glog's line with or without the year (Debian's glog 0.6 writes it; Caffe 1.0's time and ours do not).
+GLOG_ANY = re.compile(r"^[IWEF]\d{4,8} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] (.*)$")
+FLAGS_FROM = re.compile(r"^  Flags from .*:$", re.M)
 # Run by Caffe's Python: argv = prototxt, seed, passes, output .npz.
 CAFFE_BATCHES = """
 import sys
@@ -119,3 +124,33 @@ def test_encoded_data_sets_decode_alike(tmp_path):
     subprocess.run([str(caffe_bin() / "convert_imageset"), "--encoded", "--resize_height=10", "--resize_width=10",
                     f"{tmp_path}/", str(tmp_path / "list.txt"), str(tmp_path / "enc")], check=True, capture_output=True)
     assert_same_batches(our_batches(tmp_path, tmp_path / "enc"), caffe_batches(tmp_path, tmp_path / "enc"))
+
+
+def logged(stderr):
+    return [m.group(1) for m in map(GLOG_ANY.match, stderr.splitlines()) if m]
+
+
+def test_usage_texts_and_log_messages_are_caffes(tmp_path, capsys, monkeypatch):
+    tools = caffe_bin()
+    for tool, argv in ((convert_imageset, ["a", "b"]), (compute_image_mean, [])):
+        name = tool.__name__.rsplit(".", 1)[1]
+        real = subprocess.run([str(tools / name), *argv], capture_output=True, text=True)
+        assert tool.main(argv) == real.returncode == 1
+        assert FLAGS_FROM.sub("  Flags from", capsys.readouterr().out) == FLAGS_FROM.sub("  Flags from", real.stdout)
+    random_images(tmp_path)
+    runs = {"theirs": [], "ours": []}
+    for engine, lines in runs.items():
+        (tmp_path / engine).mkdir()
+        monkeypatch.chdir(tmp_path / engine)
+        steps = ((convert_imageset, ["--shuffle", "--gray", "--resize_height=8", "-resize_width", "9", "../",
+                                     "../list.txt", "db"]),
+                 (compute_image_mean, ["db", "mean.binaryproto"]))
+        for tool, argv in steps:
+            if engine == "theirs":
+                name = tool.__name__.rsplit(".", 1)[1]
+                lines += logged(subprocess.run([str(tools / name), *argv], check=True, capture_output=True,
+                                               text=True).stderr)
+            else:
+                assert tool.main(argv) == 0
+                lines += logged(capsys.readouterr().err)
+    assert runs["ours"] == runs["theirs"] and "Shuffling data" in runs["ours"]

@@ -14,15 +14,15 @@ tiny Convolution / BatchNorm / Scale / TanH / InnerProduct net, fixed batch).
 import logging
 import re
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
+h5py = pytest.importorskip("h5py", reason="HDF5 snapshots need h5py (a project dependency; the GPU machine lacks it)")
+
 from sec import caffe
-from sec.caffe import formats
+from sec.caffe import formats, hdf5
 from sec.caffe.solver import snapshot_paths
-from sec.caffe.solvers import hdf5
 from test_caffe_reference import fixture, rel_error
 
 REPLAY_TOL = 1e-6

@@ -1,6 +1,8 @@
-"""convert_imageset and compute_image_mean without Caffe: gflags syntax, log lines, exit statuses,
-and bad input that leaves nothing written. Caffe's own records and mean file are compared in
-tests/test_caffe_data_reference.py."""
+"""convert_imageset and compute_image_mean without Caffe: gflags syntax (sec.caffe.tools.flags), glog
+lines (sec.caffe.tools.glog), exit statuses, and bad input that leaves nothing written. Caffe's own
+records and mean file are compared in tests/test_caffe_data_reference.py."""
+import datetime
+import logging
 import os
 import re
 import subprocess
@@ -11,26 +13,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from caffe_tools_helpers import GLOG_LINE
 from sec.caffe import db
 from sec.caffe.tools import compute_image_mean, convert_imageset
-from sec.caffe.tools.data_tool_flags import Flag, FlagError, parse
+from sec.caffe.tools.flags import FlagError
 from sec.proto import caffe_pb2
 
 REPO = Path(__file__).resolve().parents[1]
-FLAGS = {"gray": Flag("bool", False, "g"), "backend": Flag("string", "lmdb", "b"), "size": Flag("int32", 0, "s")}
 
 
 def test_gflags_syntax():
-    assert parse(["-gray", "a", "--backend", "leveldb", "b", "--size=-3"], FLAGS) == (
-        {"gray": True, "backend": "leveldb", "size": -3}, ["a", "b"])
-    assert parse(["--nogray", "--gray=false", "--", "--size"], FLAGS)[0]["gray"] is False
-    assert parse(["--", "--size"], FLAGS)[1] == ["--size"]
+    parse = convert_imageset.FLAG_SET.parse
+    values, positional = parse(["-gray", "a", "--backend", "leveldb", "b", "--resize_height=-3"])
+    assert (values["gray"], values["backend"], values["resize_height"], positional) == (True, "leveldb", -3, ["a", "b"])
+    assert (values["shuffle"], values["resize_width"], values["encode_type"]) == (False, 0, "")
+    assert parse(["--gray", "--nogray", "--", "--resize_height"])[0]["gray"] is False
+    assert parse(["--", "--resize_height"])[1] == ["--resize_height"]
     for argv, message in ((["--bogus"], "unknown command line flag 'bogus'"),
-                          (["--size=abc"], "illegal value 'abc' specified for int32 flag 'size'"),
+                          (["--resize_width=abc"], "illegal value 'abc' specified for int32 flag 'resize_width'"),
                           (["--gray=maybe"], "illegal value 'maybe' specified for bool flag 'gray'"),
                           (["--backend"], "flag '--backend' is missing its argument")):
         with pytest.raises(FlagError, match=message):
-            parse(argv, FLAGS)
+            parse(argv)
 
 
 def write_images(folder, sizes, names=None):
@@ -105,12 +109,42 @@ def test_convert_imageset_check_size_refuses_a_second_size(tmp_path, capsys):
 
 def test_tools_usage_and_bad_flags_exit_1(capsys):
     assert convert_imageset.main(["a", "b"]) == 1
-    assert "convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_info:
-        compute_image_mean.main(["--bogus", "x"])
-    assert exit_info.value.code == 1
+    usage = capsys.readouterr().out
+    assert usage.startswith("convert_imageset: Convert a set of images to the leveldb/lmdb\n")
+    assert "    convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME\n" in usage
+    # gflags' layout of a flag too long for one line (tests/test_caffe_data_live.py compares it all)
+    assert ("    -check_size (When this option is on, check that all the datum have the same\n"
+            "      size) type: bool default: false\n") in usage
+    assert convert_imageset.main(["--help"]) == 1 and capsys.readouterr().out == usage
+    assert compute_image_mean.main(["--bogus", "x"]) == 1
     assert capsys.readouterr().err == "ERROR: unknown command line flag 'bogus'\n"
     assert compute_image_mean.main([]) == 1
+    assert compute_image_mean.main(["a", "b", "c"]) == 1
+    assert '-backend (The backend {leveldb, lmdb} containing the images) type: string\n' in capsys.readouterr().out
+
+
+def test_log_lines_are_glogs_of_caffes_time(tmp_path, capsys, monkeypatch):
+    """The date is month and day (no year), as Caffe's tools/extra/extract_seconds.py reads it;
+    file:line is the tool's; GLOG_minloglevel hides lower levels, also of a logger given its own
+    level (sec.train sets "sec" to INFO for a run's train.log)."""
+    write_images(tmp_path, [(5, 6)])
+    assert convert_imageset.main([f"{tmp_path}/", str(tmp_path / "list.txt"), str(tmp_path / "db")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    found = [GLOG_LINE.match(line) for line in lines]
+    assert all(found) and len(found) == 3, lines
+    today = datetime.date.today()
+    assert {m.group(2) for m in found} == {f"{today.month:02d}{today.day:02d}"}
+    assert {(m.group(1), m.group(5)) for m in found} == {("I", "convert_imageset.py")}
+    monkeypatch.setenv("GLOG_minloglevel", "1")
+    sec_logger = logging.getLogger("sec")
+    level = sec_logger.level
+    sec_logger.setLevel(logging.INFO)
+    try:
+        assert compute_image_mean.main([str(tmp_path / "db"), str(tmp_path / "db")]) == 1
+    finally:
+        sec_logger.setLevel(level)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and GLOG_LINE.match(lines[0]).group(1) == "E" and "nothing was written" in lines[0]
 
 
 def test_compute_image_mean_by_hand_and_bad_databases(tmp_path, capsys):

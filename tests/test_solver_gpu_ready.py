@@ -1,6 +1,6 @@
 """The solver's CUDA paths, checked on the CPU (issue 21): every all-reduced tensor lives on the
 solver's device (NCCL serves only CUDA tensors), the gradients travel in one bucket, one host read
-per iteration, and timings synchronise CUDA before they are taken."""
+per iteration, and timings are CUDA events read with it (no host wait)."""
 import numpy as np
 import pytest
 import torch
@@ -90,16 +90,40 @@ def test_one_host_read_per_iteration(tmp_path, monkeypatch, display):
     assert len(reads) == 4
 
 
-def test_timings_synchronise_cuda_first(tmp_path, monkeypatch):
+class FakeEvent:
+    """torch.cuda.Event on the CPU: record() takes the next tick of a clock of 10 ms ticks."""
+    ticks = []
+
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+        self.tick = None
+
+    def record(self, stream=None):
+        self.tick = len(FakeEvent.ticks)
+        FakeEvent.ticks.append(self)
+
+    def elapsed_time(self, end):
+        assert self.tick is not None and end.tick is not None
+        return 10.0 * (end.tick - self.tick)
+
+
+def test_cuda_timings_are_events_read_without_a_host_wait(tmp_path, monkeypatch):
+    """On CUDA the clock marks are events on the stream, read after the one device read: no
+    torch.cuda.synchronize (each would stop the host until the GPU caught up)."""
     synced = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     solver = solver_mod.SGDSolver(write_solver(tmp_path), net_factory=TinyNet)
     solver.step(1)
-    assert synced == []
+    assert set(solver.last_timings) == {"forward", "backward", "update"}
+    assert all(v >= 0 for v in solver.last_timings.values())
     solver.device = torch.device("cuda", 0)     # the nets stay on the CPU; only the clock asks
     solver.step(1)
-    assert synced == [torch.device("cuda", 0)] * 5     # forward start/end, backward end, update start/end
-    assert set(solver.last_timings) == {"forward", "backward", "update"}
+    assert FakeEvent.ticks and synced == []
+    # forward start, end, backward end, update start, end: one 10 ms tick apart
+    assert (solver.last_timings["forward"], solver.last_timings["backward"]) == (0.01, 0.01)
+    solver.step(1)
+    assert solver.last_timings["update"] == 0.01      # the previous iteration's update, read with this one's
 
 
 class OpCounter(TorchDispatchMode):

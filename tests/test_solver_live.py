@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from sec import bvlc_caffe
 from sec.caffe import formats
 from sec.caffe.solver import NetOverrides, SGDSolver, apply_net_overrides, snapshot_paths
-from sec.caffe.solvers import hdf5
+from sec.caffe import hdf5
 from test_caffe_live import MODELS, TIMEOUT_S, caffe_python, run_in_caffe  # noqa: F401 (caffe_python: a fixture)
 
 IMAGE, NET_SIDE, CUE_SIDE, BATCH = 80, 81, 11, 2

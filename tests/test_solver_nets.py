@@ -179,6 +179,24 @@ def test_batchnorm_blobs_are_solver_blobs_that_the_update_leaves_alone(tmp_path,
         assert first_moment.abs().sum() > 0        # Adam's m takes the decayed diff, as in Caffe
 
 
+def test_batchnorm_lr_mult_is_checked_and_three_old_specs_upgraded_as_caffe(tmp_path, batches_module):
+    """Caffe's BatchNormLayer::LayerSetUp refuses a spec with lr_mult != 0 (default 1); three specs
+    (the old definition) are upgraded to lr_mult and decay_mult 0 when the prototxt is read, so with
+    Adam even the decayed diff stays out of the history (tests/fixtures/caffe/edge_nets.json holds
+    Caffe's verdicts on such nets)."""
+    net = BN_NET.replace('name: "bn"\n', 'name: "bn_net"\n')     # the line of layer "bn", not of the net's name
+    for specs, field in (("param { lr_mult: 0 } param { lr_mult: 0.5 }", "param[1].lr_mult is 0.5"),
+                         ("param { decay_mult: 0 }", "param[0].lr_mult is 1 (not given")):
+        with pytest.raises(caffe.NetError, match=re.escape(field)) as err:
+            caffe.get_solver(str(write(tmp_path, net.replace('top: "h" }', f'top: "h" {specs} }}', 1))))
+        assert "net.prototxt:4: layer 'bn' (type BatchNorm)" in str(err.value)
+    old = BN_NET.replace('top: "h" }', 'top: "h" param { lr_mult: 1 } param { lr_mult: 1 } param { lr_mult: 1 } }', 1)
+    solver = caffe.get_solver(str(write(tmp_path, old, type='"Adam"', weight_decay=0.01)))
+    assert [(i.lr_mult, i.decay_mult) for i in solver.params if i.layer == "bn"] == [(0, 0)] * 3
+    solver.step(2)
+    assert not solver.history[2].any()
+
+
 def test_callbacks_run_in_caffes_order_and_a_stop_request_ends_with_a_snapshot(tmp_path, batches_module):
     solver = caffe.get_solver(str(write(tmp_path)))
     calls = []

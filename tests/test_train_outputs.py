@@ -305,3 +305,44 @@ def test_without_masks_the_authors_cues_need_their_list(authors_voc, tmp_path, c
     with pytest.raises(sec_train.RunInputError, match="as in the authors' localization_cues.pickle.*--list"):
         sec_train.check_inputs(SCRIPT.recipe(SCRIPT.build_parser().parse_args(argv)))
     sec_train.check_inputs(SCRIPT.recipe(SCRIPT.build_parser().parse_args(argv + ["--list", str(authors_voc["list"])])))
+
+
+# ----- --gpus above the device count; the process group closed at exit (issue 21) -------------------
+def test_gpus_above_the_device_count_is_one_line_before_torchrun(tiny_set, tmp_path, capsys, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+    def no_torchrun(*args):
+        raise AssertionError("torchrun started for more processes than GPUs (each would fail with "
+                             "'invalid device ordinal')")
+    monkeypatch.setattr(SCRIPT, "relaunch_with_torchrun", no_torchrun)
+    status, _, err = cli(tiny_set, tmp_path, capsys, "--gpus", "3", "--device", "cuda")
+    assert status == 2 and err.strip() == ("train.py: --gpus 3: torch sees 2 CUDA device(s); pass at most that "
+                                           "many (or --device cpu for gloo processes)")
+
+
+def test_a_worker_past_the_devices_is_one_line(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = type("Cfg", (), {"device": "cuda"})()
+    with pytest.raises(sec_train.RunInputError, match="--gpus 2: torch sees 1 CUDA device"):
+        sec_train.init_distributed(cfg, local_rank=1)
+
+
+def test_the_process_group_is_destroyed_when_the_worker_ends(tiny_set, tmp_path, capsys, monkeypatch):
+    import torch.distributed as dist
+
+    def init(cfg, local_rank):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+    def train(cfg):
+        assert dist.is_initialized()
+        raise sec_train.RunInputError("stopped here")
+    monkeypatch.setattr(sec_train, "environment_world", lambda: (0, 2, 0))
+    monkeypatch.setattr(sec_train, "init_distributed", init)
+    monkeypatch.setattr(sec_train, "train", train)
+    monkeypatch.setenv("WORLD_SIZE", "2")                 # as under torchrun: no relaunch
+    status, _, err = cli(tiny_set, tmp_path, capsys)
+    assert status == 2 and "stopped here" in err
+    assert not dist.is_initialized()

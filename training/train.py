@@ -75,7 +75,7 @@ def build_parser():
     parser.add_argument("--caffe-bin", help="--engine caffe: the `caffe` binary (default: beside that Python's "
                         "pycaffe, <prefix>/bin/caffe, else `caffe` on PATH)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last readable .solverstate "
-                        "(not with --overwrite)")
+                        "(or .solverstate.h5: the newest iteration in either format; not with --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier run of the same name in its "
                         "folder (snapshots, losses, log) and start again; without it such a folder is refused "
                         "(not with --resume)")
@@ -369,7 +369,9 @@ def run(args, argv):
             tensorboard.require()                   # before any stage: the package is there
         elif args.tensorboard_panels is not None:
             raise RunInputError("--tensorboard-panels: only with --tensorboard DIR")
-        sec_train.pick_device(args.device)          # before any stage runs on it
+        device = sec_train.pick_device(args.device)          # before any stage runs on it
+        if args.engine == "torch":
+            sec_train.check_gpus(args.gpus, device)
         check_writable_folder(args.runs, "--runs")
         if not under_torchrun:
             prepare_inputs(args)
@@ -393,12 +395,12 @@ def run(args, argv):
     if args.engine == "caffe":
         return run_with_caffe(cfg, args)
     rank, world_size, local_rank = sec_train.environment_world()
-    if world_size > 1:
-        sec_train.init_distributed(cfg, local_rank)
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
     try:
+        if world_size > 1:
+            sec_train.init_distributed(cfg, local_rank)
         weights = sec_train.train(cfg)
     except (NonFiniteLossError, *expected_errors(), OSError) as err:
         return report_failure(err, cfg)
@@ -406,6 +408,8 @@ def run(args, argv):
         print(f"train.py: interrupted; the snapshots in {cfg.run_dir} are kept (continue with --resume)",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        sec_train.close_distributed()
     if rank != 0:
         return 0
     print(f"weights: {weights}")

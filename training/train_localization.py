@@ -53,8 +53,8 @@ def build_parser():
     parser.add_argument("--seed", type=caffe_seed, help="override random_seed of the solver (0..2**63-1)")
     parser.add_argument("--batch", type=positive_int, help="override batch_size of the net's ImageData layer")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's last readable .solverstate "
-                        "(not with --overwrite)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last readable "
+                        ".solverstate or .solverstate.h5 (not with --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier run in --run-dir and start "
                         "again (without it such a folder is refused; not with --resume)")
     parser.add_argument("--tensorboard", type=Path, metavar="DIR", help="TensorBoard events in "
@@ -133,9 +133,9 @@ def prepare_run_folder(args):
         raise run_folder.RunInputError(f"--out: {args.out} is a folder; need the .caffemodel file to write")
     run_folder.check_writable_folder(args.out.parent, "--out")
     run_folder.check_writable_folder(args.run_dir, "--run-dir")
-    if args.resume and run_folder.latest_snapshot(args.run_dir, args.net) is None:
-        raise run_folder.RunInputError(f"--resume: no {args.net}_iter_*.solverstate in {args.run_dir}")
-    if not args.resume:
+    if args.resume:
+        run_folder.resume_snapshot(args.run_dir, args.net)
+    else:
         for path in run_folder.prepare_new_run(args.run_dir, args.net, args.overwrite):
             print(f"--overwrite: deleted {path}")
     args.run_dir.mkdir(parents=True, exist_ok=True)

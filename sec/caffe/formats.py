@@ -164,14 +164,15 @@ def net_inputs(netparam, source="<net>"):
 def upgrade_net(net, source="<net>"):
     """Upgrade a V0 or V1 NetParameter (`layers`) into the current form (`layer`), in place.
 
-    Caffe's UpgradeNetAsNeeded up to the V1 step (sec.caffe.upgrade_proto): V0 layers (padding
+    Caffe's UpgradeNetAsNeeded but for the input step (sec.caffe.upgrade_proto): V0 layers (padding
     layers folded, V0 fields into their parameter messages), legacy data-layer transform fields
     into transform_param, V1 type enums into Caffe's type strings, blobs_lr / weight_decay into
-    param lr_mult / decay_mult. Legacy input fields stay (the Net reads them). A V0 field Caffe
-    would drop with an error, or a net Caffe refuses to upgrade, raises PrototxtError.
+    param lr_mult / decay_mult, BatchNorm's three legacy param specs to lr_mult and decay_mult 0.
+    Legacy input fields stay (the Net reads them). A V0 field Caffe would drop with an error, or a
+    net Caffe refuses to upgrade, raises PrototxtError.
     """
     try:
-        problems = upgrade_proto.upgrade_net_as_needed(net, source, inputs_and_batchnorm=False)
+        problems = upgrade_proto.upgrade_net_as_needed(net, source, inputs=False)
     except upgrade_proto.UpgradeError as error:
         raise PrototxtError(str(error)) from None
     if problems:

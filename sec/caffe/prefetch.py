@@ -22,10 +22,13 @@ class DataError(RuntimeError):
 
 
 class Prefetcher:
-    def __init__(self, producer, depth, name):
+    """``wrap_errors=False``: the consumer re-raises the producer's own exception (for a layer whose
+    errors the callers know by type, such as ImageData's ImageListError), not a DataError."""
+
+    def __init__(self, producer, depth, name, wrap_errors=True):
         if depth < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
-        self.producer, self.depth, self.name = producer, int(depth), name
+        self.producer, self.depth, self.name, self.wrap_errors = producer, int(depth), name, wrap_errors
         self._state = producer.state_dict()
         self._queue = self._thread = self._stop = None
         self._error = None
@@ -45,8 +48,11 @@ class Prefetcher:
                     self._error = DataError(f"{self.name}: the prefetch thread stopped without a batch")
                     raise self._error from None
         if kind == "error":
-            self._error = DataError(f"{self.name}: {payload}")
             self._join()
+            if not self.wrap_errors:
+                self._error = payload
+                raise payload
+            self._error = DataError(f"{self.name}: {payload}")
             raise self._error from payload
         self._state = state
         return payload

@@ -3,7 +3,7 @@ sidecar, which .caffemodel a .solverstate's weights are, and the probe that find
 non-finite blob of a net.
 
 `<prefix>_iter_<N>.caffemodel` + `.solverstate` (BINARYPROTO) or `.caffemodel.h5` +
-`.solverstate.h5` (HDF5, sec.caffe.solvers.hdf5) are Caffe's; `<solverstate>.rng` is a pickle (a
+`.solverstate.h5` (HDF5, sec.caffe.hdf5) are Caffe's; `<solverstate>.rng` is a pickle (a
 dict, SIDECAR_KEYS) of the torch/numpy/python RNG states, the data sources' `state_dict()`s (train
 net; `test_data_sources` for the test nets) and the smoothed-loss window (`losses`, oldest first;
 format 1 kept Caffe's ring order).
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from sec.caffe import formats
-from sec.caffe.solvers import hdf5 as hdf5_io
+from sec.caffe import hdf5 as hdf5_io
 from sec.proto import caffe_pb2
 
 log = logging.getLogger("sec.caffe.solver")
@@ -45,11 +45,7 @@ def write_model(path, net_name, layers, hdf5=False, with_diff=False):
     layers: [(layer name, layer type, [(data, diff)])], float32 arrays in net order; a blob
     object met twice is a shared one (HDF5 stores its data at the first layer only, as Caffe)."""
     if hdf5:
-        seen, entries = set(), []
-        for name, _, blobs in layers:
-            entries.append((name, [(data, diff, id(data) not in seen) for data, diff in blobs]))
-            seen.update(id(data) for data, _ in blobs)
-        hdf5_io.write_model(path, entries, with_diff)
+        hdf5_io.write_model(path, [(name, blobs) for name, _, blobs in layers], with_diff)
         return
     net = caffe_pb2.NetParameter(name=net_name)
     for name, kind, blobs in layers:
@@ -81,14 +77,13 @@ def copy_model(path, targets):
     """Copy weights by layer name into `targets` ({layer: [tensors]}) from a .caffemodel or an HDF5
     one (Caffe's CopyTrainedLayersFrom tells them apart by content); returns the WeightReport."""
     from sec.caffe.weights import copy_weights
-    if hdf5_io.is_hdf5(path):
-        return hdf5_io.copy_weights(path, targets)
     return copy_weights(path, targets)
 
 
 def read_sidecar(path, num_sources, average_loss):
     """The .rng sidecar's dict (format 2; a format-1 window is put oldest first), checked against a
-    net with `num_sources` ImageData layers; SnapshotError naming the file otherwise."""
+    net with `num_sources` data layers (Net.data_layers(): every layer that makes its own batches,
+    Data, ImageData, HDF5Data, WindowData, MemoryData); SnapshotError naming the file otherwise."""
     try:
         with open(path, "rb") as f:
             extra = pickle.load(f)
@@ -103,7 +98,7 @@ def read_sidecar(path, num_sources, average_loss):
         raise SnapshotError(f"{path}: solver sidecar lacks {missing}")
     if num_sources != len(extra["data_sources"]):
         raise SnapshotError(f"{path}: {len(extra['data_sources'])} data source states, "
-                            f"the net has {num_sources} ImageData layers")
+                            f"the net has {num_sources} data layers (layers that make their own batches)")
     if extra["format"] == 1:    # ring order, next slot (iter - start) % window; the start was 0
         losses = list(extra["losses"])
         slot = extra["iter"] % len(losses) if len(losses) >= max(1, average_loss) else 0

@@ -131,10 +131,10 @@ def net_needs_upgrade(net):
 
 # ---------------------------------------------------------------- the whole chain
 
-def upgrade_net_as_needed(net, source, inputs_and_batchnorm=True):
+def upgrade_net_as_needed(net, source, inputs=True):
     """Caffe's UpgradeNetAsNeeded on `net` (in place); returns the problems it logged (empty when
-    fully compatible). `inputs_and_batchnorm=False` stops after step 3 (sec.caffe's Net reads the
-    legacy input fields itself)."""
+    fully compatible). `inputs=False` skips step 4 (sec.caffe's Net reads the legacy input fields
+    itself)."""
     problems = []
     if net_needs_v0_upgrade(net):
         log.info("Attempting to upgrade input file specified using deprecated V0LayerParameter: %s", source)
@@ -162,12 +162,12 @@ def upgrade_net_as_needed(net, source, inputs_and_batchnorm=True):
         log.info("Attempting to upgrade input file specified using deprecated V1LayerParameter: %s", source)
         upgrade_v1_net(net, source)
         log.info("Successfully upgraded file specified using deprecated V1LayerParameter")
-    if inputs_and_batchnorm and net.input:
+    if inputs and net.input:
         log.info("Attempting to upgrade input file specified using deprecated input fields: %s", source)
         upgrade_net_input(net, source)
         log.info("Successfully upgraded file specified using deprecated input fields.")
         log.warning("Note that future Caffe releases will only support input layers and not input fields.")
-    if inputs_and_batchnorm and net_needs_batchnorm_upgrade(net):
+    if net_needs_batchnorm_upgrade(net):
         log.info("Attempting to upgrade batch norm layers using deprecated params: %s", source)
         for layer in net.layer:
             if layer.type == "BatchNorm" and len(layer.param) == BATCHNORM_LEGACY_PARAMS:

@@ -14,6 +14,7 @@ LAYER_TYPES = {
     "Input": data.Input,
     "Data": data.Data,
     "ImageData": data.ImageData,
+    "DummyData": data.DummyData,
     "HDF5Data": data_arrays.HDF5Data,
     "HDF5Output": data_arrays.HDF5Output,
     "MemoryData": data_arrays.MemoryData,

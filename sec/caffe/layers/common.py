@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from sec.caffe.layers.base import TEST, UnaryLayer, canonical_axis, constant_filler, in_place, need_bottoms
 
+BATCH_NORM_BLOBS = 3     # running mean, running variance, moving-average factor
+
 
 class InnerProduct:
     """Caffe's InnerProduct: flattens axes [axis, end) to K, maps to num_output."""
@@ -43,11 +45,20 @@ class BatchNorm(UnaryLayer):
     blobs divided by the factor (0 when the factor is 0). use_global_stats defaults to
     phase == TEST. With batch statistics, the running blobs are updated as Caffe does:
     blob = blob * moving_average_fraction + batch value (variance with m/(m-1) correction),
-    factor = factor * moving_average_fraction + 1. These blobs are not learnable.
+    factor = factor * moving_average_fraction + 1. These blobs are not learnable: as Caffe's
+    LayerSetUp, a `param` spec given for one of them must have lr_mult 0 (the field defaults to 1),
+    else the net is refused. (Three specs are Caffe's old BatchNorm definition: reading the prototxt
+    upgrades them to lr_mult and decay_mult 0 first, sec.caffe.upgrade_proto.)
     """
 
     def __init__(self, lp, shapes, ctx):
         super().__init__(lp, shapes, ctx)
+        for index, spec in enumerate(lp.param[:BATCH_NORM_BLOBS]):
+            if spec.lr_mult != 0:
+                given = "" if spec.HasField("lr_mult") else " (not given: it defaults to 1)"
+                raise ValueError(f"param[{index}].lr_mult is {spec.lr_mult:g}{given}, must be 0: Caffe's BatchNorm "
+                                 "keeps its statistics out of optimization (\"Cannot configure batch "
+                                 "normalization statistics as layer parameters.\")")
         p = lp.batch_norm_param
         self.use_global = p.use_global_stats if p.HasField("use_global_stats") else ctx.phase == TEST
         self.fraction, self.eps = p.moving_average_fraction, p.eps

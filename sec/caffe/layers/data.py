@@ -1,4 +1,4 @@
-"""Data layers (Caffe's data_layers family): Input, Data, ImageData, WindowData (and, in
+"""Data layers (Caffe's data_layers family): Input, DummyData, Data, ImageData, WindowData (and, in
 data_arrays.py, HDF5Data, HDF5Output, MemoryData), with what they share.
 
 A data layer has ``kind = "input"`` (the net feeds its tops; forward is never called) or
@@ -15,11 +15,13 @@ threads (sec.caffe.prefetch, `data_param.prefetch` batches ahead); batches never
 timing.
 """
 import logging
+import os
+import weakref
 
 import torch
 
 from sec.caffe.caffe_rng import CaffeRNG, DataLayerSeeds
-from sec.caffe.layers.base import need_bottoms
+from sec.caffe.layers.base import fill, need_bottoms
 from sec.caffe.transformer import DataTransformer
 
 log = logging.getLogger("sec.caffe.data")
@@ -30,7 +32,9 @@ IMAGE_CHANNELS = 3
 DEPRECATED = {"data_param": ("scale", "mean_file", "crop_size", "mirror", "rand_skip", "force_encoded_color"),
               "image_data_param": ("scale", "mean_file", "crop_size", "mirror"),
               "window_data_param": ("mean_file", "crop_size", "mirror")}
-DECODE_WORKERS = 2    # ImageData's image-decoding threads
+DECODE_WORKERS = 2    # ImageData's image-decoding threads, unless DECODE_WORKERS_ENV says otherwise
+DECODE_WORKERS_ENV = "SEC_DATA_WORKERS"
+STAGING_DEPTH = 2     # ImageData batches made ahead (and pinned) in a background thread on CUDA
 
 
 class Input:
@@ -51,6 +55,61 @@ class Input:
         return list(self.top_shapes)
 
     forward = None
+
+
+class DummyData:
+    """Caffe's DummyData: tops of the shapes in dummy_data_param (`shape`, once or once per top, or
+    the legacy num/channels/height/width, each once or once per top), filled by data_filler (none:
+    constant 0; one: for every top; else one per top). As Caffe's DummyDataLayer, a top whose
+    filler is "constant" is filled once when the net is built and then kept: `held_tops` names
+    them, and the net hands on the blob's content there, including what the user wrote into it.
+    Other tops are refilled at every forward (torch's generator); they hold zeros until the first.
+    transform_param is ignored, as Caffe ignores it here."""
+
+    LEGACY_FIELDS = ("num", "channels", "height", "width")
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 0)
+        p = lp.dummy_data_param
+        count = len(lp.top)
+        fillers = list(p.data_filler)
+        if len(fillers) not in (0, 1, count):
+            raise ValueError(f"dummy_data_param: {len(fillers)} data_filler given; need 0, 1 or one per top ({count})")
+        self.fillers = [fillers[0] if len(fillers) == 1 else fillers[i] if fillers else None for i in range(count)]
+        self.top_shapes = self._shapes(p, count)
+        for shape in self.top_shapes:
+            if any(d < 0 for d in shape):
+                raise ValueError(f"dummy_data_param: negative dimension in shape {shape}")
+        self.constant = [f is None or f.type == "constant" for f in self.fillers]
+        self.held_tops = frozenset(i for i, constant in enumerate(self.constant) if constant)
+        self.net_device = ctx.net_device
+        self.params = []
+
+    def _shapes(self, p, count):
+        def pick(values, i, field):
+            if len(values) not in (1, count):
+                raise ValueError(f"dummy_data_param.{field} must be given once or once per top ({count}), "
+                                 f"got {len(values)}")
+            return int(values[0] if len(values) == 1 else values[i])
+
+        if any(len(getattr(p, f)) for f in self.LEGACY_FIELDS):
+            if len(p.shape):
+                raise ValueError("dummy_data_param: both shape and legacy num/channels/height/width are set")
+            return [tuple(pick(getattr(p, f), i, f) for f in self.LEGACY_FIELDS) for i in range(count)]
+        if len(p.shape) not in (1, count):
+            raise ValueError(f"dummy_data_param.shape must be given once or once per top ({count}), got {len(p.shape)}")
+        return [tuple(int(d) for d in p.shape[0 if len(p.shape) == 1 else i].dim) for i in range(count)]
+
+    def shapes(self, shapes):
+        return list(self.top_shapes)
+
+    def initial_tops(self):
+        """{top index: tensor} of the constant tops, filled once at setup (Caffe's LayerSetUp)."""
+        return {i: fill(f, s) for i, (f, s, c) in enumerate(zip(self.fillers, self.top_shapes, self.constant)) if c}
+
+    def forward(self):
+        device = self.net_device()
+        return tuple(fill(f, s).to(device) for f, s in zip(self.fillers, self.top_shapes))
 
 
 # ---------------------------------------------------------------- helpers
@@ -94,6 +153,17 @@ def warn_deprecated(lp, param_name):
                         "use transform_param", lp.name, lp.type, param_name, field)
 
 
+def decode_workers():
+    """ImageData's decoding threads: the environment variable SEC_DATA_WORKERS (an integer >= 0; 0
+    decodes in the calling thread), else DECODE_WORKERS."""
+    value = os.environ.get(DECODE_WORKERS_ENV, "").strip()
+    if not value:
+        return DECODE_WORKERS
+    if not value.isdigit():
+        raise ValueError(f"environment variable {DECODE_WORKERS_ENV}={value!r}: need an integer >= 0")
+    return int(value)
+
+
 def prefetch_depth(lp):
     """data_param.prefetch, which Caffe's prefetching layers all read (default 4)."""
     depth = int(lp.data_param.prefetch)
@@ -109,13 +179,39 @@ def rank_and_world():
     return 0, 1
 
 
+HOST_COPY_MAX_ELEMENTS = 1 << 16
+"""Tops up to this size (labels, image ids) keep their host values beside the device tensor."""
+_host_copies = {}   # id(device tensor) -> (weak reference to it, host array); dropped with the tensor
+
+
 def to_device(array, device):
     """A numpy batch as a tensor on `device`; to CUDA through pinned memory, asynchronously (torch's
-    pinned-memory cache keeps a buffer until its copy is done), so the upload overlaps GPU work."""
+    pinned-memory cache keeps a buffer until its copy is done), so the upload overlaps GPU work.
+
+    A small top (labels, ids: at most HOST_COPY_MAX_ELEMENTS) keeps a copy of its host values for
+    `host_values`: a layer that needs them on the host (the Annotation layer's cue lookup) reads
+    them there instead of back from the device, which would make the host wait for the GPU (as a
+    Caffe blob has a CPU and a GPU copy)."""
     tensor = torch.from_numpy(array)
     if device.type == "cuda":
         tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
+    out = tensor.to(device, non_blocking=True)
+    keep_host_values(array, out)
+    return out
+
+
+def keep_host_values(array, tensor):
+    """Remember ``array`` (copied) as the host values of ``tensor`` when it is small (see to_device)."""
+    if array.size <= HOST_COPY_MAX_ELEMENTS:
+        key = id(tensor)
+        _host_copies[key] = (weakref.ref(tensor), array.copy())
+        weakref.finalize(tensor, _host_copies.pop, key, None)
+
+
+def host_values(tensor):
+    """The host array a data layer uploaded ``tensor`` from (small tops only), or None."""
+    entry = _host_copies.get(id(tensor))
+    return entry[1] if entry is not None and entry[0]() is tensor else None
 
 
 class PrefetchingLayer:
@@ -200,32 +296,57 @@ class ImageData:
         seeds.draw()
         self.options = dict(source=p.source, root_folder=p.root_folder, batch_size=int(p.batch_size),
                             new_height=int(p.new_height), new_width=int(p.new_width), shuffle=p.shuffle,
-                            seed=shuffle_seed, workers=DECODE_WORKERS, transformer=transformer,
+                            seed=shuffle_seed, workers=decode_workers(), transformer=transformer,
                             is_color=p.is_color, skip=skip, prefetch=prefetch_depth(lp))
         self.net_device = ctx.net_device
-        self.source, self.params = None, []
+        self.name = f"layer '{lp.name}' ({lp.type})"
+        self.images = self.source = self._uploader = None
+        self.params = []
         channels = IMAGE_CHANNELS if p.is_color else 1
         if p.new_height:
             image = transformer.output_shape(channels, p.new_height, p.new_width)
         elif transformer.crop:
             image = (channels, transformer.crop, transformer.crop)
         else:
-            image = self.data_source().first_shape()
+            image = self.image_source().first_shape()
         self.top_shapes = [(int(p.batch_size),) + tuple(image), (int(p.batch_size),)]
 
     def shapes(self, shapes):
         return list(self.top_shapes)
 
-    def data_source(self):
+    def image_source(self):
         """The ImageDataSource, made on first call."""
-        if self.source is None:
+        if self.images is None:
             from sec.caffe.image_data import ImageDataSource
-            self.source = ImageDataSource(**self.options)
+            self.images = ImageDataSource(**self.options)
+        return self.images
+
+    def data_source(self):
+        """What the net lists in data_layers() (state_dict, load_state_dict, close), made on first
+        call: the ImageDataSource; for a net on CUDA, that source run one batch ahead in a background
+        thread that also copies the batch into pinned buffers (sec.caffe.staging), so the main thread
+        only starts its upload, on a side stream. Batches, errors and resume are the source's."""
+        if self.source is None:
+            if self.net_device().type == "cuda":
+                from sec.caffe.prefetch import Prefetcher
+                from sec.caffe.staging import PinnedProducer, slots_for
+                producer = PinnedProducer(self.image_source(), 2, slots_for(STAGING_DEPTH))
+                self.source = Prefetcher(producer, STAGING_DEPTH, self.name, wrap_errors=False)
+            else:
+                self.source = self.image_source()
         return self.source
 
     def forward(self):
-        images, labels = self.data_source().next_batch()
+        batch = self.data_source().next_batch()
         device = self.net_device()
+        if not isinstance(batch, tuple):          # staged in pinned buffers (the source is for CUDA)
+            if device.type == "cuda":
+                from sec.caffe.staging import Uploader
+                if self._uploader is None or self._uploader.device != device:
+                    self._uploader = Uploader(device)
+                return self._uploader.upload(batch, keep_host_values)
+            batch = tuple(array.copy() for array in batch.arrays)   # the net moved off the GPU
+        images, labels = batch
         return to_device(images, device), to_device(labels, device)
 
 

@@ -15,8 +15,10 @@ holds the update value, as Caffe's diffs do.
 
 On a GPU the loop reads the device once per iteration: the loss values (iter_size passes summed on
 the device, then all-reduced) come back as one vector, which the divergence check reads before
-the update. clip_gradients reads the norm too (Caffe logs it). Timings in `last_timings`
-synchronise CUDA first, so forward and backward are the real times.
+the update. clip_gradients reads the norm too (Caffe logs it). Timings in `last_timings` are the
+device's: on CUDA, events recorded on the stream and read after that one device read, so timing
+costs no host wait; the update's events are read after the next iteration's read, so on CUDA
+`last_timings["update"]` is the previous iteration's (NaN at the first).
 """
 import logging
 import time
@@ -105,6 +107,7 @@ class Solver(SnapshotMixin):
         self.losses = []
         self.smoothed_loss = 0.0
         self.last_outputs, self.last_timings, self.test_results = {}, {}, []
+        self._update_marks, self._last_update_s = None, float("nan")   # the last update's clock marks
         self.last_snapshot = self.restored_from = None
         self.on_iteration_end = []
         self.requested_early_exit = False
@@ -211,7 +214,8 @@ class Solver(SnapshotMixin):
                 callback.on_gradients_ready()
             started = self._clock()
             self.apply_update()
-            self.last_timings["update"] = self._clock() - started
+            self._update_marks = (started, self._clock())
+            self.last_timings["update"] = self._update_seconds(resolve=isinstance(started, float))
             self.last_outputs = dict(values, loss=loss)
             request = self._requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0 and self.rank == 0) or request == ACTION_SNAPSHOT:
@@ -246,9 +250,24 @@ class Solver(SnapshotMixin):
         return self.requested_early_exit
 
     def _clock(self):
+        """A time mark: on CUDA an event recorded on the current stream (no host wait; its time is
+        read once the iteration's device read has passed it), else time.perf_counter()."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
         return time.perf_counter()
+
+    @staticmethod
+    def _elapsed(start, end):
+        """Seconds between two `_clock` marks (CUDA events that the device has passed)."""
+        return end - start if isinstance(start, float) else start.elapsed_time(end) / 1000.0
+
+    def _update_seconds(self, resolve):
+        """The last update's seconds when ``resolve`` (its marks have passed), else the one before."""
+        if resolve and self._update_marks is not None:
+            self._last_update_s = self._elapsed(*self._update_marks)
+        return self._last_update_s
 
     def _forward_backward(self, display):
         """iter_size forward/backward passes. Returns ({name: mean over the passes} of the scalar
@@ -256,7 +275,7 @@ class Solver(SnapshotMixin):
         `display`), read from the device in one transfer."""
         iter_size = self.param.iter_size
         sums, outputs = None, None
-        forward = backward = 0.0
+        marks = []
         for _ in range(iter_size):
             t0 = self._clock()
             try:
@@ -268,8 +287,7 @@ class Solver(SnapshotMixin):
             except Exception as err:  # a layer refusing NaN/Inf input is divergence, anything else is not
                 raise_if_diverged(self, err)
                 raise
-            t2 = self._clock()
-            forward, backward = forward + t1 - t0, backward + t2 - t1
+            marks.append((t0, t1, self._clock()))
             names = self._scalar_outputs(outputs)
             vector = torch.stack([outputs[n].detach().reshape(-1)[0].float() for n in names]
                                  + [total.detach().reshape(()).float()])
@@ -284,7 +302,10 @@ class Solver(SnapshotMixin):
         for name, tensor in shown:
             shown_values.append((name, host[position:position + tensor.numel()]))
             position += tensor.numel()
-        self.last_timings = {"forward": forward, "backward": backward}
+        # the read above has passed every mark of this iteration and the previous update's
+        self.last_timings = {"forward": sum(self._elapsed(t0, t1) for t0, t1, _ in marks),
+                             "backward": sum(self._elapsed(t1, t2) for _, t1, t2 in marks),
+                             "update": self._update_seconds(resolve=True)}
         check_finite(self, values)
         return values, shown_values
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sec.caffe.tools import glog
-from sec.caffe.tools.flags import FLAG_ERROR_STATUS, Flag, FlagError, FlagSet
+from sec.caffe.tools.flags import FLAG_ERROR_STATUS, Flag, FlagSet
 
 log = glog.log
 
@@ -223,20 +223,14 @@ def run_command(name, flags):
 
 def main(argv=None):
     """`sec-caffe` (and `python -m sec.caffe.tools.caffe`): parse gflags, run one command; the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        values, positional = FLAG_SET.parse(argv)
-    except FlagError as err:
-        sys.stderr.write(f"ERROR: {err}\n")
-        return FLAG_ERROR_STATUS
-    status = FLAG_SET.handle_builtin(values)
-    if status is not None:
-        return status
-    if len(positional) != 1:
+    command_line = FLAG_SET.parse_command_line(sys.argv[1:] if argv is None else list(argv))
+    if command_line.exit_status is not None:
+        return command_line.exit_status
+    if len(command_line.positional) != 1:
         sys.stdout.write(FLAG_SET.usage_text())
         return 0
-    flags = types.SimpleNamespace(**values)
-    return glog.run_tool(lambda: run_command(positional[0], flags))
+    flags = types.SimpleNamespace(**command_line.values)
+    return glog.run_tool(lambda: run_command(command_line.positional[0], flags))
 
 
 def installed_main():

@@ -6,7 +6,8 @@ Caffe's tools/compute_image_mean.cpp: every Datum (encoded ones decoded as store
 IMREAD_UNCHANGED) is added in key order into a float32 sum, which is divided by the count, so the
 result is Caffe's bitwise (same float32 operations in the same order). OUTPUT_FILE is a BlobProto with
 num 1 and the first record's channels, height, width (what transform_param.mean_file reads); the log
-ends with each channel's mean value, as Caffe's.
+ends with each channel's mean value, as Caffe's. Flags, usage text and statuses are gflags'
+(sec.caffe.tools.flags), log lines glog's (sec.caffe.tools.glog).
 
 Differences from Caffe, on purpose (one line on stderr, exit status 1, nothing written): a missing or
 empty database and a record of another size (Caffe aborts with status 134, or reads garbage from an
@@ -17,13 +18,18 @@ import sys
 import numpy as np
 
 from sec.caffe import db, formats
-from sec.caffe.tools.data_tool_flags import Flag, glog, parse_or_exit, usage_text
+from sec.caffe.tools import glog
+from sec.caffe.tools.flags import Flag, FlagSet
 from sec.proto import caffe_pb2
 
-PROGRAM = "compute_image_mean"
+log = glog.log
 USAGE = ("Compute the mean_image of a set of images given by a leveldb/lmdb\nUsage:\n"
          "    compute_image_mean [FLAGS] INPUT_DB [OUTPUT_FILE]\n")
-FLAGS = {"backend": Flag("string", "lmdb", "The backend {leveldb, lmdb} containing the images")}
+FLAGS = (Flag("backend", "string", "lmdb", "The backend {leveldb, lmdb} containing the images"),)
+FLAG_SET = FlagSet("compute_image_mean", USAGE, FLAGS, "sec/caffe/tools/compute_image_mean.py")
+NUM_ARGS = (1, 2)        # INPUT_DB [OUTPUT_FILE]
+USAGE_STATUS = 1         # Caffe's status after the usage message
+BAD_INPUT_STATUS = 1     # this project's, for input refused before anything is written
 LOG_EVERY = 10000
 
 
@@ -36,17 +42,17 @@ def record_values(cursor, where):
 def mean_image(path, backend):
     """(BlobProto of the mean, number of records), Caffe's float32 sum divided by the count."""
     with db.Reader(path, backend) as reader:
-        glog(PROGRAM, "I", f"Opened {backend} {path}")
+        log.info("Opened %s %s", backend, path)
         cursor = reader.cursor()
         if not cursor.valid:
             raise db.DBError(f"{backend} database {path} is empty")
         key = cursor.key.decode("utf-8", "replace")
         datum, first = record_values(cursor, f"{path}, key {key!r}")
         if datum.encoded:
-            glog(PROGRAM, "I", "Decoding Datum")
+            log.info("Decoding Datum")
         shape = db.datum_to_array(datum).shape
         total = np.zeros(first.size, dtype=np.float32)
-        glog(PROGRAM, "I", "Starting iteration")
+        log.info("Starting iteration")
         count = 0
         while cursor.valid:
             key = cursor.key.decode("utf-8", "replace")
@@ -57,10 +63,10 @@ def mean_image(path, backend):
             total += values
             count += 1
             if count % LOG_EVERY == 0:
-                glog(PROGRAM, "I", f"Processed {count} files.")
+                log.info("Processed %d files.", count)
             cursor.next()
     if count % LOG_EVERY != 0:
-        glog(PROGRAM, "I", f"Processed {count} files.")
+        log.info("Processed %d files.", count)
     blob = caffe_pb2.BlobProto(num=1, channels=shape[0], height=shape[1], width=shape[2])
     blob.data.extend((total / np.float32(count)).tolist())
     return blob
@@ -70,27 +76,36 @@ def log_channel_means(blob):
     """Caffe's last lines: per channel, the float32 sum of its values (in order) over H * W."""
     dim = blob.height * blob.width
     values = np.asarray(blob.data, dtype=np.float32).reshape(blob.channels, dim)
-    glog(PROGRAM, "I", f"Number of channels: {blob.channels}")
+    log.info("Number of channels: %d", blob.channels)
     for channel in range(blob.channels):
         total = np.cumsum(values[channel], dtype=np.float32)[-1]
-        glog(PROGRAM, "I", f"mean_value channel [{channel}]: {float(total / np.float32(dim)):g}")
+        log.info("mean_value channel [%d]: %g", channel, float(total / np.float32(dim)))
+
+
+def run(backend, input_db, output_file=None):
+    """The mean of `input_db`, written to `output_file` when given, with its refusals as one E
+    line and BAD_INPUT_STATUS; the exit status."""
+    try:
+        blob = mean_image(input_db, db.backend_name(backend))
+        if output_file is not None:
+            log.info("Write to %s", output_file)
+            formats.atomic_write_bytes(output_file, blob.SerializeToString())
+    except (db.DBError, OSError) as error:
+        log.error("%s; nothing was written", error)
+        return BAD_INPUT_STATUS
+    log_channel_means(blob)
+    return 0
 
 
 def main(argv=None):
-    values, positional = parse_or_exit(PROGRAM, USAGE, FLAGS, argv)
-    if not 1 <= len(positional) <= 2:
-        sys.stdout.write(usage_text(PROGRAM, USAGE, FLAGS))
-        return 1
-    try:
-        blob = mean_image(positional[0], db.backend_name(values["backend"]))
-        if len(positional) == 2:
-            glog(PROGRAM, "I", f"Write to {positional[1]}")
-            formats.atomic_write_bytes(positional[1], blob.SerializeToString())
-    except (db.DBError, OSError) as error:
-        glog(PROGRAM, "E", f"{error}; nothing was written")
-        return 1
-    log_channel_means(blob)
-    return 0
+    """`compute_image_mean [FLAGS] INPUT_DB [OUTPUT_FILE]`; the exit status."""
+    command_line = FLAG_SET.parse_command_line(sys.argv[1:] if argv is None else list(argv))
+    if command_line.exit_status is not None:
+        return command_line.exit_status
+    if len(command_line.positional) not in NUM_ARGS:
+        sys.stdout.write(FLAG_SET.usage_text())
+        return USAGE_STATUS
+    return glog.run_tool(lambda: run(command_line.values["backend"], *command_line.positional))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python -m sec.caffe.tools.convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME
 
 Caffe's tools/convert_imageset.cpp, with its flags (--gray --shuffle --backend --resize_width
---resize_height --check_size --encoded --encode_type, gflags syntax) and log lines. LISTFILE holds
+--resize_height --check_size --encoded --encode_type; gflags' syntax, usage text and statuses from
+sec.caffe.tools.flags) and log lines (glog's, from sec.caffe.tools.glog). LISTFILE holds
 `<path> <label>` per line (the path may hold spaces: the label follows the last space); each image is
 ROOTFOLDER + path (concatenated, as Caffe), read with OpenCV (colour BGR, or grey with --gray),
 resized (cv::resize INTER_LINEAR) when both resize flags are > 0, and stored under the key
@@ -21,22 +22,28 @@ import sys
 
 from sec.caffe import db
 from sec.caffe.caffe_rng import CaffeRNG
-from sec.caffe.tools.data_tool_flags import Flag, glog, parse_or_exit, usage_text
+from sec.caffe.tools import glog
+from sec.caffe.tools.flags import Flag, FlagSet
 from sec.proto import caffe_pb2
 
-PROGRAM = "convert_imageset"
+log = glog.log
 USAGE = ("Convert a set of images to the leveldb/lmdb\nformat used as input for Caffe.\nUsage:\n"
-         "    convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME\n")
-FLAGS = {
-    "gray": Flag("bool", False, "When this option is on, treat images as grayscale ones"),
-    "shuffle": Flag("bool", False, "Randomly shuffle the order of images and their labels"),
-    "backend": Flag("string", "lmdb", "The backend {lmdb, leveldb} for storing the result"),
-    "resize_width": Flag("int32", 0, "Width images are resized to"),
-    "resize_height": Flag("int32", 0, "Height images are resized to"),
-    "check_size": Flag("bool", False, "When this option is on, check that all the datum have the same size"),
-    "encoded": Flag("bool", False, "When this option is on, the encoded image will be save in datum"),
-    "encode_type": Flag("string", "", "Optional: What type should we encode the image as ('png','jpg',...)."),
-}
+         "    convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME\n"
+         "The ImageNet dataset for the training demo is at\n    http://www.image-net.org/download-images\n")
+FLAGS = (
+    Flag("gray", "bool", False, "When this option is on, treat images as grayscale ones"),
+    Flag("shuffle", "bool", False, "Randomly shuffle the order of images and their labels"),
+    Flag("backend", "string", "lmdb", "The backend {lmdb, leveldb} for storing the result"),
+    Flag("resize_width", "int32", 0, "Width images are resized to"),
+    Flag("resize_height", "int32", 0, "Height images are resized to"),
+    Flag("check_size", "bool", False, "When this option is on, check that all the datum have the same size"),
+    Flag("encoded", "bool", False, "When this option is on, the encoded image will be save in datum"),
+    Flag("encode_type", "string", "", "Optional: What type should we encode the image as ('png','jpg',...)."),
+)
+FLAG_SET = FlagSet("convert_imageset", USAGE, FLAGS, "sec/caffe/tools/convert_imageset.py")
+NUM_ARGS = 3             # ROOTFOLDER/ LISTFILE DB_NAME (Caffe ignores any more)
+USAGE_STATUS = 1         # Caffe's status after the usage message
+BAD_INPUT_STATUS = 1     # this project's, for input refused before anything is written
 COMMIT_EVERY = 1000      # records per transaction, and per "Processed N files." line
 KEY_DIGITS = 8
 
@@ -101,17 +108,17 @@ def convert(values, root, list_file, db_name):
     encoded = values["encoded"] or bool(encode_type)
     entries = read_list(list_file)
     if values["shuffle"]:
-        glog(PROGRAM, "I", "Shuffling data")
+        log.info("Shuffling data")
         CaffeRNG(int.from_bytes(os.urandom(4), "little")).shuffle(entries)
-    glog(PROGRAM, "I", f"A total of {len(entries)} images.")
+    log.info("A total of %d images.", len(entries))
     if encode_type and not values["encoded"]:
-        glog(PROGRAM, "I", "encode_type specified, assuming encoded=true.")
+        log.info("encode_type specified, assuming encoded=true.")
     height, width = max(0, values["resize_height"]), max(0, values["resize_width"])
     try:
         writer = db.Writer(db_name, values["backend"])
     except db.DBError as error:
         raise ConvertError(str(error)) from None
-    glog(PROGRAM, "I", f"Opened {writer.backend} {db_name}")
+    log.info("Opened %s %s", writer.backend, db_name)
     with writer:
         pending, count, data_size = [], 0, None
         for line_id, (image, label, line_no) in enumerate(entries):
@@ -135,25 +142,33 @@ def convert(values, root, list_file, db_name):
             if count % COMMIT_EVERY == 0:
                 writer.put_many(pending)
                 pending = []
-                glog(PROGRAM, "I", f"Processed {count} files.")
+                log.info("Processed %d files.", count)
         if count % COMMIT_EVERY != 0:
             writer.put_many(pending)
-            glog(PROGRAM, "I", f"Processed {count} files.")
+            log.info("Processed %d files.", count)
         writer.finish()
     return count
 
 
-def main(argv=None):
-    values, positional = parse_or_exit(PROGRAM, USAGE, FLAGS, argv)
-    if len(positional) < 3:
-        sys.stdout.write(usage_text(PROGRAM, USAGE, FLAGS))
-        return 1
+def run(values, root, list_file, db_name):
+    """convert() with its refusals as one E line and BAD_INPUT_STATUS; the exit status."""
     try:
-        convert(values, *positional[:3])
+        convert(values, root, list_file, db_name)
     except (ConvertError, db.DBError) as error:
-        glog(PROGRAM, "E", f"{error}; nothing was written")
-        return 1
+        log.error("%s; nothing was written", error)
+        return BAD_INPUT_STATUS
     return 0
+
+
+def main(argv=None):
+    """`convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME`; the exit status."""
+    command_line = FLAG_SET.parse_command_line(sys.argv[1:] if argv is None else list(argv))
+    if command_line.exit_status is not None:
+        return command_line.exit_status
+    if len(command_line.positional) < NUM_ARGS:
+        sys.stdout.write(FLAG_SET.usage_text())
+        return USAGE_STATUS
+    return glog.run_tool(lambda: run(command_line.values, *command_line.positional[:NUM_ARGS]))
 
 
 if __name__ == "__main__":

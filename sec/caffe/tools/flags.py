@@ -44,6 +44,15 @@ class FlagError(Exception):
     """A command line gflags refuses; the message is gflags' (without 'ERROR: ')."""
 
 
+class CommandLine(NamedTuple):
+    """A tool's parsed command line: typed flag values {name: value}, the positional arguments,
+    and the exit status when gflags itself ends the program (a refused flag, --help, --version),
+    else None."""
+    values: dict
+    positional: list
+    exit_status: object
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise FlagError(message)
@@ -82,6 +91,17 @@ class FlagSet:
             raw = getattr(namespace, name)
             values[name] = raw is not None and _typed(Flag(name, "bool", False, ""), raw)
         return values, positional + rest
+
+    def parse_command_line(self, argv, stdout=None, stderr=None):
+        """gflags' ParseCommandLineFlags as a tool's main meets it: a refused flag is gflags' ERROR
+        line on `stderr` and FLAG_ERROR_STATUS; --help / --helpshort / --version act as
+        `handle_builtin`; otherwise the CommandLine's exit_status is None and the tool goes on."""
+        try:
+            values, positional = self.parse(argv)
+        except FlagError as err:
+            (stderr or sys.stderr).write(f"ERROR: {err}\n")
+            return CommandLine({}, [], FLAG_ERROR_STATUS)
+        return CommandLine(values, positional, self.handle_builtin(values, stdout))
 
     def _expand_boolean(self, arg):
         """`--name` of a boolean -> `--name=true`; `--noname` -> `--name=false`."""

@@ -76,6 +76,9 @@ def setup(stream=None):
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(GlogFormatter())
     handler.addFilter(_NativeThreadId())
+    # On the handler too: a logger given its own level elsewhere (sec.train sets "sec" to INFO for a
+    # run's train.log) would otherwise pass lower records past the root's level.
+    handler.setLevel(min_level())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(min_level())
