@@ -490,8 +490,8 @@ def write_caffe_files(cfg):
 
 
 def snapshot_iteration(weights):
-    """N of a snapshot `<prefix>_iter_N.caffemodel` (Caffe's naming), else None."""
-    match = re.fullmatch(r".*_iter_(\d+)\.caffemodel", Path(weights).name)
+    """N of a snapshot `<prefix>_iter_N.caffemodel` (or Caffe's HDF5 `.caffemodel.h5`), else None."""
+    match = re.fullmatch(r".*_iter_(\d+)\.caffemodel(\.h5)?", Path(weights).name)
     return int(match.group(1)) if match else None
 
 
