@@ -116,7 +116,7 @@ def resolve_model(weights, prototxt, latest, default_prototxt):
     return ModelSpec(prototxt, weights, source, record.get("classes"), record.get("num_classes"))
 
 
-def mask_options(spec, output_blob=None, crf=False, scales=(1.0,), flip=False):
+def mask_options(spec, output_blob=None, crf=False, scales=NO_SCALES, flip=False):
     """The options that decide what a mask holds, for the output folder's manifest: the
     weights and prototxt (paths, and SHA-256 of their bytes), the score blob asked for (None:
     the net's only output), the CRF settings (None without the CRF) and, only when used, the
@@ -204,7 +204,8 @@ class Segmenter:
             self._check_sizes(net)
 
     def _check_sizes(self, net):
-        """DeployError when the engine cannot build the net for a scaled input size."""
+        """DeployError when the engine cannot build the net for a scaled input size (nets with
+        Caffe's reshape(), i.e. sec.caffe's; others fail at their first forward instead)."""
         from sec.caffe import NetError
         declared = tuple(net.blobs[self.input].data.shape)
         try:
