@@ -322,7 +322,7 @@ def load_net(spec, device="cpu", allow_missing_weights=False):
     else:
         caffe.set_mode_cpu()
     try:
-        net = caffe.Net(str(spec.prototxt), str(spec.weights), caffe.TEST)
+        net = caffe.Net(str(spec.prototxt), caffe.TEST, weights=str(spec.weights))
         report = net.weight_report
         if report.untouched and not report.loaded:   # the wrong file, whatever --allow-missing-weights says
             raise DeployError(

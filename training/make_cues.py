@@ -221,7 +221,7 @@ def build_nets(args, device):
     from sec import localization as loc
     nets = []
     for prototxt, weights in ((args.fg_net, args.fg_weights), (args.bg_net, args.bg_weights)):
-        net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+        net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
         net.weight_report.require_complete()     # a layer left at its filler would make garbage cues
         net.to(torch.device(device))
         net.eval()
