@@ -283,7 +283,7 @@ def load_net(prototxt, weights, allow_missing_weights=False):
             raise ExportError(f"{flag}: file not found: {path}")
     caffe.set_mode_cpu()
     try:
-        net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+        net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
         if not allow_missing_weights:
             net.weight_report.require_complete()
     except ValueError as err:   # prototxt, format, shape, non-finite and missing-weight errors

@@ -88,7 +88,7 @@ def test_sec_deploy_net_exports_equal_to_caffe_and_the_engine(tmp_path):
     scripted = torch.jit.load(str(tmp_path / "sec.pt"))
     assert relative_difference(scripted(torch.from_numpy(images))[0].numpy(), want) <= CAFFE_TOL
     # another batch and image size than the prototxt's 1 x 3 x 41 x 41: the graph is dynamic
-    net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+    net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
     other = np.random.default_rng(1).normal(0, 60, (3, 3, 57, 42)).astype(np.float32)
     (got,) = onnx_run(tmp_path / "sec.onnx", {"images": other})
     (engine,) = engine_run(net, {"images": other})
@@ -119,7 +119,7 @@ def test_one_layer_net_exports_equal_to_caffe_or_is_refused_naming_the_layer(tmp
     key = f"{case['name']}/caffemodel"
     if key in arrays:
         (tmp_path / "net.caffemodel").write_bytes(bytes(arrays[key]))
-        net = caffe.Net(str(prototxt), str(tmp_path / "net.caffemodel"), caffe.TEST)
+        net = caffe.Net(str(prototxt), caffe.TEST, weights=str(tmp_path / "net.caffemodel"))
     else:
         net = caffe.Net(str(prototxt), caffe.TEST)
     # blob values as Caffe left them (an in-place top overwrites its bottom); inputs as fed
@@ -191,7 +191,7 @@ def test_trained_run_exports_from_the_command_line(trained_run, tmp_path, capsys
                             "--torchscript", str(tmp_path / "m.pt")])) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out} (ONNX): equal to the engine" in printed and "(TorchScript)" in printed
-    net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+    net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
     assert net.params["bn1_1"][2].data[0] > 0   # trained BatchNorm statistics, not fillers
     images = sorted((dataset / "images").glob("*.jpg"))[:3]
     for side in (TINY_SIDE, 113):
@@ -251,14 +251,14 @@ def test_layer_that_fixes_the_traced_size_is_named_and_static_exports_it(tmp_pat
     assert "layer 'wide' (type Pooling): cannot be expressed in ONNX" in err and "--static" in err
     assert not (tmp_path / "w.onnx").exists()
     assert main(parse_args(args + ["--static"])) == 0
-    net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+    net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
     x = np.random.default_rng(0).normal(0, 1, (1, 2, 9, 9)).astype(np.float32)
     assert relative_difference(onnx_run(tmp_path / "w.onnx", {"x": x})[0], engine_run(net, {"x": x})[0]) <= CHECK_TOL
 
 
 def test_inner_product_net_keeps_its_spatial_size_and_a_dynamic_batch(tmp_path):
     prototxt, weights = save_net(tmp_path, FC_NET)
-    net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+    net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
     report = export(net, onnx=tmp_path / "f.onnx")
     assert report.dynamic == {"x": [0]}
     x = np.random.default_rng(0).normal(0, 1, (7, 3, 5, 5)).astype(np.float32)

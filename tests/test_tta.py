@@ -90,7 +90,7 @@ def by_hand(net, image, scales, flip):
 @pytest.mark.parametrize("scales, flip", [(SCALES, True), ((1.0,), True), ((0.5, 1.5), False)])
 def test_segmenter_averages_as_by_hand_in_any_batch(model, scales, flip):
     prototxt, weights, images = model
-    net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+    net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
     segmenter = pipeline.Segmenter(net, scales=scales, flip=flip)
     assert segmenter.tta
     decoded = [pipeline.decode(p, segmenter.input_sizes[0], segmenter.input_sizes[1:])
@@ -110,7 +110,7 @@ def test_segmenter_averages_as_by_hand_in_any_batch(model, scales, flip):
 
 def test_a_scale_the_net_cannot_take_is_refused_naming_it(model):
     prototxt, weights, _ = model
-    net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+    net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
     with pytest.raises(pipeline.DeployError, match=r"--scales 0.01: the net cannot take a 1x1 input"):
         pipeline.Segmenter(net, scales=(1.0, 0.01))
     assert tuple(net.blobs["images"].data.shape) == (1, 3, NET_SIDE, NET_SIDE)   # restored
@@ -129,7 +129,7 @@ def test_script_with_scales_flip_and_crf_writes_the_averaged_masks(model, tmp_pa
     assert run_script(model, out, "--scales", "0.75,1,1.25", "--flip", "--crf", "--probs") == 0
     manifest = json.loads((out / "deploy_manifest.json").read_text())
     assert manifest["options"]["tta"] == {"scales": [0.75, 1.0, 1.25], "flip": True}
-    net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+    net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
     for path in sorted(images.iterdir()):
         image = data.load_image(path)
         stored = pipeline.load_probs(out / "probs" / f"{path.stem}.npz")      # averaged, at image size
