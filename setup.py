@@ -28,6 +28,12 @@ setup(
         "h5py",
         "torch==2.13.0",
     ],
+    extras_require={
+        # python -m sec.export: the ONNX exporter needs onnx, its check against the engine onnxruntime
+        "export": ["onnx", "onnxruntime"],
+        # --tensorboard of training/train.py, train.sh and training/train_localization.py
+        "tensorboard": ["tensorboard"],
+    },
     # Caffe's command-line tools (sec/caffe/tools). `caffe` runs a real Caffe binary found on PATH
     # instead (SEC_CAFFE=auto, the default; sec, bvlc); `sec-caffe` always runs sec.caffe's (docs/caffe/tools.md).
     entry_points={"console_scripts": [

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from sec import data, metrics, visualize
+from sec import data, metrics, tensorboard, visualize
 from sec.caffe import formats
 from sec.caffe.solver import NetOverrides, apply_net_overrides, make_solver
 from sec.deploy_files import atomic_save
@@ -38,6 +39,7 @@ from sec.run_folder import (RunInputError, check_cue_pairing, check_iterations, 
                             check_train_net_inputs, latest_snapshot, missing_sidecar_note, prepare_new_run,
                             remove_stale_temporaries, require_some_weights, restore_newest_readable,
                             resume_snapshot)
+from sec.tensorboard import PANEL_EVERY
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class RunConfig:
     precision: str = "fp32"         # "bf16": autocast of the net body (sec.nn.speed)
     tf32: bool = True               # TF32 convolutions on CUDA (PyTorch's default)
     channels_last: bool = False     # NHWC parameters and inputs
+    tensorboard: Path | None = None  # --tensorboard DIR: events in DIR/<name> (sec.tensorboard), rank 0
+    tensorboard_panels: int = PANEL_EVERY   # a panel every N iterations (0: none)
 
     @property
     def run_dir(self):
@@ -310,7 +314,13 @@ def train(cfg):
                     print(warning, file=sys.stderr)
         elif cfg.weights is not None:
             require_some_weights(solver.load_weights(cfg.weights), cfg.weights)
-        run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0)
+        board = None
+        if cfg.tensorboard is not None and rank == 0:
+            board = tensorboard.TrainingLog(tensorboard.run_log_dir(cfg.tensorboard, cfg.name),
+                                            resume_iter=solver.iter if cfg.resume else None,
+                                            panel_every=cfg.tensorboard_panels)
+        run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0,
+                 board=board)
         return solver.snapshot_files(solver.iter)[0]     # in the solver's snapshot_format
     finally:
         for name in ("sec", "pylayers"):
@@ -318,8 +328,9 @@ def train(cfg):
         handler.close()
 
 
-def run_loop(solver, run_dir, resume_iter=None, show=True):
-    """solver.solve() with a tqdm bar (loss, ETA), losses.csv and losses.png."""
+def run_loop(solver, run_dir, resume_iter=None, show=True, board=None):
+    """solver.solve() with a tqdm bar (loss, ETA), losses.csv and losses.png; `board` (a
+    sec.tensorboard.TrainingLog) logs every iteration too, and is closed at the end."""
     csv_path = Path(run_dir) / "losses.csv"
     losses = LossLog(csv_path, resume_iter) if show else None
     bar = tqdm(total=solver.param.max_iter, initial=solver.iter, desc="train", unit="it",
@@ -334,12 +345,16 @@ def run_loop(solver, run_dir, resume_iter=None, show=True):
         bar.update(1)
 
     solver.on_iteration_end.append(on_iteration_end)
+    if board is not None:
+        solver.on_iteration_end.append(board.iteration)
     solved = False
     try:
         solver.solve()
         solved = True
     finally:
         bar.close()
+        if board is not None:
+            board.close()
         try:
             if losses is not None:
                 losses.close()
@@ -474,6 +489,12 @@ def write_caffe_files(cfg):
     return solver_path
 
 
+def snapshot_iteration(weights):
+    """N of a snapshot `<prefix>_iter_N.caffemodel` (or Caffe's HDF5 `.caffemodel.h5`), else None."""
+    match = re.fullmatch(r".*_iter_(\d+)\.caffemodel(\.h5)?", Path(weights).name)
+    return int(match.group(1)) if match else None
+
+
 def finish(cfg, weights, evaluate_after=True):
     """Write runs/latest.json; on the synthetic set, evaluate on val and print the IoU table."""
     info = write_latest(cfg.runs_root, weights, cfg.deploy, cfg.classes, cfg.num_classes, cfg.dataset)
@@ -494,4 +515,8 @@ def finish(cfg, weights, evaluate_after=True):
     print(format_iou_table(confusion, synthetic.CLASSES))
     save_eval(cfg.run_dir / "eval.json", confusion, synthetic.CLASSES, {"weights": str(weights)})
     print(f"wrote {cfg.run_dir / 'eval.json'} and {cfg.run_dir / 'panels.png'}")
+    if cfg.tensorboard is not None:   # at the last iteration's step (0-based, as losses.csv)
+        iterations = snapshot_iteration(weights)
+        tensorboard.log_evaluation(tensorboard.run_log_dir(cfg.tensorboard, cfg.name),
+                                   iterations - 1 if iterations else 0, confusion.miou())
     return info

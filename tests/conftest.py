@@ -81,3 +81,19 @@ def ieee_float32():
     speed.set_tf32(False)
     yield
     speed.set_tf32(saved)
+
+
+def randomize_weights(net, seed=0):
+    """Random weights in every layer of a sec.caffe Net, BatchNorm statistics included (mean
+    normal, variance in 0.5..2, scale factor 1), so that a test net's output is not degenerate."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, kind, params in net.layer_params():
+            if kind == "BatchNorm":
+                params[0].normal_(generator=generator)
+                params[1].uniform_(0.5, 2.0, generator=generator)
+                params[2].fill_(1.0)
+            else:
+                for p in params:
+                    p.normal_(0.0, 0.3, generator=generator)

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from sec import launch
-from sec.run_folder import caffe_seed, positive_int, run_name
+from sec.run_folder import caffe_seed, nonnegative_int, positive_int, run_name
+from sec.tensorboard import PANEL_EVERY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = REPO_ROOT / "models"
@@ -104,6 +105,14 @@ def build_parser():
                         "CUDA (default: TF32 allowed, PyTorch's default; torch engine only)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for the net (CUDA; "
                         "torch engine only)")
+    parser.add_argument("--tensorboard", type=Path, metavar="DIR", help="TensorBoard events in DIR/<run name>: "
+                        "every loss, the smoothed loss, lr, seconds per iteration, the evaluation's mIoU, and "
+                        "every 50 iterations a panel of image, cues, prediction and CRF output; the synthetic "
+                        "localization stages log to DIR/localization-synthetic-{fg,bg}. Needs `pip install "
+                        "tensorboard`; rank 0 only; --resume appends (torch engine only)")
+    parser.add_argument("--tensorboard-panels", type=nonnegative_int, metavar="N",
+                        help="with --tensorboard: a panel of image, cues, prediction and CRF every N iterations "
+                             f"(0: none; default {PANEL_EVERY})")
     return parser
 
 
@@ -198,9 +207,10 @@ def localization_stages(args, stages):
     inputs = ["--list", dataset / "train.txt", "--root", dataset / "images",
               "--labels", dataset / "train_labels.json", "--device", args.device]
     iters = [] if args.loc_iters is None else ["--iters", args.loc_iters]
+    board = [] if args.tensorboard is None else ["--tensorboard", args.tensorboard]
     commands = {
         net: [sys.executable, TRAIN_LOCALIZATION, "--net", net, "--preset", LOCALIZATION_PRESET, *inputs,
-              "--run-dir", files["folder"] / net, "--out", files[net], "--overwrite", *iters]
+              "--run-dir", files["folder"] / net, "--out", files[net], "--overwrite", *iters, *board]
         for net in ("fg", "bg")}
     commands["cues"] = [sys.executable, MAKE_CUES, "--preset", LOCALIZATION_PRESET, *inputs,
                         "--masks", dataset / "masks", "--fg-weights", files["fg"], "--bg-weights", files["bg"],
@@ -302,7 +312,8 @@ TORCH_ENGINE_ONLY = (("--precision bf16", lambda args: args.precision != "fp32")
                      ("--channels-last", lambda args: args.channels_last),
                      ("--no-tf32", lambda args: not args.tf32),
                      ("--threads", lambda args: args.threads is not None),
-                     ("--gpus > 1", lambda args: args.gpus > 1))
+                     ("--gpus > 1", lambda args: args.gpus > 1),
+                     ("--tensorboard", lambda args: args.tensorboard is not None))
 CAFFE_ENGINE_ONLY = (("--caffe-python", lambda args: args.caffe_python is not None),
                      ("--caffe-bin", lambda args: args.caffe_bin is not None))
 SYNTHETIC_STAGES_ONLY = (("--localization-only", lambda args: args.localization_only),
@@ -344,15 +355,20 @@ def main(args, argv=()):
 
 
 def run(args, argv):
+    from sec import tensorboard
     from sec import train as sec_train
     from sec.caffe.solver import NonFiniteLossError
-    from sec.run_folder import check_writable_folder
+    from sec.run_folder import RunInputError, check_writable_folder
 
     under_torchrun = "WORLD_SIZE" in os.environ
     started = time.perf_counter()
     relaunch = args.gpus > 1 and not under_torchrun and args.engine == "torch"
     try:
         check_flags(args)
+        if args.tensorboard is not None:
+            tensorboard.require()                   # before any stage: the package is there
+        elif args.tensorboard_panels is not None:
+            raise RunInputError("--tensorboard-panels: only with --tensorboard DIR")
         device = sec_train.pick_device(args.device)          # before any stage runs on it
         if args.engine == "torch":
             sec_train.check_gpus(args.gpus, device)
@@ -364,6 +380,9 @@ def run(args, argv):
                 return 0
         cfg = recipe(args)
         cfg.precision, cfg.tf32, cfg.channels_last = args.precision, args.tf32, args.channels_last
+        cfg.tensorboard = args.tensorboard
+        if args.tensorboard_panels is not None:
+            cfg.tensorboard_panels = args.tensorboard_panels
         for path in (cfg.source, cfg.cues):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path} not found")

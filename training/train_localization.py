@@ -57,14 +57,20 @@ def build_parser():
                         ".solverstate or .solverstate.h5 (not with --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier run in --run-dir and start "
                         "again (without it such a folder is refused; not with --resume)")
+    parser.add_argument("--tensorboard", type=Path, metavar="DIR", help="TensorBoard events in "
+                        "DIR/localization-<preset>-<net>: every loss, the smoothed loss, lr, seconds per iteration "
+                        "(needs `pip install tensorboard`; --resume appends)")
     return parser
 
 
 def resolve(args):
+    from sec import tensorboard
     from sec.localization import preset_paths
     from sec.run_folder import RunInputError
     if args.resume and args.overwrite:
         raise RunInputError("--resume continues the run in --run-dir and --overwrite deletes it: pass one of them")
+    if args.tensorboard is not None:
+        tensorboard.require()
     preset = preset_paths(args.preset, REPO_ROOT)
     dataset = preset["dataset"]
     if args.list is None and dataset is not None:
@@ -152,7 +158,12 @@ def train(args, labels_path, device):
             print(warning, file=sys.stderr)
     elif args.weights is not None:
         run_folder.require_some_weights(solver.load_weights(args.weights), args.weights)
-    sec_train.run_loop(solver, args.run_dir, resume_iter=solver.iter if args.resume else None)
+    board = None
+    if args.tensorboard is not None:
+        from sec import tensorboard
+        log_dir = tensorboard.run_log_dir(args.tensorboard, f"localization-{args.preset}-{args.net}")
+        board = tensorboard.TrainingLog(log_dir, resume_iter=solver.iter if args.resume else None)
+    sec_train.run_loop(solver, args.run_dir, resume_iter=solver.iter if args.resume else None, board=board)
     return solver
 
 
