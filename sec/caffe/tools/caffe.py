@@ -63,6 +63,9 @@ ENGINE_ENV = "SEC_CAFFE"
 ENGINE_AUTO, ENGINE_SEC, ENGINE_BVLC = "auto", "sec", "bvlc"
 ENGINE_CHOICES = (ENGINE_AUTO, ENGINE_SEC, ENGINE_BVLC)
 OWN_SCRIPT_MARKER = b"sec.caffe.tools"
+# Set to the binary exec'd: a `caffe` that is a wrapper of this script (a pyenv shim, say) brings
+# it back here, where that binary is then passed over instead of exec'd again, for ever.
+DEFERRED_ENV = "SEC_CAFFE_DEFERRED_TO"
 SCRIPT_HEAD_BYTES = 4096
 TRAIN_PHASE, TEST_PHASE = 0, 1
 
@@ -241,25 +244,30 @@ def installed_main():
         sys.stderr.write(f"ERROR: environment variable {ENGINE_ENV}={choice!r}: need one of "
                          f"{', '.join(ENGINE_CHOICES)}\n")
         return FLAG_ERROR_STATUS
-    real = find_real_caffe(sys.argv[0]) if choice != ENGINE_SEC else None
+    tried = os.environ.pop(DEFERRED_ENV, "")
+    if tried:
+        sys.stderr.write(f"sec.caffe: {tried} on PATH runs this script again (a wrapper, e.g. a pyenv shim), "
+                         "not a BVLC Caffe binary: passed over\n")
+    real = find_real_caffe(sys.argv[0], skip=(tried,) if tried else ()) if choice != ENGINE_SEC else None
     if real is not None:
         sys.stderr.write(f"sec.caffe: running the real Caffe binary {real} ({ENGINE_ENV}={ENGINE_SEC} "
                          "or `sec-caffe` runs sec.caffe's)\n")
         sys.stderr.flush()
-        os.execv(real, [real] + sys.argv[1:])
+        os.execve(real, [real] + sys.argv[1:], {**os.environ, DEFERRED_ENV: real})
     if choice == ENGINE_BVLC:
         sys.stderr.write(f"ERROR: {ENGINE_ENV}={ENGINE_BVLC}: no BVLC Caffe `caffe` binary on PATH\n")
         return FLAG_ERROR_STATUS
     return main()
 
 
-def find_real_caffe(own_path, path=None):
+def find_real_caffe(own_path, path=None, skip=()):
     """The first executable named `caffe` on PATH that is not this console script (nor another
-    copy of it, recognised by naming sec.caffe.tools in its first bytes); None when there is none."""
+    copy of it, recognised by naming sec.caffe.tools in its first bytes), nor one of `skip`; None
+    when there is none."""
     own = Path(own_path).resolve() if own_path else None
     for folder in (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep):
         candidate = shutil.which("caffe", path=folder) if folder else None
-        if candidate is None or (own is not None and Path(candidate).resolve() == own):
+        if candidate is None or candidate in skip or (own is not None and Path(candidate).resolve() == own):
             continue
         try:
             with open(candidate, "rb") as handle:
