@@ -11,19 +11,21 @@ each printed as soon as it is measured (docs/gpu.md says how to read them).
    upsampling, CRF in torch on the GPU, argmax; decoding excluded) on photograph-like images
    (sec.synthetic scenes), images per second (target >= 30);
 5. the engine against the same net written directly in torch (bench/engine.py), DeepLab-LargeFOV
-   forward + backward at 321x321, batch 15, ratio of medians (target <= 1.05).
+   forward + backward at 321x321, batch 15, ratio of medians (target <= 1.05);
+6. test-time augmentation, export to TorchScript and ONNX, and TensorBoard under torchrun
+   (bench/gpu_check_features.py): outputs on CUDA against the CPU or the engine, and the event
+   files of a two-process run.
 
 A part that fails prints its row as FAILED (the error in one line) and the others still run; a
 part that would start after --budget seconds is skipped with a row saying so. Exit status 0 when
 every part ran, 1 when one failed or was skipped.
 
-    python bench/gpu_check.py          # CUDA; about 4 minutes on one H100
+    python bench/gpu_check.py          # CUDA; about 5 minutes on one H100 (estimate)
     python bench/gpu_check.py --dry    # the same code on CPU at tiny sizes (CI)
 
 --dry forces the torch twins (SEC_LAYERS=torch) so that the code the GPU runs is what runs.
 """
 import argparse
-import gc
 import os
 import platform
 import re
@@ -44,6 +46,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from gpu_budget import TARGET_CRF_LAUNCHES, TARGET_SYNCS, count_step, load_bench, summary  # noqa: E402
+from gpu_check_common import MISSED, Peak, input_sized, row, verdict  # noqa: E402
+from gpu_check_features import (export_onnx, export_torchscript, tensorboard_under_torchrun,  # noqa: E402
+                                tta_deploy)
 
 TARGET_ITERATION_S = 0.10
 TARGET_DEPLOY_IMAGES_S = 30.0
@@ -54,50 +59,14 @@ SEC_NET = ("models/sec/train.prototxt", "models/sec/solver.prototxt")
 SYNTHETIC_NET = ("models/synthetic/train.prototxt", "models/synthetic/solver.prototxt")
 FULL = SimpleNamespace(device="cuda", net=SEC_NET, size=321, batch=15, warmup=3, iters=10, deploy_shape=(375, 500),
                        deploy_images=24, deploy_batch=8, deploy_input=321, engine_size=321, engine_repeats=10,
-                       layers="auto", tests=["tests"])
+                       layers="auto", tests=["tests"], tta_input=161, tta_images=4, tta_batch=4,
+                       export_net="models/sec/deploy.prototxt", export_input=321, tb_threads=4)
 # --dry trains the small synthetic SEC net (same layers, same code) at 161 px: its cues are 21 x 21
 DRY = SimpleNamespace(device="cpu", net=SYNTHETIC_NET, size=161, batch=2, warmup=1, iters=1, deploy_shape=(30, 40),
                       deploy_images=2, deploy_batch=2, deploy_input=33, engine_size=33, engine_repeats=2,
-                      layers="torch", tests=["tests/test_nn_engine.py"])
-COLUMNS = (58, 30, 10)
+                      layers="torch", tests=["tests/test_nn_engine.py"], tta_input=33, tta_images=2, tta_batch=2,
+                      export_net="models/synthetic/deploy.prototxt", export_input=33, tb_threads=1)
 FAILED, SKIPPED = "FAILED", "SKIPPED"
-
-
-def row(check, value="", target="", status=""):
-    """Print one row of the table now (flushed: a timeout later loses nothing printed)."""
-    widths = iter(COLUMNS)
-    print(" ".join(str(c).ljust(next(widths, 0)) for c in (check, value, target, status)).rstrip(), flush=True)
-
-
-class Peak:
-    """Peak GPU memory (GiB) of a block, counted from a collected heap; 'n/a' on CPU.
-
-    gc.collect() first: a net is held in a reference cycle (Net -> step -> ctx -> Net) until the
-    collector runs, so the previous part's net would otherwise count in this part's peak."""
-
-    def __init__(self, device):
-        self.cuda = torch.device(device).type == "cuda"
-        self.gib = None
-
-    def __enter__(self):
-        gc.collect()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.gib = torch.cuda.max_memory_allocated() / 2 ** 30
-
-    def text(self):
-        return "n/a (CPU)" if self.gib is None else f"{self.gib:.2f} GiB"
-
-
-def verdict(ok, dry):
-    return "dry run" if dry else ("ok" if ok else "MISSED")
 
 
 def cuda_tests(sizes, dry):
@@ -111,7 +80,7 @@ def cuda_tests(sizes, dry):
     if result.returncode not in (0, 5):   # 5: nothing collected
         print(result.stdout[-4000:], result.stderr[-2000:], sep="\n", flush=True)
     if "failed" in summary_line or not re.search(r"\d+ (passed|skipped)", summary_line):
-        status = "MISSED"
+        status = MISSED
     else:
         status = "ok, with collection errors (above)" if "error" in summary_line else "ok"
     row("pytest -m cuda", summary_line, "all pass", "dry run" if dry else status)
@@ -213,17 +182,6 @@ def photo_like_images(count, height, width, seed=0):
     return [synthetic.render(np.random.default_rng([seed, k]), side)[0][:height, :width] for k in range(count)]
 
 
-def deploy_prototxt(size, folder):
-    """models/sec/deploy.prototxt with its input at size x size (the check's own copy)."""
-    text = (REPO / "models" / "sec" / "deploy.prototxt").read_text()
-    text, count = re.subn(r"dim: 321 dim: 321", f"dim: {size} dim: {size}", text)
-    if count != 1:
-        raise RuntimeError("models/sec/deploy.prototxt: input shape 'dim: 321 dim: 321' not found")
-    path = Path(folder) / "deploy.prototxt"
-    path.write_text(text)
-    return path
-
-
 def deploy(sizes, state, dry):
     """Images per second of net + softmax + upsampling + full-resolution CRF + argmax, and peak."""
     from sec import caffe, data
@@ -234,7 +192,8 @@ def deploy(sizes, state, dry):
     inputs = np.stack([data.preprocess(image, sizes.deploy_input, sizes.deploy_input) for image in images])
     with tempfile.TemporaryDirectory() as folder:
         torch.manual_seed(0)
-        net = caffe.Net(str(deploy_prototxt(sizes.deploy_input, folder)), caffe.TEST).to(device)
+        prototxt = input_sized(REPO / "models" / "sec" / "deploy.prototxt", sizes.deploy_input, folder)
+        net = caffe.Net(str(prototxt), caffe.TEST).to(device)
     net.eval()
     segmenter = Segmenter(net, device=sizes.device, crf=True)
     timer = load_bench("train").Timer(sizes.device)
@@ -320,18 +279,27 @@ def main(args):
     if note:
         print(f"note: {note}", flush=True)
     row("check", "value", "target", "status")
-    state = {}
+    with tempfile.TemporaryDirectory(prefix="gpu_check-") as scratch:
+        ran = run_parts(sizes, args, {"scratch": Path(scratch)}, started)
+    print(f"\ngpu_check took {time.perf_counter() - started:.0f} s", flush=True)
+    return 0 if all(ran) else 1
+
+
+def run_parts(sizes, args, state, started):
+    """Every part in order (run_part); state: what parts hand on, with a scratch folder."""
     parts = [("op counts", lambda: op_counts(sizes, state, args.dry)),
              ("train fp32", lambda: training(sizes, "fp32", state, args.dry)),
              ("train bf16", lambda: training(sizes, "bf16", state, args.dry)),
              ("per-part table", lambda: part_table(state)),
              ("deploy", lambda: deploy(sizes, state, args.dry)),
-             ("engine ratio", lambda: engine_ratio(sizes, state, args.dry))]
+             ("engine ratio", lambda: engine_ratio(sizes, state, args.dry)),
+             ("test-time augmentation", lambda: tta_deploy(sizes, state, args.dry)),
+             ("export TorchScript", lambda: export_torchscript(sizes, state, args.dry)),
+             ("export ONNX", lambda: export_onnx(sizes, state, args.dry)),
+             ("TensorBoard under torchrun", lambda: tensorboard_under_torchrun(sizes, state, args.dry))]
     if not args.skip_tests:
         parts.insert(0, ("pytest -m cuda", lambda: cuda_tests(sizes, args.dry)))
-    ran = [run_part(part, fn, started, args.budget) for part, fn in parts]
-    print(f"\ngpu_check took {time.perf_counter() - started:.0f} s", flush=True)
-    return 0 if all(ran) else 1
+    return [run_part(part, fn, started, args.budget) for part, fn in parts]
 
 
 def parse_args(argv=None):

@@ -4,13 +4,15 @@
 # it, then runs bench/gpu_check.py from the checkout (PYTHONPATH; nothing is installed, no pip),
 # which prints one row per part as it finishes (docs/gpu.md says what each row means).
 #
-#   bash bench/gpu_check.sh              # on the GPU machine (about 4 minutes on one H100)
+#   bash bench/gpu_check.sh              # on the GPU machine (about 5 minutes on one H100, estimate)
 #   bash bench/gpu_check.sh --dry        # the same code on CPU at tiny sizes (CI)
 #   bash bench/gpu_check.sh --no-build   # never build CRF/: the installed krahenbuhl2013 or stop
 #
 # Needs a Python (3.9 or newer) with torch (CUDA build, 2.11 or newer), numpy, scipy, Pillow,
 # PyYAML, protobuf (4.21 to 7.x), tqdm and pytest; setuptools and pybind11 only where CRF/ must be
 # built (OpenCV optional: without it the check's data layer resizes with scipy, and says so).
+# onnx and onnxruntime (the export rows) and tensorboard (the TensorBoard row) are optional:
+# without them those rows alone are FAILED, naming the package.
 # PYTHON picks the interpreter (default python3); GPU_CHECK_TIMEOUT the limit in seconds (default
 # 480); other flags go to gpu_check.py (--budget, --skip-tests, --threads).
 # Exit status: gpu_check.py's (0: every part ran; 1: a part failed), 3: the setup is not usable,

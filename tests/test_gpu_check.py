@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from conftest import REPO_ROOT, load_script
 TIMEOUT_S = 300
 SCRIPT = REPO_ROOT / "bench" / "gpu_check.sh"
 PYENV_312 = Path.home() / ".pyenv" / "versions" / "3.12.1" / "bin" / "python3.12"
+FEATURE_PARTS = ("tta_deploy", "export_torchscript", "export_onnx", "tensorboard_under_torchrun")
 
 
 def run_script(*args, python=sys.executable, timeout=TIMEOUT_S):
@@ -34,13 +36,22 @@ def test_gpu_check_dry_prints_the_whole_table():
     for row in ("pytest -m cuda", "host syncs per training iteration", "CRF call: syncs, launching ops",
                 "train s/iter fp32/TF32", "train s/iter bf16", "deploy img/s", "photo-like", "engine / direct torch",
                 "peak memory", "fc8-SEC-CRF-log forward", "loss-Expand backward", "data (ImageData", "update (SGD)",
-                "training part"):
+                "training part", "TTA 0.75,1,1.25 + flip: cpu vs CPU", "mean top-class probability",
+                "export TorchScript (synthetic net), run on cpu vs engine",
+                "export ONNX (synthetic net), ONNX Runtime CPU",
+                "TensorBoard, train.py --gpus 2 (gloo, CPU): event files", "scalar tags at steps 0..1, panels"):
         assert row in out, f"row '{row}' missing from:\n{out}"
     ratio = re.search(r"engine / direct torch \S+ \S+\s+(\d+\.\d+)", out)
     assert ratio and float(ratio.group(1)) > 0
     crf = re.search(r"fc8-SEC-CRF-log forward\s+\S+ \S+\s+(\d+)\s+(\d+)", out)   # syncs, launches beside the times
     assert crf and int(crf.group(1)) <= 1 and int(crf.group(2)) < 300, out
     assert "MISSED" not in out and "FAILED" not in out and "dry run" in out
+    tta = re.search(r"TTA \S+ \+ flip: cpu vs CPU, max \|probs diff\|\s+(\S+)", out)
+    assert tta and float(tta.group(1)) == 0.0, out            # the same device twice: the same numbers
+    top = re.search(r"mean top-class probability \(uniform: 1/7\)\s+(\S+)", out)
+    assert top and 0.3 < float(top.group(1)) < 0.95, out       # informative, not uniform, not one-hot
+    assert re.search(r"event files\s+1 from 1 process\(es\), rank 0's", out), out
+    assert re.search(r"scalar tags at steps 0..1, panels\s+10 of 10, yes", out), out
 
 
 def test_a_missing_python_is_named_not_the_build():
@@ -92,21 +103,21 @@ def test_a_failing_part_is_a_row_and_the_rest_still_run(monkeypatch, capsys, in_
             done.append(name)
             check.row(name, "1.0")
         return run
-    for name in ("op_counts", "deploy", "engine_ratio", "part_table", "cuda_tests"):
+    for name in ("op_counts", "deploy", "engine_ratio", "part_table", "cuda_tests", *FEATURE_PARTS):
         monkeypatch.setattr(check, name, part(name))
     monkeypatch.setattr(check, "training", part("training", fail=True))
     status = check.main(check.parse_args(["--dry"]))
     out = capsys.readouterr().out
     assert status == 1
     assert re.search(r"train fp32\s+RuntimeError: out of memory \(on two lines\)\s+FAILED", out), out
-    assert done == ["cuda_tests", "op_counts", "part_table", "deploy", "engine_ratio"]
+    assert done == ["cuda_tests", "op_counts", "part_table", "deploy", "engine_ratio", *FEATURE_PARTS]
 
 
 def test_parts_after_the_budget_are_skipped_with_a_row(monkeypatch, capsys, in_process):
     check = in_process
     clock = iter(range(0, 10_000, 100))
     monkeypatch.setattr(check.time, "perf_counter", lambda: float(next(clock)))
-    for name in ("op_counts", "deploy", "engine_ratio", "part_table", "cuda_tests", "training"):
+    for name in ("op_counts", "deploy", "engine_ratio", "part_table", "cuda_tests", "training", *FEATURE_PARTS):
         monkeypatch.setattr(check, name, lambda *args: None)
     assert check.main(check.parse_args(["--dry", "--budget", "250"])) == 1
     out = capsys.readouterr().out
@@ -131,3 +142,46 @@ def test_the_check_imports_without_what_the_gpu_machine_lacks():
             "gpu_budget.load_bench('engine'); import sec.caffe.solver, sec.train, sec.deploy, sec.nn.modules")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _rank_events(board, run_dir, forward_times, panels=True):
+    """The events one rank writes (every TB_TAGS scalar and a panel at each step, time/forward_s
+    = forward_times), in their own file under board/<run name>."""
+    from torch.utils.tensorboard import SummaryWriter
+    features = sys.modules["gpu_check_features"]
+    writer = SummaryWriter(log_dir=str(board / run_dir.name))
+    for step, seconds in enumerate(forward_times):
+        for tag in features.TB_TAGS:
+            writer.add_scalar(tag, seconds if tag == features.RANK0_TAG else 1.0 + step, step)
+        if panels:
+            writer.add_image("panels", np.zeros((4, 4, 3), np.uint8), step, dataformats="HWC")
+    writer.close()
+
+
+def test_tensorboard_findings_name_one_writer_rank_0_and_every_tag(tmp_path, in_process):
+    """The TensorBoard row's verdicts from folders made here: rank 0 alone (ok), a second writer,
+    rank 1's timings instead of rank 0's, rank 1 absent, a missing panel."""
+    pytest.importorskip("tensorboard", reason="the row reads events with TensorBoard's own reader")
+    features = sys.modules["gpu_check_features"]
+    rank0, rank1 = [0.125, 0.25], [0.5, 0.75]
+
+    def case(name, writers, rank1_log=True, panels=True):
+        board, run_dir = tmp_path / name / "events", tmp_path / name / "runs" / features.TB_RUN
+        run_dir.mkdir(parents=True)
+        (run_dir / "losses.csv").write_text("iter,loss,forward_s\n" + "".join(
+            f"{step},1.0,{seconds!r}\n" for step, seconds in enumerate(rank0)))
+        if rank1_log:
+            (run_dir / "train_rank1.log").write_text("")
+        for times in writers:
+            _rank_events(board, run_dir, times, panels)
+        return features.tensorboard_findings(board, run_dir, iterations=len(rank0))
+
+    alone = case("alone", [rank0])
+    assert alone.one_writer and alone.by_rank0 and len(alone.files) == 1 and alone.panels
+    assert alone.complete == list(features.TB_TAGS)
+    both = case("both", [rank0, rank1])
+    assert not both.one_writer and len(both.files) == 2
+    assert both.complete == []                       # every step logged twice
+    assert not case("rank1", [rank1]).one_writer     # one file, but rank 1's forward times
+    assert not case("no-rank1", [rank0], rank1_log=False).one_writer
+    assert not case("no-panels", [rank0], panels=False).panels
