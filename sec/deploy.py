@@ -188,7 +188,9 @@ class Segmenter:
         self.output = output
         self.output_is_softmax = _producer_type(net, output) == "Softmax"
         _check_score_blob(net, output)
-        self.input_size = tuple(int(d) for d in net.blobs[self.input].data.shape[2:])
+        # The declared size, not the blob's current one: a run at another size (a TTA scale) reshapes it.
+        declared = getattr(net, "input_shapes", {}).get(self.input, net.blobs[self.input].data.shape)
+        self.input_size = tuple(int(d) for d in declared[2:])
         self.num_classes = int(net.blobs[output].data.shape[1])
         if self.num_classes > MAX_CLASSES:
             raise DeployError(f"blob '{output}' has {self.num_classes} channels: a palette PNG "

@@ -106,6 +106,12 @@ def test_segmenter_averages_as_by_hand_in_any_batch(model, scales, flip):
     plain = pipeline.upsample(segmenter.probabilities(decoded[0].inputs[None])[0], pictures[0].shape[:2])
     if scales != (1.0,) or flip:
         assert float((together[0] - plain).abs().max()) > 1e-3
+    # A second Segmenter on the same net, whose input blob the last scale reshaped, keeps the
+    # declared size: it gives the same averaged probabilities.
+    assert tuple(net.blobs["images"].data.shape[2:]) != (NET_SIDE, NET_SIDE) or scales[-1] == 1.0
+    again = pipeline.Segmenter(net, scales=scales, flip=flip)
+    assert again.input_sizes == segmenter.input_sizes
+    torch.testing.assert_close(again.tta_probabilities([[d.inputs, *d.more] for d in decoded], pictures), together)
 
 
 def test_a_scale_the_net_cannot_take_is_refused_naming_it(model):

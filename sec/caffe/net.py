@@ -121,6 +121,7 @@ class Net(PycaffeNet, torch.nn.Module):
         ctx = BuildContext(phase, mode_device(), lambda: self._anchor.device)
         self.blobs = OrderedDict()
         self.inputs, self._layers, self.loss_weights = [], [], {}
+        self.input_shapes = {}      # input top -> the shape its Input layer declares (blobs reshape later)
         self._pending, self._record, self._callbacks = {}, None, {}
         stage_set = set(netparam.state.stage) | set(stages or ())
         available = []
@@ -217,6 +218,7 @@ class Net(PycaffeNet, torch.nn.Module):
             self.blobs[lp.top[index]].data[...] = tensor.cpu().numpy()
         if step.kind == "input":
             self.inputs.extend(lp.top)
+            self.input_shapes.update({name: tuple(int(d) for d in shape) for name, shape in zip(lp.top, top_shapes)})
 
     @staticmethod
     def _loss_weights_of(lp):
