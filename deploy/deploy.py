@@ -1,6 +1,6 @@
 """Segment every image in a folder with a trained SEC net: one palette PNG mask per image.
 
-    python deploy/deploy.py --images DIR --out DIR [--weights W.caffemodel]
+    python deploy/deploy.py --images DIR [--list val.txt] --out DIR [--weights W.caffemodel]
         [--prototxt models/sec/deploy.prototxt] [--crf] [--overlay] [--probs]
         [--scales 0.75,1,1.25] [--flip] [--device cpu|cuda] [--batch N] [--jobs N] [--overwrite]
 
@@ -36,6 +36,10 @@ def parse_args(argv=None):
     parser.add_argument("--images", required=True, type=Path,
                         help="folder of images (jpg, png, ...; RGB, greyscale, 16-bit or float "
                              "greyscale; with --crf at most 2**26 pixels each)")
+    parser.add_argument("--list", type=Path, default=None,
+                        help="segment only the images this list names, in its order: one id per line "
+                             "(VOC ImageSets, e.g. val.txt) or SEC's list format (first field a path "
+                             "whose stem is the image's name); every id must have an image in --images")
     parser.add_argument("--out", required=True, type=Path,
                         help="folder for the masks <name>.png (created if needed)")
     parser.add_argument("--weights", type=Path, default=None,
@@ -119,7 +123,7 @@ def list_inputs(args):
     if not images:
         raise pipeline.DeployError(f"no image files ({', '.join(pipeline.IMAGE_EXTENSIONS)}) in "
                                    f"{args.images}")
-    return images
+    return pipeline.listed_images(images, args.list) if args.list is not None else images
 
 
 def main(args):

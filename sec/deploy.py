@@ -46,7 +46,8 @@ from sec import data, tta, visualize
 # The file helpers live in sec.deploy_files; they stay importable from here (sec.deploy.list_images).
 from sec.deploy_files import (IMAGE_EXTENSIONS, MANIFEST_NAME, OVERLAY_DIR, PROBS_DIR,  # noqa: F401
                               DeployError, Outputs, atomic_save, check_image_header,
-                              check_output_folder, claim, file_sha256, list_images, output_paths)
+                              check_output_folder, claim, file_sha256, list_images, listed_images,
+                              output_paths)
 
 # The original deploy.py clips the upsampled probabilities at 1e-5 before the log for the CRF.
 PROB_FLOOR = 1e-5

@@ -1,6 +1,7 @@
 """The files of a deploy run: which images, which outputs, written how, and what made them.
 
-- Inputs: image files directly in a folder (`list_images`), checked from their headers before
+- Inputs: image files directly in a folder (`list_images`), or those of them a list names
+  (`listed_images`), checked from their headers before
   any model is loaded (`check_image_header`).
 - Outputs per image (`Outputs`, `output_paths`): `<out>/<name>.png`, `<out>/overlay/<name>.jpg`,
   `<out>/probs/<name>.npz`; each written by `atomic_save` (hidden temporary name, then rename).
@@ -49,6 +50,28 @@ def list_images(folder):
     return sorted(p for p in folder.iterdir()
                   if (p.is_file() or (p.is_symlink() and not p.exists()))
                   and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def listed_images(images, list_path):
+    """The images of `images` (paths) named by the list file `list_path`, in the list's order.
+
+    A line's first field names an image by its stem: a VOC ImageSets id ("2007_000032") or SEC's
+    list format ("/JPEGImages/2007_000032.jpg 0"); blank lines are skipped. DeployError naming the
+    list and the first ids when an id has no image in the folder (before anything is written)."""
+    list_path = Path(list_path)
+    try:
+        lines = list_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DeployError(f"--list: cannot read {list_path}: {err}") from err
+    stems = list(dict.fromkeys(Path(line.split()[0]).stem for line in lines if line.strip()))
+    if not stems:
+        raise DeployError(f"--list: {list_path} names no image")
+    by_stem = {path.stem: path for path in images}
+    missing = [stem for stem in stems if stem not in by_stem]
+    if missing:
+        raise DeployError(f"--list: {len(missing)} of the {len(stems)} ids of {list_path} have no image in the "
+                          f"folder, e.g. {', '.join(missing[:3])}")
+    return [by_stem[stem] for stem in stems]
 
 
 def check_image_header(path, max_pixels=None):

@@ -383,6 +383,30 @@ def test_script_end_to_end_with_latest_json(tmp_path, tiny_model):
         assert (tmp_path / "out" / "overlay" / f"good{k}.jpg").is_file()
 
 
+def test_list_selects_and_orders_the_images_and_refuses_an_id_without_one(tmp_path, tiny_model):
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((20, 30, 3), 60 * k, np.uint8)).save(images / f"im{k}.png")
+    (tmp_path / "val.txt").write_text("im2\n\nim0\n")                    # VOC ImageSets ids
+    (tmp_path / "sec.txt").write_text("/JPEGImages/im1.jpg 0\n")          # SEC's list format
+    listed = pipeline.listed_images(pipeline.list_images(images), tmp_path / "val.txt")
+    assert [p.name for p in listed] == ["im2.png", "im0.png"]
+    assert [p.name for p in pipeline.listed_images(pipeline.list_images(images), tmp_path / "sec.txt")] == ["im1.png"]
+    (tmp_path / "bad.txt").write_text("im0\nim7\nim8\n")
+    with pytest.raises(pipeline.DeployError, match=r"--list: 2 of the 3 ids of .*bad.txt have no image in the folder, "
+                                                   r"e.g. im7, im8"):
+        pipeline.listed_images(pipeline.list_images(images), tmp_path / "bad.txt")
+    common = ["--images", str(images), "--weights", str(tiny_model.weights), "--prototxt", str(tiny_model.probs),
+              "--quiet"]
+    assert deploy_script.main(deploy_script.parse_args([*common, "--out", str(tmp_path / "out"),
+                                                        "--list", str(tmp_path / "val.txt")])) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["im0.png", "im2.png"]
+    status = deploy_script.main(deploy_script.parse_args([*common, "--out", str(tmp_path / "out2"),
+                                                          "--list", str(tmp_path / "bad.txt")]))
+    assert status == deploy_script.EXIT_SETUP_ERROR and not (tmp_path / "out2").exists()
+
+
 def test_softmax_output_of_the_net_is_not_softmaxed_again(tiny_model):
     rng = np.random.default_rng(3)
     inputs = (rng.random((2, 3, 16, 16), dtype=np.float32) - 0.5) * 200
