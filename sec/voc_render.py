@@ -36,7 +36,6 @@ parameters are the requested ones, otherwise every image is rendered again.
 """
 import argparse
 import hashlib
-import io
 import json
 import os
 import sys
@@ -369,11 +368,14 @@ def extract_masks(tar_path, dest):
 
 
 def _save_atomic(path, write):
-    """write(file object) into a temporary file beside path, then rename it over path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-    os.replace(tmp, path)
+    """write(temporary path beside path), then rename the file over path: a file of the folder
+    is either missing or whole, so an interrupted render resumes safely."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _render_one(job):
@@ -383,10 +385,9 @@ def _render_one(job):
     if not source.is_file():
         raise FileNotFoundError(f"no mask {source} for id {image_id}")
     image, small = render(np.asarray(Image.open(source)), image_id, scale)
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    _save_atomic(Path(out) / MASK_FOLDER / f"{image_id}.png", lambda handle: save_palette_png(small, handle))
-    _save_atomic(Path(out) / "JPEGImages" / f"{image_id}.jpg", lambda handle: handle.write(buffer.getvalue()))
+    _save_atomic(Path(out) / MASK_FOLDER / f"{image_id}.png", lambda tmp: save_palette_png(small, tmp))
+    _save_atomic(Path(out) / "JPEGImages" / f"{image_id}.jpg",
+                 lambda tmp: Image.fromarray(image).save(tmp, format="JPEG", quality=JPEG_QUALITY))
     return image_id
 
 
