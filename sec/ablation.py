@@ -1,0 +1,375 @@
+"""Machinery of SEC's ablation benchmarks (bench/ablation.py on the synthetic set,
+bench/voc_shapes.py on the VOC stand-ins): variant nets, ground-truth cues and cue scoring,
+resumable training runs two at a time, evaluation with and without the dense CRF, aggregation over
+seeds, the markdown table and the bar chart.
+
+Variants of a train prototxt are made on the parsed NetParameter: loss layers removed by name
+(and any layer left feeding nothing, e.g. the CRF layer once loss-Constrain is gone), the
+ExpandLossLayer's param_str replaced. A run is a subprocess (`train_command` of its job) writing
+`<run_dir>/<name>_iter_<iters>.caffemodel`, then scored by `evaluate_both`; its record goes to
+`<run_dir>/scores.json`, and a run whose weights and scores exist is not redone.
+
+Cue conventions are sec.localization's: a cue dict is the original pickle's ('<id>_labels',
+'<id>_cues' (3, K) int64: class, row, column); masks are palette PNGs of class indices, 255
+ignored; the cue grid meets a mask at corner-aligned positions (sec.synthetic.grid_sample).
+"""
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from PIL import Image
+
+from pylayers import functions as loss_functions
+from sec import data, localization, metrics, synthetic
+from sec.caffe import formats
+from sec.localization import UNSEEDED
+from sec.proto import caffe_pb2
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IGNORE = metrics.IGNORE_LABEL
+PICKLE_PROTOCOL = 2                                     # the original cue pickles' protocol
+PERCENT = 100.0
+OUTPUT_TAIL_LINES = 30
+EVAL_BATCH = 16
+
+LOSS_LAYERS = {"S": "loss-Seed", "E": "loss-Expand", "C": "loss-Constrain"}
+EXPAND_LAYER = "ExpandLossLayer"
+PAPER_EXPAND = {"pooling": "gwrp", "q_fg": loss_functions.Q_FG, "q_bg": loss_functions.Q_BG}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained configuration: which losses, the ExpandLoss param_str, which cues."""
+    key: str
+    losses: str                      # letters of LOSS_LAYERS kept
+    expand: dict = field(default=None, hash=False)   # ExpandLossLayer param_str values; None: leave it
+    cues: str = "cam"                # which cue file the bench gives it (e.g. "cam", "gt", "own")
+
+
+# ----- variant nets ---------------------------------------------------------------------------------
+def _prune_unused(layers):
+    """Drop layers none of whose tops is read by a later layer and that carry no loss weight
+    (e.g. the CRF layer once loss-Constrain is gone), until none is left."""
+    layers = list(layers)
+    while True:
+        unused = [i for i, layer in enumerate(layers)
+                  if layer.top and not any(w > 0 for w in layer.loss_weight)
+                  and not any(top in later.bottom for top in layer.top for later in layers[i + 1:])]
+        if not unused:
+            return layers
+        layers = [layer for i, layer in enumerate(layers) if i not in unused]
+
+
+def make_variant_net(base, losses, expand=None, source="<net>"):
+    """A copy of the NetParameter `base` keeping the loss layers named by `losses` (letters of
+    LOSS_LAYERS) and, when `expand` is given, with the ExpandLossLayer's param_str set to it."""
+    if not losses or set(losses) - set(LOSS_LAYERS):
+        raise ValueError(f"need losses made of {sorted(LOSS_LAYERS)}, got {losses!r}")
+    names = [layer.name for layer in base.layer]
+    missing = [name for name in LOSS_LAYERS.values() if name not in names]
+    if missing:
+        raise ValueError(f"{source}: no layer named {missing}; the loss layers must be {list(LOSS_LAYERS.values())}")
+    dropped = {name for letter, name in LOSS_LAYERS.items() if letter not in losses}
+    net = caffe_pb2.NetParameter()
+    net.CopyFrom(base)
+    net.ClearField("layer")
+    for layer in _prune_unused(layer for layer in base.layer if layer.name not in dropped):
+        net.layer.add().CopyFrom(layer)
+    if expand is not None:
+        found = [layer for layer in net.layer if layer.type == "Python" and layer.python_param.layer == EXPAND_LAYER]
+        if len(found) != 1:
+            raise ValueError(f"{source}: need exactly one {EXPAND_LAYER} for param_str {expand}, found {len(found)}")
+        found[0].python_param.param_str = json.dumps(expand, sort_keys=True)
+    return net
+
+
+def write_net(net, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    formats.atomic_write_bytes(str(path), text_format.MessageToString(net).encode())
+    return Path(path)
+
+
+# ----- cues: ground truth, and scoring cues alone -----------------------------------------------------
+def read_mask(mask_folder, image_file):
+    """(mask array, its path) of `<mask_folder>/<image stem>.png`."""
+    path = Path(mask_folder) / (Path(image_file).stem + ".png")
+    if not path.is_file():
+        raise FileNotFoundError(f"no ground-truth mask {path} for {image_file}")
+    return np.asarray(Image.open(path)), path
+
+
+def ground_truth_cues(image_list, mask_folder, cue_size, num_classes):
+    """Cue dict in the original format with every grid cell seeded by the mask's class there
+    (sec.synthetic.grid_sample; cells on the ignore label stay unseeded)."""
+    cues = {}
+    for image_file, image_id, _ in data.read_image_list(image_list):
+        mask, path = read_mask(mask_folder, image_file)
+        grid = synthetic.grid_sample(mask, cue_size).astype(np.int64)
+        seeds = np.where(grid == IGNORE, UNSEEDED, grid)
+        if seeds.max() >= num_classes:
+            raise ValueError(f"{path}: class {int(seeds.max())} outside 0..{num_classes - 1}")
+        present = np.unique(mask[(mask > 0) & (mask != IGNORE)]).astype(np.int64)
+        cues[f"{image_id}_labels"] = present
+        cues[f"{image_id}_cues"] = localization.seeds_to_cues(seeds)
+    return cues
+
+
+def write_cues(cues, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    formats.atomic_write_bytes(str(path), pickle.dumps(cues, protocol=PICKLE_PROTOCOL))
+    return Path(path)
+
+
+def seed_map(points, cue_size, source):
+    """(3, K) cues -> cue_size x cue_size map of classes, UNSEEDED where no seed
+    (sec.localization.cues_to_seeds, with the image named when a cell holds two seeds)."""
+    try:
+        return localization.cues_to_seeds(points, cue_size)
+    except ValueError as err:
+        raise ValueError(f"{source}: a cell carries two seeds; cue scoring needs one class per cell") from err
+
+
+def score_cues(cues, image_list, mask_folder, num_classes, cue_size):
+    """Cues alone against the masks: (seeded pixels only, unseeded as background) confusion
+    matrices and the fraction of non-ignored pixels that carry a seed. The seed map is enlarged
+    to the mask's size by the nearest cell, corners aligned (sec.synthetic.grid_upsample)."""
+    seeded_only, as_background = metrics.ConfusionMatrix(num_classes), metrics.ConfusionMatrix(num_classes)
+    covered = total = 0
+    for image_file, image_id, _ in data.read_image_list(image_list):
+        mask, path = read_mask(mask_folder, image_file)
+        key = f"{image_id}_cues"
+        if key not in cues:
+            raise KeyError(f"{image_list}: image id {image_id} has no {key!r} in the cues")
+        seeds = synthetic.grid_upsample(seed_map(cues[key], cue_size, f"image id {image_id}"), mask.shape)
+        unseeded = seeds == UNSEEDED
+        prediction = np.where(unseeded, 0, seeds)
+        as_background.update(mask, prediction, name=str(path))
+        seeded_only.update(np.where(unseeded, IGNORE, mask).astype(mask.dtype), prediction, name=str(path))
+        valid = mask != IGNORE
+        covered += int((valid & ~unseeded).sum())
+        total += int(valid.sum())
+    return seeded_only, as_background, covered / max(total, 1)
+
+
+# ----- evaluation ----------------------------------------------------------------------------------
+def enlarge_labels(labels, shape):
+    """Nearest-neighbour resize of an h x w label map to `shape`, pixel centres aligned (the
+    inverse geometry of sec.voc_render.downsample_mask); unchanged when the sizes agree."""
+    labels = np.asarray(labels)
+    if labels.shape == tuple(shape):
+        return labels
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(int), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(int), labels.shape[1] - 1)
+    return labels[np.ix_(rows, cols)]
+
+
+def evaluate_both(deploy, weights, image_list, root_folder, mask_folder, num_classes, device="cpu", threads=0):
+    """Segment every image of a list with the deploy net once, and score the masks without and
+    with the dense CRF post-processing (sec.deploy.Segmenter; the CRF at the image's resolution)
+    against `<mask_folder>/<image stem>.png`. A mask larger than the image is scored at its own
+    size, the prediction enlarged by nearest neighbour. threads: the CRF's threads (0: one per
+    core). Returns (plain, crf) ConfusionMatrix and the seconds spent {False: net + plain masks,
+    True: CRF masks}."""
+    import torch
+
+    from sec import caffe
+    from sec.deploy import Segmenter
+
+    net = caffe.Net(str(deploy), str(weights), caffe.TEST)
+    net.weight_report.require_complete()   # a layer at its filler would score plausible nonsense
+    net.to(torch.device(device))
+    net.eval()
+    plain, with_crf = Segmenter(net, device=device), Segmenter(net, device=device, crf=True, crf_threads=threads)
+    height, width = plain.input_size
+    confusions = {False: metrics.ConfusionMatrix(num_classes), True: metrics.ConfusionMatrix(num_classes)}
+    seconds = {False: 0.0, True: 0.0}
+    entries = data.read_image_list(image_list)
+    for start in range(0, len(entries), EVAL_BATCH):
+        started = time.perf_counter()
+        chunk = entries[start:start + EVAL_BATCH]
+        images = [data.load_image(Path(root_folder) / image) for image, _, _ in chunk]
+        masks = [read_mask(mask_folder, image) for image, _, _ in chunk]
+        probs = plain.probabilities(np.stack([data.preprocess(image, height, width) for image in images]))
+        seconds[False] += time.perf_counter() - started
+        for crf, segmenter in ((False, plain), (True, with_crf)):
+            started = time.perf_counter()
+            for prediction, (gt, path) in zip(segmenter.masks(images, probs), masks):
+                confusions[crf].update(gt, enlarge_labels(prediction, gt.shape), name=str(path))
+            seconds[crf] += time.perf_counter() - started
+    return confusions[False], confusions[True], seconds
+
+
+# ----- one run (in a worker process) ------------------------------------------------------------------
+def run_one(job):
+    """Train (job["train_command"], a subprocess) and score one run (job["eval"]: the keyword
+    arguments of evaluate_both but weights); returns its record. Skips the training when the
+    final weights exist and everything when scores.json exists too."""
+    run_dir, name = Path(job["run_dir"]), job["name"]
+    weights = run_dir / f"{name}_iter_{job['iters']}.caffemodel"
+    scores_path, timing_path = run_dir / "scores.json", run_dir / "train_time.json"
+    if weights.is_file() and scores_path.is_file():
+        return dict(json.loads(scores_path.read_text()), skipped=True)
+    print(f"  start {name}", flush=True)
+    if not weights.is_file() or not timing_path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        run_logged(job["train_command"], run_dir / "train.out", what=f"run {name}")
+        if not weights.is_file():
+            raise FileNotFoundError(f"{name}: training finished without {weights}")
+        timing_path.write_text(json.dumps({"train_s": time.perf_counter() - started}))
+    import torch
+    torch.set_num_threads(job["threads"])
+    record = {"name": name, "variant": job["variant"], "seed": job["seed"], "iters": job["iters"],
+              "weights": str(weights), "train_s": json.loads(timing_path.read_text())["train_s"]}
+    plain, with_crf, seconds = evaluate_both(weights=weights, **job["eval"])
+    for suffix, confusion, crf in (("", plain, False), ("_crf", with_crf, True)):
+        record[f"eval{suffix}_s"] = seconds[crf]
+        record[f"miou{suffix}"] = confusion.miou()
+        record[f"iou{suffix}"] = nan_to_none(confusion.iou())
+    formats.atomic_write_bytes(str(scores_path), (json.dumps(record, indent=1) + "\n").encode())
+    return dict(record, skipped=False)
+
+
+def run_logged(command, log_path, what):
+    """Run a command with its output into log_path; a failure raises with the log's tail."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    with open(log_path, "w") as log:
+        code = subprocess.run([str(c) for c in command], stdout=log, stderr=subprocess.STDOUT, env=env,
+                              cwd=REPO_ROOT).returncode
+    if code != 0:
+        tail = Path(log_path).read_text(errors="replace").replace("\r", "\n").splitlines()[-OUTPUT_TAIL_LINES:]
+        raise RuntimeError(f"{what} failed (exit {code}): {' '.join(map(str, command))}\n"
+                           f"last lines of {log_path}:\n" + "\n".join(tail))
+
+
+def run_jobs(jobs, workers, started):
+    """Run the jobs `workers` at a time (fresh interpreters); records sorted by variant, seed."""
+    records = []
+    context = multiprocessing.get_context("spawn")   # a fresh interpreter per worker: no forked torch state
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(run_one, job): job for job in jobs}
+        for done, future in enumerate(as_completed(futures), start=1):
+            record = future.result()
+            records.append(record)
+            how = ("reused" if record["skipped"] else
+                   f"train {record['train_s']:.0f} s, eval {record['eval_s']:.0f} s + CRF {record['eval_crf_s']:.0f} s")
+            print(f"[{done}/{len(jobs)}] {record['name']}: mIoU {PERCENT * record['miou']:.1f}, "
+                  f"with CRF {PERCENT * record['miou_crf']:.1f} ({how}; {time.perf_counter() - started:.0f} s elapsed)",
+                  flush=True)
+    return sorted(records, key=lambda r: (r["variant"], r["seed"]))
+
+
+def is_newer(path, *sources):
+    """`path` exists and is at least as new as every existing source (else it is to be remade)."""
+    path = Path(path)
+    return path.is_file() and all(path.stat().st_mtime >= Path(p).stat().st_mtime for p in sources if Path(p).is_file())
+
+
+# ----- aggregation and reports ------------------------------------------------------------------------
+def mean_std(values):
+    """(mean, sample std (ddof 1; None for a single value), count) of a list of numbers."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("need at least one value")
+    std = float(values.std(ddof=1)) if values.size > 1 else None
+    return float(values.mean()), std, int(values.size)
+
+
+def aggregate(records):
+    """Per variant key: mean/std of mIoU without and with CRF (in %) and of the times."""
+    rows = {}
+    for key in sorted({r["variant"] for r in records}):
+        mine = [r for r in records if r["variant"] == key]
+        row = {"seeds": sorted(r["seed"] for r in mine)}
+        for field_name in ("miou", "miou_crf"):
+            mean, std, _ = mean_std([PERCENT * r[field_name] for r in mine])
+            row[field_name] = {"mean": mean, "std": std}
+        for field_name in ("train_s", "eval_s", "eval_crf_s"):
+            row[field_name] = mean_std([r[field_name] for r in mine])[0]
+        rows[key] = row
+    return rows
+
+
+def plus_minus(stat):
+    """'mean ± std' of a {"mean", "std"} dict, one decimal ('mean' alone without a std)."""
+    return f"{stat['mean']:.1f}" if stat["std"] is None else f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
+TABLE_HEAD = ["| configuration | mIoU % | mIoU % with CRF | seeds | time per run, s (train + eval + CRF eval) |",
+              "|---|---|---|---|---|"]
+
+
+def table_lines(rows, sections):
+    """Markdown table lines of the variant rows: sections are (title, [(row label, key)]);
+    rows without results and sections left empty are skipped."""
+    lines = list(TABLE_HEAD)
+    for section, entries in sections:
+        entries = [(label, key) for label, key in entries if key in rows]
+        if entries:
+            lines.append(f"| **{section}** | | | | |")
+        for label, key in entries:
+            r = rows[key]
+            lines.append(f"| {label} | {plus_minus(r['miou'])} | {plus_minus(r['miou_crf'])} | {len(r['seeds'])} | "
+                         f"{r['train_s']:.0f} + {r['eval_s']:.0f} + {r['eval_crf_s']:.0f} |")
+    return lines
+
+
+def chart_entries(rows, sections):
+    """(label, plain stat, CRF stat) of every variant with results once, in table order (a key
+    listed in several sections only in its first)."""
+    seen, entries = set(), []
+    for section, section_rows in sections:
+        for label, key in section_rows:
+            if key not in seen and key in rows:
+                seen.add(key)
+                entries.append((f"{label} [{section.split(' (')[0]}]", rows[key]["miou"], rows[key]["miou_crf"]))
+    return entries
+
+
+def bar_chart(entries, path, xlabel):
+    """Horizontal bars, without and with CRF, std error bars. entries: (label, plain stat, CRF
+    stat or None), stats {"mean", "std"} in %."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label for label, _, _ in entries]
+    y = np.arange(len(labels))[::-1]
+    height = 0.4
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
+    for offset, index, name in ((height / 2, 1, "no CRF"), (-height / 2, 2, "CRF at test time")):
+        kept = [(yy, entry[index]) for yy, entry in zip(y, entries) if entry[index] is not None]
+        ax.barh([yy + offset for yy, _ in kept], [s["mean"] for _, s in kept], height,
+                xerr=[s["std"] or 0.0 for _, s in kept], capsize=3, label=name)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_xlim(0, 100)
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def command_line(args, parser, script):
+    """The command that reproduces a bench run: the script and its non-default flags."""
+    defaults = parser.parse_args([])
+    flags = []
+    for name, value in sorted(vars(args).items()):
+        if value != getattr(defaults, name):
+            flag = "--" + name.replace("_", "-")
+            flags += [flag] if value is True else [flag, str(value)]
+    return " ".join([f"python {script}", *flags])
+
+
+def nan_to_none(values):
+    return [None if math.isnan(v) else float(v) for v in values]
