@@ -197,16 +197,18 @@ def cue_report(cue_path, name, title, s, lists):
 
 # ----- runs -----------------------------------------------------------------------------------------
 def make_jobs(s, lists, cues, cls_weights, threads):
+    """One job per variant and seed, seed by seed (an interrupted benchmark has whole seeds)."""
     base = formats.read_net_prototxt(BASE_NET)
+    nets = {variant.key: lib.write_net(lib.make_variant_net(base, variant.losses, variant.expand, str(BASE_NET)),
+                                       s["out"] / "nets" / f"{variant.key}.prototxt")
+            for variant in s["variants"]}
     jobs = []
-    for variant in s["variants"]:
-        net = lib.write_net(lib.make_variant_net(base, variant.losses, variant.expand, str(BASE_NET)),
-                            s["out"] / "nets" / f"{variant.key}.prototxt")
-        for seed in s["seeds"]:
+    for seed in s["seeds"]:
+        for variant in s["variants"]:
             name = f"{variant.key}_seed{seed}"
             command = [sys.executable, TRAIN_SCRIPT, "--voc", s["renders"], "--list", lists["train"],
-                       "--cues", cues[variant.cues], "--weights", cls_weights, "--net", net, "--solver", SOLVER,
-                       "--runs", s["runs"], "--name", name, "--seed", seed, "--iters", s["iters"],
+                       "--cues", cues[variant.cues], "--weights", cls_weights, "--net", nets[variant.key],
+                       "--solver", SOLVER, "--runs", s["runs"], "--name", name, "--seed", seed, "--iters", s["iters"],
                        "--threads", threads, "--device", "cpu", "--no-eval", "--overwrite"]  # unfinished: anew
             jobs.append({"name": name, "variant": variant.key, "seed": seed, "iters": s["iters"],
                          "threads": threads, "run_dir": str(s["runs"] / name), "train_command": command,
