@@ -107,16 +107,20 @@ def training_subset(entries, count, seed=SUBSET_SEED):
 
 def write_lists(s, shared):
     """<out>/lists/{cls,train,val}.txt: the classification net's list (all train_aug ids; --quick:
-    the subset), SEC's training subset (original ids), val (ids 0..N-1)."""
+    the subset), SEC's training subset (original ids), val (ids 0..N-1). A list whose content is
+    unchanged keeps its file (and time stamp: later stages are made from it)."""
     entries = [(image, image_id) for image, image_id, _ in data.read_image_list(shared["list"])]
     subset = training_subset(entries, s["train_images"])
     val_ids = voc_render.read_ids(s["masks"] / "val.txt")[:s["val_images"]]
-    lists = {"cls": s["out"] / "lists" / "cls.txt", "train": s["out"] / "lists" / "train.txt",
-             "val": s["out"] / "lists" / "val.txt"}
-    data.write_image_list(lists["cls"], subset if s["quick"] else entries)
-    data.write_image_list(lists["train"], subset)
-    data.write_image_list(lists["val"], [(f"{image_id}.jpg", k) for k, image_id in enumerate(val_ids)])
-    return lists
+    lists = {"cls": subset if s["quick"] else entries, "train": subset,
+             "val": [(f"{image_id}.jpg", k) for k, image_id in enumerate(val_ids)]}
+    paths = {}
+    for name, content in lists.items():
+        paths[name] = s["out"] / "lists" / f"{name}.txt"
+        text = "".join(f"{image} {image_id}\n" for image, image_id in content)
+        if not paths[name].is_file() or paths[name].read_text() != text:
+            data.write_image_list(paths[name], content)
+    return paths
 
 
 def render(s, lists):
@@ -227,10 +231,13 @@ def markdown_table(rows, cue_summaries, settings):
         lines.append(f"| {what}: {PERCENT * ref['precision']:.1f} % precise, {PERCENT * ref['seeded_fraction']:.1f} % "
                      f"of cells seeded; seeded pixels only | {PERCENT * ref['miou_seeded']:.1f} | n/a | - | - |")
         lines.append(f"| {what}, unseeded pixels as background | {PERCENT * ref['miou_background']:.1f} | n/a | - | - |")
-    header = (f"VOC 2012 val stand-ins ({settings['val_images']} renders, scored against the real masks at full "
+    partial = (f"**Partial: {len(settings['runs_missing'])} run(s) not finished: "
+               f"{', '.join(settings['runs_missing'])}.** " if settings["runs_missing"] else "")
+    header = partial + (f"VOC 2012 val stand-ins ({settings['val_images']} renders, scored against the real masks at full "
               f"size), SEC trained on {settings['train_images']} of the 10,582 train_aug renders, {settings['iters']} "
               f"iterations at batch 15 per run; mean ± std (ddof 1) over seeds {settings['seeds']}; "
-              f"`{settings['command']}`; whole benchmark {settings['wall_s'] / 60:.1f} min wall "
+              f"`{settings['command']}`; {'table written' if settings['report_only'] else 'whole benchmark'} "
+              f"{settings['wall_s'] / 60:.1f} min wall "
               f"({settings['runs_trained']} runs trained, {settings['runs_skipped']} reused; load average "
               f"{settings['load_average_start']:.1f} at the start, {settings['load_average_end']:.1f} at the end).")
     return header + "\n\n" + "\n".join(lines) + "\n"
@@ -254,48 +261,33 @@ def write_reports(out, rows, cue_summaries, records, settings):
 def build_parser():
     parser = argparse.ArgumentParser(description="SEC's ablation on VOC stand-ins rendered from the real masks, "
                                      "with the authors' real cues.")
-    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
-                        help=f"seeds per configuration (default {DEFAULT_SEEDS}; --quick: 1)")
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
-    parser.add_argument("--out", type=Path, help=f"results folder (default {DEFAULT_OUT.relative_to(REPO_ROOT)}, "
-                        f"--quick: {QUICK_OUT.relative_to(REPO_ROOT)}); runs go to <out>/runs/")
-    parser.add_argument("--quick", action="store_true", help=f"check the machinery: {QUICK_TRAIN_IMAGES} train and "
-                        f"{QUICK_VAL_IMAGES} val renders in <out>/renders, {QUICK_CLS_ITERS} classification and "
-                        f"{QUICK_SEC_ITERS} SEC iterations, 1 seed")
-    parser.add_argument("--jobs", type=int, default=2, help="SEC runs trained at the same time")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per SEC run")
-    parser.add_argument("--iters", type=int, help="SEC iterations of every run (default: max_iter of "
-                        "models/voc_shapes/solver.prototxt)")
+    lib.add_run_flags(parser, default_seeds=DEFAULT_SEEDS, default_out=DEFAULT_OUT, quick_out=QUICK_OUT,
+                      quick_help=f"{QUICK_TRAIN_IMAGES} train and {QUICK_VAL_IMAGES} val renders in <out>/renders, "
+                      f"{QUICK_CLS_ITERS} classification and {QUICK_SEC_ITERS} SEC iterations",
+                      solver=SOLVER, variant_keys=[v.key for v in VARIANTS])
     parser.add_argument("--cls-iters", type=int, help="iterations of the classification net (default: "
                         "models/voc_shapes/cls_solver.prototxt's)")
     parser.add_argument("--train-images", type=int, default=DEFAULT_TRAIN_IMAGES,
                         help=f"SEC's training subset of the 10,582 train_aug images (default {DEFAULT_TRAIN_IMAGES})")
     parser.add_argument("--renders", type=Path, help=f"render folder (default {DEFAULT_RENDERS.relative_to(REPO_ROOT)}; "
                         "--quick: <out>/renders)")
-    parser.add_argument("--only", help="comma-separated variant keys to run (default all: "
-                        + ",".join(v.key for v in VARIANTS) + ")")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: write the table of the runs "
+                        "finished so far (e.g. while or after an interrupted benchmark), naming the missing ones")
     return parser
 
 
 def settings_of(args):
-    quick = args.quick
-    out = (args.out or (QUICK_OUT if quick else DEFAULT_OUT)).resolve()
-    iters = args.iters or (QUICK_SEC_ITERS if quick else formats.read_solver_prototxt(SOLVER).max_iter)
-    keys = args.only.split(",") if args.only else [v.key for v in VARIANTS]
-    unknown = sorted(set(keys) - {v.key for v in VARIANTS})
-    if unknown:
-        raise ValueError(f"--only: unknown variant(s) {unknown}; known: {[v.key for v in VARIANTS]}")
-    seeds = list(range(args.first_seed, args.first_seed + (1 if quick else args.seeds)))
-    if args.jobs < 1 or args.threads < 1 or iters < 1 or not seeds or args.train_images < 1:
-        raise ValueError("need --jobs, --threads, --iters, --seeds and --train-images >= 1")
-    masks = GENERATED / "voc12"
-    return dict(out=out, runs=out / "runs", iters=iters, quick=quick, seeds=seeds,
-                cls_iters=args.cls_iters or (QUICK_CLS_ITERS if quick else None),
-                train_images=QUICK_TRAIN_IMAGES if quick else args.train_images,
-                val_images=QUICK_VAL_IMAGES if quick else None,
-                renders=(args.renders or (out / "renders" if quick else DEFAULT_RENDERS)).resolve(),
-                masks=masks, mask_folder=masks / voc_render.MASK_FOLDER,
-                variants=[v for v in VARIANTS if v.key in keys])
+    s = lib.run_settings(args, VARIANTS, default_out=DEFAULT_OUT, quick_out=QUICK_OUT, quick_iters=QUICK_SEC_ITERS,
+                         solver=SOLVER)
+    if args.train_images < 1:
+        raise ValueError(f"--train-images: need at least 1, got {args.train_images}")
+    quick, masks = s["quick"], GENERATED / "voc12"
+    s.update(cls_iters=args.cls_iters or (QUICK_CLS_ITERS if quick else None),
+             train_images=QUICK_TRAIN_IMAGES if quick else args.train_images,
+             val_images=QUICK_VAL_IMAGES if quick else None,
+             renders=(args.renders or (s["out"] / "renders" if quick else DEFAULT_RENDERS)).resolve(),
+             masks=masks, mask_folder=masks / voc_render.MASK_FOLDER)
+    return s
 
 
 def main(args):
@@ -312,8 +304,16 @@ def main(args):
     lists = write_lists(s, shared)
     render(s, lists)
     print(f"renders in {s['renders']} ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
-    cls_weights = classification_net(s, shared, lists)
-    cues = {"cam": shared["cues"], "own": own_cues(s, shared, lists, cls_weights), "gt": gt_cues(s, lists)}
+    if args.report_only:
+        cls_weights, cues = s["out"] / "cls.caffemodel", {"cam": shared["cues"], "own": s["out"] / "own_cues.pickle",
+                                                           "gt": s["out"] / "gt_cues.pickle"}
+        missing = [str(path) for path in (cls_weights, cues["own"], cues["gt"]) if not path.is_file()]
+        if missing:
+            print(f"voc_shapes: --report-only: nothing to report yet, {missing[0]} does not exist", file=sys.stderr)
+            return 2
+    else:
+        cls_weights = classification_net(s, shared, lists)
+        cues = {"cam": shared["cues"], "own": own_cues(s, shared, lists, cls_weights), "gt": gt_cues(s, lists)}
     print(f"classification net and cues done ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
     cue_summaries = {"authors": cue_report(cues["cam"], "authors", CUE_SETS[0][1], s, lists),
                      "own": cue_report(cues["own"], "own", CUE_SETS[1][1], s, lists)}
@@ -323,7 +323,10 @@ def main(args):
               "of seeds background", flush=True)
     jobs = make_jobs(s, lists, cues, cls_weights, args.threads)
     print(f"{len(jobs)} SEC runs, {s['iters']} iterations each, {args.jobs} at a time", flush=True)
-    records = lib.run_jobs(jobs, args.jobs, started)
+    records = lib.finished_records(jobs) if args.report_only else lib.run_jobs(jobs, args.jobs, started)
+    if not records:
+        print("voc_shapes: --report-only: no run has finished yet", file=sys.stderr)
+        return 2
     settings = {"command": lib.command_line(args, build_parser(), "bench/voc_shapes.py"),
                 "iters": s["iters"], "seeds": s["seeds"], "renders": str(s["renders"]),
                 "generator": voc_render.GENERATOR, "generator_version": voc_render.GENERATOR_VERSION,
@@ -332,7 +335,8 @@ def main(args):
                 "runs_trained": sum(not r["skipped"] for r in records), "runs_skipped": sum(r["skipped"] for r in records),
                 "jobs": args.jobs, "threads": args.threads, "wall_s": time.perf_counter() - started,
                 "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
-                "classes": list(data.VOC_CLASSES)}
+                "classes": list(data.VOC_CLASSES), "report_only": args.report_only,
+                "runs_missing": sorted({job["name"] for job in jobs} - {r["name"] for r in records})}
     write_reports(s["out"], lib.aggregate(records), cue_summaries, records, settings)
     print(f"voc_shapes: {settings['wall_s'] / 60:.1f} min wall; wrote {s['out'] / 'table.md'}, table.json, chart.png")
     return 0

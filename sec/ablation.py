@@ -239,6 +239,18 @@ def run_one(job):
     return dict(record, skipped=False)
 
 
+def finished_records(jobs):
+    """The records of the jobs whose final weights and scores.json exist (as run_one would reuse
+    them), without training or scoring anything."""
+    records = []
+    for job in jobs:
+        run_dir = Path(job["run_dir"])
+        scores = run_dir / "scores.json"
+        if (run_dir / f"{job['name']}_iter_{job['iters']}.caffemodel").is_file() and scores.is_file():
+            records.append(dict(json.loads(scores.read_text()), skipped=True))
+    return sorted(records, key=lambda r: (r["variant"], r["seed"]))
+
+
 def run_logged(command, log_path, what):
     """Run a command with its output into log_path; a failure raises with the log's tail."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
@@ -358,6 +370,42 @@ def bar_chart(entries, path, xlabel):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def add_run_flags(parser, *, default_seeds, default_out, quick_out, quick_help, solver, variant_keys):
+    """The flags both benches share: --seeds, --first-seed, --out, --quick, --jobs, --threads,
+    --iters, --only (paths shown relative to the repository)."""
+    parser.add_argument("--seeds", type=int, default=default_seeds,
+                        help=f"seeds per configuration (default {default_seeds}; --quick: 1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1 "
+                        "(another value repeats the benchmark on new seeds)")
+    parser.add_argument("--out", type=Path, help=f"results folder (default {default_out.relative_to(REPO_ROOT)}, "
+                        f"--quick: {quick_out.relative_to(REPO_ROOT)}); runs go to <out>/runs/")
+    parser.add_argument("--quick", action="store_true", help=f"check the machinery: {quick_help}, 1 seed")
+    parser.add_argument("--jobs", type=int, default=2, help="SEC runs trained at the same time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--iters", type=int, help="SEC iterations of every run (default: max_iter of "
+                        f"{solver.relative_to(REPO_ROOT)})")
+    parser.add_argument("--only", help="comma-separated variant keys to run (default all: " + ",".join(variant_keys) + ")")
+    return parser
+
+
+def run_settings(args, variants, *, default_out, quick_out, quick_iters, solver):
+    """The settings of add_run_flags' flags: out and runs folders, SEC iterations, seeds (one with
+    --quick), the variants --only names; ValueError naming a bad flag."""
+    quick = args.quick
+    out = (args.out or (quick_out if quick else default_out)).resolve()
+    iters = args.iters or (quick_iters if quick else formats.read_solver_prototxt(str(solver)).max_iter)
+    known = [v.key for v in variants]
+    keys = args.only.split(",") if args.only else known
+    unknown = sorted(set(keys) - set(known))
+    if unknown:
+        raise ValueError(f"--only: unknown variant(s) {unknown}; known: {known}")
+    seeds = list(range(args.first_seed, args.first_seed + (1 if quick else args.seeds)))
+    if args.jobs < 1 or args.threads < 1 or iters < 1 or not seeds:
+        raise ValueError("need --jobs, --threads, --iters and --seeds >= 1")
+    return dict(out=out, runs=out / "runs", iters=iters, seeds=seeds, quick=quick,
+                variants=[v for v in variants if v.key in keys])
 
 
 def command_line(args, parser, script):
