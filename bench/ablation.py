@@ -85,13 +85,13 @@ score_cues = partial(lib.score_cues, num_classes=NUM_CLASSES, cue_size=CUE_SIZE)
 def markdown_table(rows, cue_reference, settings):
     lines = table_lines(rows, SECTIONS)
     if cue_reference:
-        lines.append("| **cues alone (no training)** | | | | |")
+        lines.append(lib.padded_row(lines, "**cues alone (no training)**"))
         for split, what in (("val", "val cues"), ("train", "train cues (what SEC trains on)")):
             ref = cue_reference[split]
-            lines.append(f"| {what}, seeded pixels only ({PERCENT * ref['coverage']:.0f}% of pixels seeded) | "
-                         f"{PERCENT * ref['miou_seeded']:.1f} | n/a | - | - |")
-            lines.append(f"| {what}, unseeded pixels as background | {PERCENT * ref['miou_background']:.1f} "
-                         "| n/a | - | - |")
+            lines.append(lib.padded_row(lines, f"{what}, seeded pixels only ({PERCENT * ref['coverage']:.0f}% of pixels "
+                                        f"seeded)", f"{PERCENT * ref['miou_seeded']:.1f}", "n/a", fill="-"))
+            lines.append(lib.padded_row(lines, f"{what}, unseeded pixels as background",
+                                        f"{PERCENT * ref['miou_background']:.1f}", "n/a", fill="-"))
     header = (f"Synthetic val ({settings['val_images']} images), {settings['iters']} SEC iterations per run, "
               f"mean ± std (ddof 1) over seeds {settings['seeds']}; `{settings['command']}`; "
               f"whole ablation {settings['wall_s'] / 60:.1f} min wall ({settings['runs_trained']} runs trained, "

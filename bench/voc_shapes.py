@@ -225,12 +225,14 @@ def make_jobs(s, lists, cues, cls_weights, threads):
 # ----- reports --------------------------------------------------------------------------------------
 def markdown_table(rows, cue_summaries, settings):
     lines = lib.table_lines(rows, SECTIONS)
-    lines.append("| **cues alone on the training subset (no training)** | | | | |")
+    lines.append(lib.padded_row(lines, "**cues alone on the training subset (no training)**"))
     for name, what in CUE_SETS:
         ref = cue_summaries[name]
-        lines.append(f"| {what}: {PERCENT * ref['precision']:.1f} % precise, {PERCENT * ref['seeded_fraction']:.1f} % "
-                     f"of cells seeded; seeded pixels only | {PERCENT * ref['miou_seeded']:.1f} | n/a | - | - |")
-        lines.append(f"| {what}, unseeded pixels as background | {PERCENT * ref['miou_background']:.1f} | n/a | - | - |")
+        lines.append(lib.padded_row(lines, f"{what}: {PERCENT * ref['precision']:.1f} % precise, "
+                                    f"{PERCENT * ref['seeded_fraction']:.1f} % of cells seeded; seeded pixels only",
+                                    f"{PERCENT * ref['miou_seeded']:.1f}", "n/a", fill="-"))
+        lines.append(lib.padded_row(lines, f"{what}, unseeded pixels as background",
+                                    f"{PERCENT * ref['miou_background']:.1f}", "n/a", fill="-"))
     partial = (f"**Partial: {len(settings['runs_missing'])} run(s) not finished: "
                f"{', '.join(settings['runs_missing'])}.** " if settings["runs_missing"] else "")
     header = partial + (f"VOC 2012 val stand-ins ({settings['val_images']} renders, scored against the real masks at full "

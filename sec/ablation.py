@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage
 from google.protobuf import text_format
 from PIL import Image
 
@@ -40,6 +41,7 @@ PICKLE_PROTOCOL = 2                                     # the original cue pickl
 PERCENT = 100.0
 OUTPUT_TAIL_LINES = 30
 EVAL_BATCH = 16
+BOUNDARY_BAND_PX = 10       # mask pixels either side of a ground-truth boundary: the band scored apart
 
 LOSS_LAYERS = {"S": "loss-Seed", "E": "loss-Expand", "C": "loss-Constrain"}
 EXPAND_LAYER = "ExpandLossLayer"
@@ -172,13 +174,33 @@ def enlarge_labels(labels, shape):
     return labels[np.ix_(rows, cols)]
 
 
+def boundary_band(gt, width=BOUNDARY_BAND_PX):
+    """Boolean H x W mask of the pixels within `width` pixels (Euclidean) of a ground-truth
+    boundary: a pixel whose horizontal or vertical neighbour holds another value (the ignore label
+    counts as a value, so the annotators' void band marks boundaries too)."""
+    gt = np.asarray(gt)
+    edge = np.zeros(gt.shape, bool)
+    across, down = gt[:, 1:] != gt[:, :-1], gt[1:, :] != gt[:-1, :]
+    edge[:, :-1] |= across
+    edge[:, 1:] |= across
+    edge[:-1, :] |= down
+    edge[1:, :] |= down
+    if not edge.any():
+        return edge
+    return scipy.ndimage.distance_transform_edt(~edge) <= width
+
+
+SCORES = ("plain", "crf", "band", "band_crf")   # evaluate_both's confusion matrices
+
+
 def evaluate_both(deploy, weights, image_list, root_folder, mask_folder, num_classes, device="cpu", threads=0):
     """Segment every image of a list with the deploy net once, and score the masks without and
     with the dense CRF post-processing (sec.deploy.Segmenter; the CRF at the image's resolution)
-    against `<mask_folder>/<image stem>.png`. A mask larger than the image is scored at its own
+    against `<mask_folder>/<image stem>.png`, over whole images and over the boundary band alone
+    (boundary_band: the other pixels ignored). A mask larger than the image is scored at its own
     size, the prediction enlarged by nearest neighbour. threads: the CRF's threads (0: one per
-    core). Returns (plain, crf) ConfusionMatrix and the seconds spent {False: net + plain masks,
-    True: CRF masks}."""
+    core). Returns ({name in SCORES: ConfusionMatrix}, {"plain": seconds of the net and the
+    plain masks, "crf": seconds of the CRF masks})."""
     import torch
 
     from sec import caffe
@@ -188,24 +210,28 @@ def evaluate_both(deploy, weights, image_list, root_folder, mask_folder, num_cla
     net.weight_report.require_complete()   # a layer at its filler would score plausible nonsense
     net.to(torch.device(device))
     net.eval()
-    plain, with_crf = Segmenter(net, device=device), Segmenter(net, device=device, crf=True, crf_threads=threads)
-    height, width = plain.input_size
-    confusions = {False: metrics.ConfusionMatrix(num_classes), True: metrics.ConfusionMatrix(num_classes)}
-    seconds = {False: 0.0, True: 0.0}
+    segmenters = {"plain": Segmenter(net, device=device),
+                  "crf": Segmenter(net, device=device, crf=True, crf_threads=threads)}
+    height, width = segmenters["plain"].input_size
+    confusions = {name: metrics.ConfusionMatrix(num_classes) for name in SCORES}
+    seconds = {"plain": 0.0, "crf": 0.0}
     entries = data.read_image_list(image_list)
     for start in range(0, len(entries), EVAL_BATCH):
         started = time.perf_counter()
         chunk = entries[start:start + EVAL_BATCH]
         images = [data.load_image(Path(root_folder) / image) for image, _, _ in chunk]
         masks = [read_mask(mask_folder, image) for image, _, _ in chunk]
-        probs = plain.probabilities(np.stack([data.preprocess(image, height, width) for image in images]))
-        seconds[False] += time.perf_counter() - started
-        for crf, segmenter in ((False, plain), (True, with_crf)):
+        banded = [np.where(boundary_band(gt), gt, IGNORE).astype(gt.dtype) for gt, _ in masks]
+        probs = segmenters["plain"].probabilities(np.stack([data.preprocess(image, height, width) for image in images]))
+        seconds["plain"] += time.perf_counter() - started
+        for name, segmenter in segmenters.items():
             started = time.perf_counter()
-            for prediction, (gt, path) in zip(segmenter.masks(images, probs), masks):
-                confusions[crf].update(gt, enlarge_labels(prediction, gt.shape), name=str(path))
-            seconds[crf] += time.perf_counter() - started
-    return confusions[False], confusions[True], seconds
+            for prediction, (gt, path), band_gt in zip(segmenter.masks(images, probs), masks, banded):
+                prediction = enlarge_labels(prediction, gt.shape)
+                confusions[name].update(gt, prediction, name=str(path))
+                confusions["band" if name == "plain" else "band_crf"].update(band_gt, prediction, name=str(path))
+            seconds[name] += time.perf_counter() - started
+    return confusions, seconds
 
 
 # ----- one run (in a worker process) ------------------------------------------------------------------
@@ -230,11 +256,12 @@ def run_one(job):
     torch.set_num_threads(job["threads"])
     record = {"name": name, "variant": job["variant"], "seed": job["seed"], "iters": job["iters"],
               "weights": str(weights), "train_s": json.loads(timing_path.read_text())["train_s"]}
-    plain, with_crf, seconds = evaluate_both(weights=weights, **job["eval"])
-    for suffix, confusion, crf in (("", plain, False), ("_crf", with_crf, True)):
-        record[f"eval{suffix}_s"] = seconds[crf]
-        record[f"miou{suffix}"] = confusion.miou()
-        record[f"iou{suffix}"] = nan_to_none(confusion.iou())
+    confusions, seconds = evaluate_both(weights=weights, **job["eval"])
+    record["eval_s"], record["eval_crf_s"] = seconds["plain"], seconds["crf"]
+    for name in SCORES:
+        suffix = "" if name == "plain" else f"_{name}"
+        record[f"miou{suffix}"] = confusions[name].miou()
+        record[f"iou{suffix}"] = nan_to_none(confusions[name].iou())
     formats.atomic_write_bytes(str(scores_path), (json.dumps(record, indent=1) + "\n").encode())
     return dict(record, skipped=False)
 
@@ -296,13 +323,17 @@ def mean_std(values):
     return float(values.mean()), std, int(values.size)
 
 
+MIOU_FIELDS = ("miou", "miou_crf", "miou_band", "miou_band_crf")
+
+
 def aggregate(records):
-    """Per variant key: mean/std of mIoU without and with CRF (in %) and of the times."""
+    """Per variant key: mean/std (in %) of mIoU without and with CRF, and on the boundary band
+    when every record has it, and the mean times."""
     rows = {}
     for key in sorted({r["variant"] for r in records}):
         mine = [r for r in records if r["variant"] == key]
         row = {"seeds": sorted(r["seed"] for r in mine)}
-        for field_name in ("miou", "miou_crf"):
+        for field_name in (f for f in MIOU_FIELDS if all(f in r for r in mine)):
             mean, std, _ = mean_std([PERCENT * r[field_name] for r in mine])
             row[field_name] = {"mean": mean, "std": std}
         for field_name in ("train_s", "eval_s", "eval_crf_s"):
@@ -320,19 +351,35 @@ TABLE_HEAD = ["| configuration | mIoU % | mIoU % with CRF | seeds | time per run
               "|---|---|---|---|---|"]
 
 
+BAND_HEAD = (f" boundary band mIoU % (±{BOUNDARY_BAND_PX} px) | with CRF |", "---|---|")
+
+
 def table_lines(rows, sections):
     """Markdown table lines of the variant rows: sections are (title, [(row label, key)]);
-    rows without results and sections left empty are skipped."""
-    lines = list(TABLE_HEAD)
+    rows without results and sections left empty are skipped. Boundary-band columns when every
+    row has them."""
+    band = bool(rows) and all("miou_band" in r and "miou_band_crf" in r for r in rows.values())
+    head, rule = TABLE_HEAD
+    if band:
+        head, rule = head[:head.index(" seeds |")] + BAND_HEAD[0] + head[head.index(" seeds |"):], rule + BAND_HEAD[1]
+    lines = [head, rule]
     for section, entries in sections:
         entries = [(label, key) for label, key in entries if key in rows]
         if entries:
-            lines.append(f"| **{section}** | | | | |")
+            lines.append(padded_row(lines, f"**{section}**"))
         for label, key in entries:
             r = rows[key]
-            lines.append(f"| {label} | {plus_minus(r['miou'])} | {plus_minus(r['miou_crf'])} | {len(r['seeds'])} | "
+            scores = [r["miou"], r["miou_crf"]] + ([r["miou_band"], r["miou_band_crf"]] if band else [])
+            lines.append(f"| {label} | {' | '.join(plus_minus(stat) for stat in scores)} | {len(r['seeds'])} | "
                          f"{r['train_s']:.0f} + {r['eval_s']:.0f} + {r['eval_crf_s']:.0f} |")
     return lines
+
+
+def padded_row(lines, *cells, fill=""):
+    """A markdown row of the table whose header is lines[0]: the cells, then `fill` to its width."""
+    columns = lines[0].count("|") - 1
+    cells = list(cells) + [fill] * (columns - len(cells))
+    return "| " + " | ".join(cells) + " |"
 
 
 def chart_entries(rows, sections):

@@ -73,6 +73,16 @@ def test_mask_geometry_by_hand():
     assert voc_render.fill_void(np.full((2, 2), 255)).tolist() == [[0, 0], [0, 0]]
 
 
+def test_boundary_band_by_hand():
+    gt = np.zeros((1, 9), np.uint8)
+    gt[0, 5:] = 3                                     # boundary between columns 4 and 5
+    assert ablation.boundary_band(gt, width=2)[0].tolist() == [False, False, True, True, True, True, True, True, False]
+    assert not ablation.boundary_band(np.zeros((4, 4), np.uint8)).any()
+    void = np.zeros((1, 7), np.uint8)
+    void[0, 3] = 255                                  # the void label marks a boundary too
+    assert ablation.boundary_band(void, width=1)[0].tolist() == [False, True, True, True, True, True, False]
+
+
 def test_render_refuses_a_value_that_is_no_class():
     mask = two_object_mask()
     mask[0, 0] = 30
@@ -195,6 +205,7 @@ def test_quick_benchmark_end_to_end_and_resume(tmp_path):
     assert report["settings"]["val_images"] == voc_shapes.QUICK_VAL_IMAGES
     for run in report["runs"]:
         assert 0.0 <= run["miou"] <= 1.0 and 0.0 <= run["miou_crf"] <= 1.0 and len(run["iou"]) == 21
+        assert 0.0 <= run["miou_band"] <= 1.0 and 0.0 <= run["miou_band_crf"] <= 1.0
     for name in ("authors", "own"):
         cues = report["cues"][name]
         assert 0.0 < cues["precision"] <= 1.0 and 0.0 < cues["seeded_fraction"] < 1.0
@@ -203,6 +214,7 @@ def test_quick_benchmark_end_to_end_and_resume(tmp_path):
     for _, entries in voc_shapes.SECTIONS:
         for label, _ in entries:
             assert f"| {label} |" in table
+    assert "| boundary band mIoU % (±10 px) | with CRF |" in table
     assert (tmp_path / "chart.png").stat().st_size > 0 and "Partial" not in table
     lists = {p: p.stat().st_mtime_ns for p in (tmp_path / "lists").iterdir()}
     (tmp_path / "runs" / "GT_seed0" / "scores.json").unlink()     # as if GT_seed0 had not finished
