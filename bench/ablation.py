@@ -33,9 +33,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from pylayers import load_cues  # noqa: E402
 
 from sec import data, synthetic  # noqa: E402
-from sec.ablation import (PAPER_EXPAND, PERCENT, Variant, aggregate, bar_chart, chart_entries,  # noqa: E402,F401
-                          command_line, is_newer, make_variant_net, mean_std, nan_to_none, run_jobs,
-                          run_logged, table_lines, write_cues, write_net)
+from sec.ablation import (PAPER_EXPAND, PERCENT, Variant, command_line, is_newer,  # noqa: E402,F401
+                          make_variant_net, nan_to_none, run_jobs, run_logged, write_cues, write_net)
+from sec.ablation_report import aggregate, bar_chart, chart_entries, mean_std, padded_row, table_lines  # noqa: E402,F401
 from sec import ablation as lib  # noqa: E402
 from sec.caffe import formats  # noqa: E402
 
@@ -85,12 +85,12 @@ score_cues = partial(lib.score_cues, num_classes=NUM_CLASSES, cue_size=CUE_SIZE)
 def markdown_table(rows, cue_reference, settings):
     lines = table_lines(rows, SECTIONS)
     if cue_reference:
-        lines.append(lib.padded_row(lines, "**cues alone (no training)**"))
+        lines.append(padded_row(lines, "**cues alone (no training)**"))
         for split, what in (("val", "val cues"), ("train", "train cues (what SEC trains on)")):
             ref = cue_reference[split]
-            lines.append(lib.padded_row(lines, f"{what}, seeded pixels only ({PERCENT * ref['coverage']:.0f}% of pixels "
+            lines.append(padded_row(lines, f"{what}, seeded pixels only ({PERCENT * ref['coverage']:.0f}% of pixels "
                                         f"seeded)", f"{PERCENT * ref['miou_seeded']:.1f}", "n/a", fill="-"))
-            lines.append(lib.padded_row(lines, f"{what}, unseeded pixels as background",
+            lines.append(padded_row(lines, f"{what}, unseeded pixels as background",
                                         f"{PERCENT * ref['miou_background']:.1f}", "n/a", fill="-"))
     header = (f"Synthetic val ({settings['val_images']} images), {settings['iters']} SEC iterations per run, "
               f"mean ± std (ddof 1) over seeds {settings['seeds']}; `{settings['command']}`; "

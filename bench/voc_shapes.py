@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from pylayers import load_cues  # noqa: E402
 
 from sec import ablation as lib  # noqa: E402
+from sec import ablation_report as report  # noqa: E402
 from sec import data, localization_report, voc_render  # noqa: E402
 from sec.ablation import PAPER_EXPAND, PERCENT, Variant  # noqa: E402
 from sec.caffe import formats  # noqa: E402
@@ -224,14 +225,14 @@ def make_jobs(s, lists, cues, cls_weights, threads):
 
 # ----- reports --------------------------------------------------------------------------------------
 def markdown_table(rows, cue_summaries, settings):
-    lines = lib.table_lines(rows, SECTIONS)
-    lines.append(lib.padded_row(lines, "**cues alone on the training subset (no training)**"))
+    lines = report.table_lines(rows, SECTIONS)
+    lines.append(report.padded_row(lines, "**cues alone on the training subset (no training)**"))
     for name, what in CUE_SETS:
         ref = cue_summaries[name]
-        lines.append(lib.padded_row(lines, f"{what}: {PERCENT * ref['precision']:.1f} % precise, "
+        lines.append(report.padded_row(lines, f"{what}: {PERCENT * ref['precision']:.1f} % precise, "
                                     f"{PERCENT * ref['seeded_fraction']:.1f} % of cells seeded; seeded pixels only",
                                     f"{PERCENT * ref['miou_seeded']:.1f}", "n/a", fill="-"))
-        lines.append(lib.padded_row(lines, f"{what}, unseeded pixels as background",
+        lines.append(report.padded_row(lines, f"{what}, unseeded pixels as background",
                                     f"{PERCENT * ref['miou_background']:.1f}", "n/a", fill="-"))
     partial = (f"**Partial: {len(settings['runs_missing'])} run(s) not finished: "
                f"{', '.join(settings['runs_missing'])}.** " if settings["runs_missing"] else "")
@@ -248,14 +249,14 @@ def markdown_table(rows, cue_summaries, settings):
 def write_reports(out, rows, cue_summaries, records, settings):
     table = markdown_table(rows, cue_summaries, settings)
     (out / "table.md").write_text(table)
-    entries = lib.chart_entries(rows, SECTIONS)
+    entries = report.chart_entries(rows, SECTIONS)
     for name, what in CUE_SETS:
-        entries.append((f"{what.split(' (')[0]} alone, unseeded = background",
+        entries.append((f"{what.split(' (')[0]} alone (training subset), unseeded = background",
                         {"mean": PERCENT * cue_summaries[name]["miou_background"], "std": None}, None))
-    lib.bar_chart(entries, out / "chart.png", "mIoU % on the VOC 2012 val stand-ins (real masks)")
-    report = {"settings": settings, "rows": rows, "cues": cue_summaries,
-              "runs": [{k: v for k, v in r.items() if k != "skipped"} for r in records]}
-    (out / "table.json").write_text(json.dumps(report, indent=1) + "\n")
+    report.bar_chart(entries, out / "chart.png", "mIoU % on the VOC 2012 val stand-ins (real masks)")
+    summary = {"settings": settings, "rows": rows, "cues": cue_summaries,
+               "runs": [{k: v for k, v in r.items() if k != "skipped"} for r in records]}
+    (out / "table.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(table)
 
 
@@ -339,7 +340,7 @@ def main(args):
                 "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
                 "classes": list(data.VOC_CLASSES), "report_only": args.report_only,
                 "runs_missing": sorted({job["name"] for job in jobs} - {r["name"] for r in records})}
-    write_reports(s["out"], lib.aggregate(records), cue_summaries, records, settings)
+    write_reports(s["out"], report.aggregate(records), cue_summaries, records, settings)
     print(f"voc_shapes: {settings['wall_s'] / 60:.1f} min wall; wrote {s['out'] / 'table.md'}, table.json, chart.png")
     return 0
 
