@@ -14,6 +14,9 @@ writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, 
   the Caffe-written .caffemodel (bytes), and per layer the bottoms, tops, top diffs fed to
   backward, bottom diffs and parameter diffs.
 * edge_nets.json: nets at the edge of what Caffe builds, and whether Net::Init accepts each.
+* data.json + data.npz: the data layers (Data on LMDB / LevelDB, ImageData, HDF5Data, HDF5Output,
+  MemoryData, WindowData) and the tools convert_imageset and compute_image_mean, run by Caffe on tiny
+  files that the fixture carries (bench/caffe_reference_data.py).
 * image_data.json + image_data.npz: ImageData tops of small odd-sized images (uint8 BGR stored,
   written as PNG for Caffe) resized by Caffe's cv::resize, for two new_height x new_width.
 * sec_nets.json + sec_nets.npz + sec_init.caffemodel: the SEC training and deploy nets, faithful
@@ -21,6 +24,8 @@ writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, 
   Caffe) but channels / WIDTH_DIVISOR and a 41 x 41 input (6 x 6 scores); dropout layers removed,
   shuffle off. The same per-layer records, a full backward of the training net, the deploy net's
   forward and the notebooks' saliency (fc8-SEC diff 1, backward, conv4_1 diff).
+* solvers.json + solvers.npz: every solver and lr policy, five iterations on a tiny net
+  (bench/caffe_reference_solvers.py).
 * solver.json + solver.npz + sec_iter_5.caffemodel/.solverstate: five iterations of the original
   solver settings on that net (losses, snapshot), the same five from weights perturbed by
   PERTURBATION (Caffe's own sensitivity), and from the snapshot in a fresh solver one more
@@ -29,10 +34,11 @@ writes, all produced by Caffe itself (tests/test_caffe_reference.py reads them, 
 Arrays are float32, deduplicated (a key per distinct array). With the project's python:
 
     python3 bench/caffe_reference.py --agreement     # the README table, from the fixtures
-    python3 bench/caffe_reference.py --bench [--caffe-python /opt/caffe/venv/bin/python]
+    python3 bench/caffe_reference.py --bench [bench/caffe_speed.py's flags]
 
 --bench times Caffe's and sec.caffe's solver step on the full SEC training net (same prototxt,
-same input size, same images) on the CPU, alternating the engines, and prints the ratio.
+same input size, same images) on the CPU, alternating the engines, with one thread each and with
+every core, and prints the ratio and each engine's fraction of the float32 peak (bench/caffe_speed.py).
 """
 import argparse
 import hashlib
@@ -45,12 +51,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from caffe_reference_cases import CASES, EDGE_DIFFERENCES, EDGE_NETS, INPUT_CASE, case_prototxt, make_input
+from caffe_reference_data import write_data
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH_DIVISOR = 32
@@ -66,6 +72,9 @@ LOSSES = ("loss-Seed", "loss-Expand", "loss-Constrain")
 MEAN_BGR = (104, 117, 123)
 IMAGE_DATA_SIZES = [(5, 7), (13, 11), (40, 31), (9, 6)]
 IMAGE_DATA_TARGETS = [(6, 8), (17, 23)]
+# Layer types whose Forward keeps what their Backward reads in a bottom's diff (layer type ->
+# bottom indices; hinge_loss_layer.cpp): record_backward must not overwrite those with its marker.
+SCRATCH_IN_BOTTOM_DIFF = {"HingeLoss": (0,)}
 
 # ---------------------------------------------------------------- recording
 
@@ -109,8 +118,8 @@ def record_backward(net, records, store):
     for rec in reversed(records):
         name = rec["name"]
         rec["top_diff"] = [maybe(store, net.blobs[t].diff) for t in rec["tops"]]
-        for b in rec["bottoms"]:
-            if b not in rec["tops"]:
+        for index, b in enumerate(rec["bottoms"]):
+            if b not in rec["tops"] and index not in SCRATCH_IN_BOTTOM_DIFF.get(rec["type"], ()):
                 net.blobs[b].diff[...] = np.nan
         net.backward(start=name, end=name)
         rec["bottom_diff"] = [maybe(store, net.blobs[b].diff) for b in rec["bottoms"]]
@@ -123,12 +132,13 @@ def maybe(store, diff):
     return None if np.isnan(diff).all() else store.add(diff)
 
 
-def seed_output_diffs(net, rng, store):
-    """Random diffs on the outputs that hold none (loss tops keep their loss_weight)."""
+def seed_output_diffs(net, rng, store, loss_tops_too=False):
+    """Random diffs on the outputs that hold none (loss tops keep their loss_weight, unless
+    `loss_tops_too`)."""
     seeds = {}
     for name in net.outputs:
         blob = net.blobs[name]
-        if not np.any(blob.diff):
+        if loss_tops_too or not np.any(blob.diff):
             blob.diff[...] = rng.standard_normal(blob.diff.shape)
             seeds[name] = store.add(blob.diff)
     return seeds
@@ -183,13 +193,17 @@ def write_layer_cases(caffe, out, tmp, fixture_name, cases, input_kinds):
         if not opts.get("fill"):
             randomize_params(net, rng, opts.get("bn_factor"))
         extra[f"{name}/caffemodel"] = caffemodel_bytes(net, tmp)
+        learned = opts.get("learned", ())
         for blob, (shape, kind) in inputs.items():
             make = input_kinds.get(kind)
-            net.blobs[blob].data[...] = make(rng, shape) if make else make_input(rng, shape, kind)
+            target = net.params[f"input_{blob}"][0] if blob in learned else net.blobs[blob]
+            target.data[...] = make(rng, shape) if make else make_input(rng, shape, kind)
+        if learned:   # inputs held by Parameter layers are weights: saved with the others
+            extra[f"{name}/caffemodel"] = caffemodel_bytes(net, tmp)
         backward = opts.get("backward", True)
         records = record_forward(net, store)
         if backward:
-            seed_output_diffs(net, rng, store)
+            seed_output_diffs(net, rng, store, loss_tops_too=bool(learned))
             record_backward(net, records, store)
         manifest.append({"name": name, "type": spec[0][0], "prototxt": text, "phase": opts.get("phase", "TEST"),
                          "backward": backward, "fill": bool(opts.get("fill")), "layers": records})
@@ -432,91 +446,6 @@ def write_solver(caffe, out, tmp, train_path, init_model):
     save(out, "solver", manifest, {**gradient, **w6})
 
 
-# ---------------------------------------------------------------- speed
-
-def bench_inputs(tmp, size, count):
-    """`count` synthetic size x size images, their list and a cue pickle on the 41 x 41 grid."""
-    rng = np.random.default_rng(4)
-    images = [np.clip(rng.normal(120, 50, (size, size, 3)), 0, 255).astype(np.uint8) for _ in range(count)]
-    cues = {}
-    for index in range(count):
-        cues[f"{index}_labels"] = np.array([1 + index % 20])
-        cues[f"{index}_cues"] = np.array([[0, 1 + index % 20], [0, 20], [0, 20]])
-    write_sec_inputs(tmp, images, cues)
-
-
-def bench_prototxts(tmp, size, batch):
-    """The full SEC training net (ImageData in order, batch `batch`, size x size) and its solver."""
-    text = (REPO / "models" / "sec" / "train.prototxt").read_text()
-    text = re.sub(r'source: ".*"', f'source: "{tmp}/list.txt"', text)
-    text = re.sub(r'root_folder: ".*"', f'root_folder: "{tmp}/"', text)
-    text = re.sub(r"batch_size: \d+", f"batch_size: {batch}", text)
-    text = re.sub(r"shuffle: true", "shuffle: false", text)
-    text = re.sub(r"new_(height|width): \d+", lambda m: f"new_{m.group(1)}: {size}", text)
-    text = text.replace('"cues": "localization_cues.pickle"', f'"cues": "{tmp}/cues.pickle"')
-    train_path = os.path.join(tmp, "bench_train.prototxt")
-    Path(train_path).write_text(text)
-    solver_path = os.path.join(tmp, "bench_solver.prototxt")
-    Path(solver_path).write_text(solver_prototxt(train_path, os.path.join(tmp, "bench")))
-    return solver_path
-
-
-def timed_step(solver):
-    """(wall seconds, CPU seconds of this process, all threads) of one solver iteration."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    solver.step(1)
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def bench(args):
-    """Caffe (a subprocess with its own Python, stepping on request) and sec.caffe, alternating
-    one iteration each so that both see the same machine load; same files, same net."""
-    sys.path.insert(0, str(REPO))
-    import torch
-    from sec import caffe as sec_caffe
-    with tempfile.TemporaryDirectory() as tmp:
-        bench_inputs(tmp, args.size, args.batch)
-        solver_path = bench_prototxts(tmp, args.size, args.batch)
-        env = {**os.environ, "GLOG_minloglevel": "2", "PYTHONPATH": str(REPO / "pylayers")}
-        if args.threads:
-            env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(args.threads)
-            torch.set_num_threads(args.threads)
-        worker = subprocess.Popen([args.caffe_python, __file__, "--bench-caffe", solver_path], env=env, text=True,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-        def caffe_step():
-            worker.stdin.write("step\n")
-            worker.stdin.flush()
-            line = worker.stdout.readline()
-            if not line:
-                sys.exit(f"Caffe benchmark worker ({args.caffe_python}) died; run it alone to see why")
-            return tuple(float(v) for v in line.split())
-
-        sec_caffe.set_mode_cpu()
-        solver = sec_caffe.SGDSolver(solver_path)
-        caffe_step(), timed_step(solver)   # warm-up: allocation, first batch, thread pools
-        pairs = [(caffe_step(), timed_step(solver)) for _ in range(args.iters)]
-        worker.stdin.close()
-        worker.wait()
-    print(f"SEC training step (forward, backward, update), {args.batch} x 3 x {args.size} x {args.size}, CPU "
-          f"({os.cpu_count()} cores; torch {torch.get_num_threads()} threads, OpenBLAS "
-          f"{args.threads or 'its default'}), {args.iters} alternating iterations after one warm-up each:")
-    for index, what in enumerate(("wall", "CPU")):
-        caffe_t, sec_t = [p[0][index] for p in pairs], [p[1][index] for p in pairs]
-        ratios = [c / s for c, s in zip(caffe_t, sec_t)]
-        print(f"  {what:4s} BVLC Caffe 1.0 {np.median(caffe_t):6.2f} s, sec.caffe {np.median(sec_t):6.2f} s "
-              f"(medians); Caffe / sec.caffe {np.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})")
-
-
-def bench_caffe(args):
-    """The Caffe side of --bench: one timed solver step per 'step' line on stdin."""
-    caffe = import_caffe()
-    caffe.set_mode_cpu()
-    solver = caffe.SGDSolver(args.bench_caffe)
-    for _ in sys.stdin:
-        print(*timed_step(solver), flush=True)
-
-
 # ---------------------------------------------------------------- main
 
 def import_caffe():
@@ -546,13 +475,13 @@ def write_fixtures(args):
     caffe.set_random_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # A fixed work folder: Caffe writes its paths into the .caffemodel files, so that
-    # regenerating gives the same bytes.
-    tmp = os.path.join(tempfile.gettempdir(), "sec_caffe_reference")
+    # A fixed work folder per set of parts: Caffe writes its paths into the .caffemodel files, so
+    # that regenerating gives the same bytes; runs of different parts at once do not share it.
+    tmp = os.path.join(tempfile.gettempdir(), "_".join(["sec_caffe_reference", *sorted(args.only or [])]))
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
     families = case_families()
-    steps = list(families) + ["edge", "image_data", "sec"]
+    steps = list(families) + ["edge", "image_data", "data", "sec", "solvers"]
     unknown = sorted(set(args.only or []) - set(steps))
     if unknown:
         raise SystemExit(f"--only: unknown part(s) {unknown}; known: {steps}")
@@ -566,6 +495,13 @@ def write_fixtures(args):
                 write_edge_nets(caffe, out, sub)
             elif step == "image_data":
                 write_image_data(caffe, out, sub)
+            elif step == "data":
+                write_data(caffe, out, sub, save, caffe_version)
+            elif step == "solvers":
+                from caffe_reference_solvers import write_solvers
+                store, files = Store("v"), {}
+                save(out, "solvers", write_solvers(caffe, sub, store, files, caffe_version(caffe)),
+                     {**store.arrays, **files})
             else:
                 train_path, init_model = write_sec_nets(caffe, out, sub)
                 write_solver(caffe, out, sub, train_path, init_model)
@@ -581,19 +517,14 @@ def build_parser():
                         help="fixture folder to write (run with pycaffe's Python)")
     parser.add_argument("--only", action="append", metavar="PART",
                         help="write only this part (repeatable): layers, layers_<family> (one per "
-                             "bench/caffe_cases_<family>.py), edge, image_data, sec (the SEC nets and solver)")
+                             "bench/caffe_cases_<family>.py), edge, image_data, data (the data layers and "
+                             "tools, bench/caffe_reference_data.py), sec (the SEC nets and solver), "
+                             "solvers (every solver and lr policy, bench/caffe_reference_solvers.py)")
     parser.add_argument("--bench", action="store_true",
-                        help="time Caffe's and sec.caffe's SEC solver step instead (run with the project's python)")
+                        help="time Caffe's and sec.caffe's SEC solver step instead (run with the project's python); "
+                             "the flags after it are bench/caffe_speed.py's (python3 bench/caffe_speed.py --help)")
     parser.add_argument("--agreement", action="store_true",
                         help="print the README agreement table from the fixtures (run with the project's python)")
-    parser.add_argument("--caffe-python", default=os.environ.get("SEC_CAFFE_PYTHON", CAFFE_PYTHON),
-                        help="the Python pycaffe was built for (default $SEC_CAFFE_PYTHON or %(default)s)")
-    parser.add_argument("--size", type=int, default=321, help="--bench: input side (SEC: 321)")
-    parser.add_argument("--batch", type=int, default=1, help="--bench: images per iteration (SEC: 15)")
-    parser.add_argument("--iters", type=int, default=5, help="--bench: timed iterations of each engine after one warm-up")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="--bench: threads of both engines (torch and OpenBLAS; default: their own defaults)")
-    parser.add_argument("--bench-caffe", metavar="SOLVER", help=argparse.SUPPRESS)
     return parser
 
 
@@ -615,13 +546,17 @@ def agreement(args):
 def main(args):
     if args.agreement:
         agreement(args)
-    elif args.bench_caffe:
-        bench_caffe(args)
     elif args.bench:
-        bench(args)
+        import caffe_speed   # imported here: it imports this module
+        caffe_speed.main(caffe_speed.build_parser().parse_args(args.bench_flags))
     else:
         write_fixtures(args)
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    parser = build_parser()
+    parsed, rest = parser.parse_known_args()
+    if rest and not parsed.bench:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    parsed.bench_flags = rest
+    main(parsed)

@@ -196,13 +196,30 @@ def make_input(rng, shape, kind):
 
 
 def case_prototxt(name, spec):
-    """The one-layer net of a case: an Input layer per bottom, then the layer."""
+    """The one-layer net of a case: an Input layer per bottom, then the layer.
+
+    force_backward unless opts say "backward": False or "force_backward": False (a loss_weight
+    then drives it). With opts["learned"] (bottom names), those bottoms come from Parameter layers
+    instead and the net has no force_backward: for layers with a bottom Caffe refuses to backpropagate to
+    (BatchReindex's indices, Filter's selector, InfogainLoss's H), which force_backward would
+    force. The layer's tops then get loss_weight 1 so that Caffe runs its backward at all;
+    bench/caffe_reference.py seeds them with random diffs like any other output.
+    """
     (type_, param), inputs, opts = spec
-    text = "force_backward: true\n" if opts.get("backward", True) else ""
+    learned = opts.get("learned", ())
+    tops = opts.get("tops", ("y",))
+    forced = opts.get("force_backward", opts.get("backward", True))
+    text = "force_backward: true\n" if forced and not learned else ""
     for blob, (shape, _) in inputs.items():
         dims = " ".join(f"dim: {d}" for d in shape)
-        text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
-    text += layer(type_, param, opts.get("bottoms", ("x",)), opts.get("tops", ("y",))) + "\n"
+        if blob in learned:
+            text += (f'layer {{ name: "input_{blob}" type: "Parameter" top: "{blob}" '
+                     f'parameter_param {{ shape {{ {dims} }} }} }}\n')
+        else:
+            text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
+    if learned:
+        param = " ".join([param] + ["loss_weight: 1"] * len(tops))
+    text += layer(type_, param, opts.get("bottoms", ("x",)), tops) + "\n"
     return text
 
 
@@ -214,6 +231,13 @@ def _net(*layers, shape=(2, 3, 5, 6)):
 
 _X2 = 'layer { name: "input_x2" type: "Input" top: "x2" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 6 } } }'
 _LABEL = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 2 dim: 1 dim: 5 dim: 6 } } }'
+_LABEL_N3 = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 3 } } }'
+_LABEL2 = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 2 dim: 2 } } }'
+_H3 = 'layer { name: "input_H" type: "Input" top: "H" input_param { shape { dim: 3 dim: 3 } } }'
+_CONT = 'layer { name: "input_cont" type: "Input" top: "cont" input_param { shape { dim: 2 dim: 3 } } }'
+_STATIC1 = 'layer { name: "input_s" type: "Input" top: "s" input_param { shape { dim: 3 } } }'
+_LABEL_FLAT = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 60 } } }'
+_TARGET_FLAT = 'layer { name: "input_label" type: "Input" top: "label" input_param { shape { dim: 180 } } }'
 
 # Nets at the edge of what Caffe builds: name -> prototxt. bench/caffe_reference.py records
 # whether BVLC Caffe's Net::Init accepts each (and its message); sec.caffe must agree.
@@ -244,10 +268,82 @@ EDGE_NETS = {
     "ip_without_num_output": _net(layer("InnerProduct", "")),
     "dropout_ratio_one": _net(layer("Dropout", "dropout_param { dropout_ratio: 1 }")),
     "pool_window_outside_unpadded": _net(layer(*pool("pool: MAX kernel_size: 2 stride: 4")), shape=(1, 1, 7, 7)),
+    "absval_in_place": _net(layer("AbsVal", "", ("x",), ("x",))),
+    "clip_without_param": _net(layer("Clip", "")),
+    "clip_missing_max": _net(layer("Clip", "clip_param { min: 1 }")),
+    "clip_min_above_max": _net(layer("Clip", "clip_param { min: 1 max: -1 }")),
+    "exp_negative_base": _net(layer("Exp", "exp_param { base: -2 }")),
+    "log_base_one": _net(layer("Log", "log_param { base: 1 }")),
+    "prelu_one_axis": _net(layer("PReLU", ""), shape=(6,)),
+    "threshold_builds": _net(layer("Threshold", "threshold_param { threshold: 1 }")),
+    "mvn_five_axes": _net(layer("MVN", ""), shape=(2, 3, 2, 2, 2)),
+    "embed_without_input_dim": _net(layer("Embed", "embed_param { num_output: 3 }")),
+    "embed_without_num_output": _net(layer("Embed", "embed_param { input_dim: 3 }")),
+    "spp_without_height": _net(layer("SPP", "")),
+    "spp_pad_reaches_kernel": _net(layer("SPP", "spp_param { pyramid_height: 3 }"), shape=(1, 1, 5, 5)),
+    "spp_three_axes": _net(layer("SPP", "spp_param { pyramid_height: 1 }"), shape=(2, 3, 5)),
+    "spp_stochastic_padded": _net(layer("SPP", "spp_param { pyramid_height: 2 pool: STOCHASTIC }"), shape=(1, 1, 5, 5)),
+    "crop_larger_than_bottom": _net(_X2, layer("Crop", "", ("x2", "x"))),
+    "crop_offset_past_the_end": _net(_X2, layer("Crop", "crop_param { offset: 2 }", ("x", "x2"))),
+    "crop_offset_count": _net(_X2, layer("Crop", "crop_param { offset: 0 offset: 0 offset: 0 }", ("x", "x2"))),
+    "im2col_no_spatial_axis": _net(layer("Im2col", "convolution_param { axis: -1 kernel_size: 1 }")),
+    "conv_kernel_h_on_3d": _net(layer(*conv("kernel_h: 2 kernel_w: 2")), shape=(1, 2, 3, 4, 5)),
+    "conv_kernel_count": _net(layer(*conv("kernel_size: 2 kernel_size: 2")), shape=(1, 2, 3, 4, 5)),
+    "conv_axis_out_of_range": _net(layer(*conv("axis: 4 kernel_size: 1"))),
+    "pool_stochastic_builds": _net(layer(*pool("pool: STOCHASTIC kernel_size: 2 stride: 2"))),
+    "pool_stochastic_padded": _net(layer(*pool("pool: STOCHASTIC kernel_size: 3 pad: 1"))),
+    "pool_ave_two_tops": _net(layer(*pool("pool: AVE kernel_size: 2"), ("x",), ("y", "mask"))),
+    "pool_max_three_tops": _net(layer(*pool("pool: MAX kernel_size: 2"), ("x",), ("y", "mask", "z"))),
+    # utility, loss and recurrent layers (issue 18)
+    "argmax_top_k_over_axis": _net(layer("ArgMax", "argmax_param { axis: 1 top_k: 4 }")),
+    "argmax_top_k_whole_item": _net(layer("ArgMax", "argmax_param { top_k: 90 }")),
+    "batch_reindex_2d_indices": _net(_X2, layer("BatchReindex", "", ("x", "x2"))),
+    "filter_selector_not_singleton": _net(_X2, layer("Filter", "", ("x", "x2"))),
+    "filter_batch_mismatch": _net(_LABEL_N3, layer("Filter", "", ("x", "label"))),
+    "parameter_no_bottoms": _net(layer("Parameter", "parameter_param { shape { dim: 2 } }", (), ("p",))),
+    "reduction_axis_out_of_range": _net(layer("Reduction", "reduction_param { axis: 4 }")),
+    "slice_axis_and_slice_dim": _net(layer("Slice", "slice_param { axis: 1 slice_dim: 1 }", ("x",), ("y", "z"))),
+    "slice_points_not_increasing": _net(layer("Slice", "slice_param { axis: 2 slice_point: 3 slice_point: 2 }",
+                                              ("x",), ("y", "z", "w"))),
+    "slice_last_piece_empty": _net(layer("Slice", "slice_param { axis: 2 slice_point: 5 }", ("x",), ("y", "z"))),
+    "slice_uneven": _net(layer("Slice", "slice_param { axis: 2 }", ("x",), ("y", "z"))),
+    "tile_without_tiles": _net(layer("Tile", "")),
+    "euclidean_counts_differ": _net(_X2, layer("EuclideanLoss", "", ("x", "x2"), ("loss",))),
+    "hinge_labels_not_one_per_item": _net(_LABEL2, layer("HingeLoss", "", ("x", "label"), ("loss",))),
+    "multinomial_labels_not_singleton": _net(_LABEL2, layer("MultinomialLogisticLoss", "", ("x", "label"),
+                                                            ("loss",))),
+    "contrastive_not_one_by_one": _net(_LABEL, layer("ContrastiveLoss", "", ("x", "x", "label"), ("loss",))),
+    "infogain_without_source": _net(_LABEL, layer("InfogainLoss", "", ("x", "label"), ("loss",))),
+    "infogain_prob_top_default_weights": _net(_LABEL, _H3, layer("InfogainLoss", "", ("x", "label", "H"),
+                                                                  ("loss", "prob"))),
+    "infogain_prob_top_weighted": _net(_LABEL, _H3, layer("InfogainLoss", "loss_weight: 1 loss_weight: 0",
+                                                           ("x", "label", "H"), ("loss", "prob"))),
+    "infogain_legacy_normalize": _net(_LABEL, _H3, layer("InfogainLoss", "loss_param { normalize: true }",
+                                                          ("x", "label", "H"), ("loss",))),
+    "rnn_without_num_output": _net(_CONT, layer("RNN", "", ("x", "cont"))),
+    "lstm_cont_not_t_by_n": _net(_LABEL, layer("LSTM", "recurrent_param { num_output: 2 }", ("x", "label"))),
+    "lstm_exposed_state_missing": _net(_CONT, layer("LSTM", "recurrent_param { num_output: 2 expose_hidden: true }",
+                                                    ("x", "cont"), ("y", "hT", "cT"))),
+    "lstm_unit_gates_not_four_times": _net(_CONT, layer("LSTMUnit", "", ("x", "x", "cont"), ("c", "h"))),
+    "rnn_input_without_values": _net(_CONT, layer("RNN", "recurrent_param { num_output: 2 }", ("x", "cont")),
+                                     shape=(2, 3)),
+    "rnn_static_input_one_axis": _net(_CONT, _STATIC1, layer("RNN", "recurrent_param { num_output: 2 }",
+                                                             ("x", "cont", "s"))),
+    "softmax_loss_labels_flattened": _net(_LABEL_FLAT, layer("SoftmaxWithLoss", "", ("x", "label"), ("loss",))),
+    "sigmoid_ce_targets_flattened": _net(_TARGET_FLAT, layer("SigmoidCrossEntropyLoss", "", ("x", "label"),
+                                                             ("loss",))),
+    # BatchNorm's blobs are statistics: a given lr_mult must be 0 (it defaults to 1); three specs are the old
+    # definition, which reading the prototxt upgrades to lr_mult 0
+    "batch_norm_lr_mult_one": _net(layer("BatchNorm", "param { lr_mult: 1 }")),
+    "batch_norm_lr_mult_default": _net(layer("BatchNorm", "param { lr_mult: 0 } param { decay_mult: 0 }")),
+    "batch_norm_lr_mult_zero": _net(layer("BatchNorm", "param { lr_mult: 0 } param { lr_mult: 0 decay_mult: 1 }")),
+    "batch_norm_three_specs_upgraded": _net(layer("BatchNorm", "param { lr_mult: 1 } param { lr_mult: 2 } "
+                                                               "param { lr_mult: 1 }")),
 }
 # Where sec.caffe refuses on purpose what Caffe builds (sec/caffe/README, "Differences").
 EDGE_DIFFERENCES = {
     "duplicate_layer_names": "weights and net.params go by layer name",
     "dropout_ratio_one": "scale 1 / (1 - 1); Caffe checks the ratio only in debug builds",
     "pool_window_outside_unpadded": "Caffe outputs -FLT_MAX for MAX there (and 0/0 for AVE)",
+    "hinge_labels_not_one_per_item": "Caffe reads the first N values of the label blob, whatever its shape",
 }

@@ -83,7 +83,7 @@ def build_net(args):
     else:
         caffe.set_mode_cpu()
     if args.weights is not None:
-        net = caffe.Net(str(args.prototxt), str(args.weights), caffe.TEST)
+        net = caffe.Net(str(args.prototxt), caffe.TEST, weights=str(args.weights))
     else:
         net = caffe.Net(str(args.prototxt), caffe.TEST)
         generator = torch.Generator().manual_seed(args.seed)

@@ -2,7 +2,7 @@
 
     python deploy/deploy.py --images DIR --out DIR [--weights W.caffemodel]
         [--prototxt models/sec/deploy.prototxt] [--crf] [--overlay] [--probs]
-        [--device cpu|cuda] [--batch N] [--jobs N] [--overwrite]
+        [--scales 0.75,1,1.25] [--flip] [--device cpu|cuda] [--batch N] [--jobs N] [--overwrite]
 
 With no --weights, the net of the last `training/train.sh` run is used (runs/latest.json).
 Before the model is loaded, the flags, the output folder (it must take files), the images'
@@ -10,13 +10,15 @@ headers and OUT/deploy_manifest.json (what made the masks already there) are che
 Exit status: 0 when every image was segmented (or already was), 1 when some image could not be
 used (each is reported with its reason; the others are still written), 2 on a usage or setup
 error (bad flag value, unusable --out, outputs made with other options, no model, weights that
-do not fit the net).
+do not fit the net, an --output-blob that holds no class scores, outputs that cannot be written),
+130 on Ctrl-C (every finished output is kept; a rerun resumes).
 """
 import argparse
 import sys
 from pathlib import Path
 
 from sec import deploy as pipeline
+from sec import tta
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +26,7 @@ DEFAULT_LATEST = REPO_ROOT / "runs" / "latest.json"
 DEFAULT_PROTOTXT = REPO_ROOT / "models" / "sec" / "deploy.prototxt"
 EXIT_SOME_FAILED = 1
 EXIT_SETUP_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def parse_args(argv=None):
@@ -47,7 +50,16 @@ def parse_args(argv=None):
     parser.add_argument("--overlay", action="store_true",
                         help="also write image+mask blends to OUT/overlay/<name>.jpg")
     parser.add_argument("--probs", action="store_true",
-                        help="also save the net's class probabilities to OUT/probs/<name>.npz")
+                        help="also save the net's class probabilities to OUT/probs/<name>.npz (with "
+                             "--scales/--flip: the averaged ones, at the image's size)")
+    parser.add_argument("--scales", type=scales_flag, default=pipeline.NO_SCALES,
+                        help="test-time augmentation: comma-separated input scales relative to the net's "
+                             "input size, e.g. 0.75,1,1.25; the class probabilities of all scales are "
+                             "averaged at the image's size, before the CRF (default: 1, the paper's "
+                             "single scale)")
+    parser.add_argument("--flip", action="store_true",
+                        help="test-time augmentation: also run each scale mirrored left-right and "
+                             "average its probabilities (flipped back) in")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the network runs (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=4,
@@ -59,13 +71,16 @@ def parse_args(argv=None):
                         help="threads for the CRFs of a batch, 0 = all cores "
                              "(default: %(default)s)")
     parser.add_argument("--output-blob", default=None,
-                        help="score blob to read (default: the net's only output)")
+                        help="score blob to read when the net has several outputs (default: the net's "
+                             "only output); it must hold class scores or probabilities, N x classes x h x w "
+                             "with the class count of the net's outputs")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs, also those made with other weights, "
-                             "prototxt or --crf (default: keep them, so a run resumes)")
+                             "prototxt, --crf or --scales/--flip (default: keep them, so a run resumes)")
     parser.add_argument("--allow-missing-weights", action="store_true",
                         help="run even when the weights leave some parameter layer of the net "
-                             "at its filler values (default: refuse, naming the layers)")
+                             "at its filler values (default: refuse, naming the layers); weights that "
+                             "fill no layer at all are refused even so")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     for flag, value, low in (("--batch", args.batch, 1), ("--jobs", args.jobs, 1),
@@ -75,11 +90,19 @@ def parse_args(argv=None):
     return args
 
 
+def scales_flag(text):
+    try:
+        return tta.parse_scales(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def load_segmenter(spec, args):
     """The net of `spec` (from the flags or runs/latest.json), wrapped for deploying."""
     print(f"model: {spec.weights} with {spec.prototxt} (from {spec.source})", file=sys.stderr)
     net = pipeline.load_net(spec, args.device, allow_missing_weights=args.allow_missing_weights)
-    segmenter = pipeline.Segmenter(net, args.device, args.output_blob, args.crf, args.crf_threads)
+    segmenter = pipeline.Segmenter(net, args.device, args.output_blob, args.crf, args.crf_threads,
+                                   scales=args.scales, flip=args.flip)
     if spec.num_classes is not None and spec.num_classes != segmenter.num_classes:
         raise pipeline.DeployError(f"{args.latest} says {spec.num_classes} classes, but "
                                    f"{spec.prototxt} outputs {segmenter.num_classes}")
@@ -103,15 +126,22 @@ def main(args):
     """Run the deploy; returns the exit status."""
     try:
         spec = pipeline.resolve_model(args.weights, args.prototxt, args.latest, DEFAULT_PROTOTXT)
+        options = pipeline.mask_options(spec, args.output_blob, args.crf, args.scales, args.flip)
         plan = pipeline.prepare(list_inputs(args), args.out, overlay=args.overlay,
                                 probs=args.probs, overwrite=args.overwrite, crf=args.crf,
-                                options=pipeline.mask_options(spec, args.output_blob, args.crf))
+                                options=options)
         segmenter = load_segmenter(spec, args) if plan.todo else None
+        if segmenter is not None:
+            options["num_classes"] = segmenter.num_classes  # recorded with the first mask (plan.manifest)
         report = (pipeline.run(plan, segmenter, batch=args.batch, jobs=args.jobs,
                                progress=not args.quiet) if segmenter else plan.report)
     except pipeline.DeployError as err:
         print(f"deploy.py: error: {err}", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    except KeyboardInterrupt:
+        print(f"deploy.py: interrupted; every finished output in {args.out} is kept (rerun the same "
+              "command to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"{len(report.written)} written, {len(report.skipped)} kept (already there), "
           f"{len(report.failed)} failed -> {args.out}", file=sys.stderr)
     for _, reason in report.failed:

@@ -38,6 +38,9 @@ print(json.dumps({"caffe": caffe.__file__, "pylayers": pylayers.__file__, "numpy
                   "caffe_base": issubclass(pylayers.SeedLossLayer, caffe.Layer)}))
 """
 INSTALL_HINT = "install what the SEC layers need into it: {python} -m pip install ./pylayers ./CRF"
+BVLC_ONLY = {"SEC_CAFFE": "bvlc"}
+"""Caffe's Python must import BVLC's pycaffe, never this project's `caffe` package (docs/caffe/pycaffe.md),
+which is on sys.path wherever a Python starts in the checkout."""
 
 
 class CaffeUnavailable(FileNotFoundError):
@@ -75,7 +78,7 @@ def _run_python(caffe_python, code, env):
 def locate_pycaffe(caffe_python, environ=None):
     """The folder holding pycaffe's `caffe` package, as the Caffe Python imports it under
     `environ` (default os.environ); CaffeUnavailable when it cannot import caffe."""
-    env = dict(os.environ if environ is None else environ, GLOG_minloglevel="2")
+    env = dict(os.environ if environ is None else environ, GLOG_minloglevel="2", **BVLC_ONLY)
     found, error = _run_python(caffe_python, "import caffe; print(caffe.__file__)", env)
     if error is not None:
         raise CaffeUnavailable(f"Caffe's Python {caffe_python} cannot import caffe: {error}")
@@ -84,8 +87,9 @@ def locate_pycaffe(caffe_python, environ=None):
 
 def caffe_environment(caffe_python, pycaffe_folder=None, environ=None):
     """os.environ for `caffe train`: the Caffe Python's folder first on PATH, PYTHONPATH = the
-    checkout's pylayers (+ `pycaffe_folder`) only, PYTHONHOME dropped (see the module docstring)."""
-    env = dict(os.environ if environ is None else environ)
+    checkout's pylayers (+ `pycaffe_folder`) only, PYTHONHOME dropped (see the module docstring),
+    SEC_CAFFE=bvlc (`import caffe` is BVLC's pycaffe there)."""
+    env = dict(os.environ if environ is None else environ, **BVLC_ONLY)
     env.pop("PYTHONHOME", None)
     env["PATH"] = os.pathsep.join([str(Path(caffe_python).parent), *filter(None, [env.get("PATH")])])
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (PYLAYERS_FOLDER, pycaffe_folder) if p is not None)

@@ -1,26 +1,21 @@
-"""Image lists, image decoding and the ImageData source (Caffe's ImageData layer semantics).
+"""Image lists, image decoding and preprocessing (the SEC pipeline's and Caffe's ImageData's).
 
 Conventions:
 - An image list is the original SEC `input_list.txt` format: one `<image path> <integer id>` per
   line, the path relative to a root folder (for VOC: `JPEGImages/`).
 - `load_image` returns HxWx3 uint8 RGB, rotated as an image viewer shows it (EXIF orientation).
-- `preprocess` and `ImageDataSource` return float32 3xHxW (NCHW for batches) in BGR channel order
-  with the per-channel mean (104, 117, 123 in B, G, R order) subtracted: values are roughly
-  -123..151, not 0..255.
+- `preprocess` returns float32 3xHxW in BGR channel order with the per-channel mean (104, 117, 123
+  in B, G, R order) subtracted: values are roughly -123..151, not 0..255.
 
-The ImageData source resizes as Caffe does, with OpenCV's cv::resize (INTER_LINEAR) on the uint8
-image; its batches equal Caffe's ImageData top blob bitwise (tests/test_data_caffe.py). Decoding is
-Pillow's; on 8-bit JPEG and PNG (RGB, grey, RGBA, palette, EXIF-rotated) it gave the same pixels as
-Caffe's cv::imread, which also applies the EXIF orientation.
-Differences from Caffe's ImageData layer: the path is joined with os.path.join (Caffe
-concatenated strings); blank list lines are skipped; new_height/new_width must both be set (> 0);
-shuffling uses numpy's generator seeded with (seed, epoch), so the order differs from Caffe's but
-is reproducible.
+The engine's ImageData layer reads through sec.caffe.image_data.ImageDataSource, which uses this
+module's list reader, `load_image` and Caffe's resize (`_RESIZERS["caffe"]`: OpenCV's cv::resize
+INTER_LINEAR on the uint8 image); its batches equal Caffe's ImageData top blob bitwise
+(tests/test_data_caffe.py). Decoding is Pillow's; on 8-bit JPEG and PNG (RGB, grey, RGBA, palette,
+EXIF-rotated) it gave the same pixels as Caffe's cv::imread, which also applies the EXIF orientation.
+Differences from Caffe's list reading: the path is joined with os.path.join (Caffe concatenated
+strings); blank lines are skipped; a line must hold exactly a path without spaces and an integer
+(Caffe splits at the last space and reads the label with atoi, 0 for anything else).
 """
-import os
-import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +23,6 @@ import scipy.ndimage
 from PIL import Image, ImageOps
 
 MEAN_BGR = (104.0, 117.0, 123.0)
-# How many batches are decoded ahead of the one the network consumes (Caffe's PREFETCH_COUNT).
-PREFETCH_BATCHES = 3
-# Scheme by which the shuffle order of an epoch is derived; stored in state_dict.
-SHUFFLE_SCHEME = "numpy.default_rng([seed, epoch]).permutation"
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -184,155 +175,6 @@ def preprocess(image, height, width, mean=MEAN_BGR, method="zoom"):
     resized = _RESIZERS[method](image, height, width)
     bgr = resized[:, :, ::-1] - np.asarray(mean, dtype=np.float32)
     return np.ascontiguousarray(bgr.transpose(2, 0, 1), dtype=np.float32)
-
-
-def shuffle_order(num_images, seed, epoch):
-    """The image order of one epoch (a permutation of range(num_images))."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_images)
-
-
-class ImageDataSource:
-    """Batches from an image list, as Caffe's ImageData layer with new_height/new_width set.
-
-    Each image is warp-resized to new_height x new_width (no crop, no mirror), turned to BGR and
-    mean-subtracted. With shuffle, the list order is permuted at the start of every epoch from
-    (seed, epoch); batches run on across epoch ends as in Caffe. Images are decoded by `workers`
-    threads (0: in the calling thread), PREFETCH_BATCHES batches ahead.
-
-    next_batch() -> (images float32 N x 3 x new_height x new_width, labels float32 (N,)).
-    """
-
-    def __init__(self, source, root_folder, batch_size, new_height, new_width,
-                 mean_values=MEAN_BGR, shuffle=True, seed=0, workers=2):
-        if batch_size <= 0:
-            raise ValueError(f"{source}: need batch_size > 0, got {batch_size}")
-        if new_height <= 0 or new_width <= 0:
-            raise ValueError(f"{source}: need new_height and new_width > 0 (images are "
-                             f"batched, so all must be resized), got {new_height}x{new_width}")
-        if len(mean_values) != 3:
-            raise ValueError(f"{source}: need 3 mean values (B, G, R), got {list(mean_values)}")
-        if workers < 0:
-            raise ValueError(f"need workers >= 0, got {workers}")
-        self.source = str(source)
-        self.root_folder = str(root_folder)
-        self.batch_size = int(batch_size)
-        self.height, self.width = int(new_height), int(new_width)
-        self.mean = tuple(float(m) for m in mean_values)
-        self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.workers = int(workers)
-        self.entries = read_image_list(source)
-        self._orders = {}
-        self._pool = None
-        self._lock = threading.Lock()
-        self._pending = deque()
-        self._set_position(0, 0)
-
-    def __len__(self):
-        return len(self.entries)
-
-    def _order(self, epoch):
-        if epoch not in self._orders:
-            if self.shuffle:
-                self._orders[epoch] = shuffle_order(len(self.entries), self.seed, epoch)
-            else:
-                self._orders[epoch] = np.arange(len(self.entries))
-            for old in [e for e in self._orders if e < self._epoch]:
-                del self._orders[old]
-        return self._orders[epoch]
-
-    def _set_position(self, epoch, position):
-        self._cancel_pending()
-        self._epoch, self._position = epoch, position
-        self._next_epoch, self._next_position = epoch, position
-
-    def _cancel_pending(self):
-        while self._pending:
-            _, futures, _ = self._pending.popleft()
-            for future in futures or ():
-                future.cancel()
-
-    def _take_indices(self):
-        """Indices of the next batch to schedule, advancing the scheduling cursor."""
-        indices = []
-        epoch, position = self._next_epoch, self._next_position
-        while len(indices) < self.batch_size:
-            indices.append(int(self._order(epoch)[position]))
-            position += 1
-            if position == len(self.entries):
-                epoch, position = epoch + 1, 0
-        self._next_epoch, self._next_position = epoch, position
-        return indices, (epoch, position)
-
-    def load(self, index):
-        """Decode and preprocess entry `index` of the list (3 x H x W float32 BGR)."""
-        image_path, _, line_no = self.entries[index]
-        full_path = os.path.join(self.root_folder, image_path)
-        try:
-            image = load_image(full_path)
-        except ImageLoadError as err:
-            raise ImageListError(f"{self.source}:{line_no}: {err}") from err
-        return preprocess(image, self.height, self.width, self.mean, method="caffe")
-
-    def _schedule(self):
-        indices, after = self._take_indices()
-        futures = None
-        if self.workers > 0:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sec-data")
-            futures = [self._pool.submit(self.load, i) for i in indices]
-        self._pending.append((indices, futures, after))
-
-    def next_batch(self):
-        """The next batch: (images float32 N x 3 x H x W, BGR, mean-subtracted; ids float32 (N,))."""
-        with self._lock:
-            depth = PREFETCH_BATCHES if self.workers > 0 else 1
-            while len(self._pending) < depth:
-                self._schedule()
-            indices, futures, after = self._pending.popleft()
-            if futures is None:
-                images = [self.load(i) for i in indices]
-            else:
-                self._schedule()
-                images = [future.result() for future in futures]
-            self._epoch, self._position = after
-            labels = np.array([self.entries[i][1] for i in indices], dtype=np.float32)
-            return np.stack(images), labels
-
-    def state_dict(self):
-        """Plain-data reading position: where the next batch starts, and how orders are drawn."""
-        return {"epoch": self._epoch, "position": self._position,
-                "rng": {"scheme": SHUFFLE_SCHEME, "seed": self.seed},
-                "shuffle": self.shuffle, "num_images": len(self.entries)}
-
-    def load_state_dict(self, state):
-        """Resume from state_dict(): the following batches equal an uninterrupted run's."""
-        with self._lock:
-            if state["num_images"] != len(self.entries):
-                raise ValueError(f"{self.source}: state was saved for a list of "
-                                 f"{state['num_images']} images, this list has {len(self.entries)}")
-            if state["rng"]["scheme"] != SHUFFLE_SCHEME:
-                raise ValueError(f"{self.source}: unknown shuffle scheme {state['rng']['scheme']!r}")
-            if not 0 <= state["position"] < len(self.entries):
-                raise ValueError(f"{self.source}: position {state['position']} out of range")
-            self.shuffle = bool(state["shuffle"])
-            self.seed = int(state["rng"]["seed"])
-            self._orders = {}
-            self._set_position(int(state["epoch"]), int(state["position"]))
-
-    def close(self):
-        """Stop the decoding threads (pending batches are dropped)."""
-        with self._lock:
-            self._cancel_pending()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                self._pool = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
 
 class VOCLayout:

@@ -6,6 +6,10 @@ forward; softmax over the class axis; bilinear upsampling of the probabilities t
 size (align_corners=True, which is what scipy.ndimage.zoom(order=1) computes); optionally a dense
 CRF at full resolution on log(max(probs, 1e-5)) (scale_factor 1, 10 iterations); argmax.
 
+Optional test-time augmentation (Segmenter scales / flip, sec.tta; off by default): the image is
+also preprocessed at each scale of the net's input size, each scale's batch runs with its mirror,
+and the probabilities, upsampled to the image's size, are averaged before the CRF and the argmax.
+
 What is different from the original loop, for speed: images are decoded in threads ahead of the
 network, preprocessed images are batched through the net, softmax/upsampling/log run in torch (on
 the GPU with device="cuda"), and the CRFs of a batch run in parallel threads through
@@ -38,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from sec import data, visualize
+from sec import data, tta, visualize
 # The file helpers live in sec.deploy_files; they stay importable from here (sec.deploy.list_images).
 from sec.deploy_files import (IMAGE_EXTENSIONS, MANIFEST_NAME, OVERLAY_DIR, PROBS_DIR,  # noqa: F401
                               DeployError, Outputs, atomic_save, check_image_header,
@@ -52,6 +56,7 @@ MAX_CLASSES = 255  # uint8 masks, 255 being the VOC ignore label
 OVERLAY_JPEG_QUALITY = 90
 # Images decoded ahead of the network: this many batches beyond the one being processed.
 PREFETCH_BATCHES = 2
+NO_SCALES = (1.0,)    # the net's own input size only: no multi-scale test-time augmentation
 
 
 @dataclass
@@ -111,16 +116,24 @@ def resolve_model(weights, prototxt, latest, default_prototxt):
     return ModelSpec(prototxt, weights, source, record.get("classes"), record.get("num_classes"))
 
 
-def mask_options(spec, output_blob=None, crf=False):
+def mask_options(spec, output_blob=None, crf=False, scales=NO_SCALES, flip=False):
     """The options that decide what a mask holds, for the output folder's manifest: the
     weights and prototxt (paths, and SHA-256 of their bytes), the score blob asked for (None:
-    the net's only output) and the CRF settings (None without the CRF)."""
-    return {"weights": str(Path(spec.weights).resolve()),
-            "weights_sha256": file_sha256(spec.weights),
-            "prototxt": str(Path(spec.prototxt).resolve()),
-            "prototxt_sha256": file_sha256(spec.prototxt),
-            "output_blob": output_blob,
-            "crf": {"iterations": CRF_ITERATIONS, "scale_factor": CRF_SCALE_FACTOR} if crf else None}
+    the net's only output), the CRF settings (None without the CRF) and, only when used, the
+    test-time augmentation (`tta`: scales and flip). Also, for readers such as
+    deploy/evaluate.py, the model's class set: `classes` (voc, synthetic; None when the weights
+    came from --weights) and `num_classes` (from runs/latest.json; the caller sets the count of
+    the loaded net)."""
+    options = {"classes": spec.classes, "num_classes": spec.num_classes,
+               "weights": str(Path(spec.weights).resolve()),
+               "weights_sha256": file_sha256(spec.weights),
+               "prototxt": str(Path(spec.prototxt).resolve()),
+               "prototxt_sha256": file_sha256(spec.prototxt),
+               "output_blob": output_blob,
+               "crf": {"iterations": CRF_ITERATIONS, "scale_factor": CRF_SCALE_FACTOR} if crf else None}
+    if tuple(scales) != NO_SCALES or flip:   # absent otherwise: folders made before TTA existed still match
+        options["tta"] = {"scales": list(scales), "flip": flip}
+    return options
 
 
 def crf_pixel_limit():
@@ -157,9 +170,12 @@ class Segmenter:
     net.inputs[0]; its declared H x W is the size images are resized to (the batch dimension is
     free). The output blob is `output`, or the net's only output: class scores, softmaxed here,
     or probabilities already when a Softmax layer produces it (as in models/sec/deploy.prototxt).
+    scales / flip: test-time augmentation (sec.tta); the images are then decoded at every size of
+    `input_sizes` and `tta_probabilities` gives their averaged probabilities at the image's size.
     """
 
-    def __init__(self, net, device="cpu", output=None, crf=False, crf_threads=0):
+    def __init__(self, net, device="cpu", output=None, crf=False, crf_threads=0, scales=NO_SCALES,
+                 flip=False):
         if not net.inputs:
             raise DeployError("the deploy net declares no input blob (need an Input layer)")
         self.net = net
@@ -171,6 +187,7 @@ class Segmenter:
             output = net.outputs[0]
         self.output = output
         self.output_is_softmax = _producer_type(net, output) == "Softmax"
+        _check_score_blob(net, output)
         self.input_size = tuple(int(d) for d in net.blobs[self.input].data.shape[2:])
         self.num_classes = int(net.blobs[output].data.shape[1])
         if self.num_classes > MAX_CLASSES:
@@ -180,16 +197,48 @@ class Segmenter:
         self.crf = crf
         self.crf_threads = crf_threads
         self._crf_batch = _import_crf_batch() if crf else None
+        self.scales, self.flip = tuple(scales), flip
+        self.tta = self.scales != NO_SCALES or flip
+        self.input_sizes = tta.scaled_sizes(self.input_size, self.scales) if self.tta else [self.input_size]
+        if self.tta and hasattr(net, "reshape"):
+            self._check_sizes(net)
+
+    def _check_sizes(self, net):
+        """DeployError when the engine cannot build the net for a scaled input size (nets with
+        Caffe's reshape(), i.e. sec.caffe's; others fail at their first forward instead)."""
+        from sec.caffe import NetError
+        declared = tuple(net.blobs[self.input].data.shape)
+        try:
+            for scale, size in zip(self.scales, self.input_sizes):
+                net.blobs[self.input].reshape(1, declared[1], *size)
+                try:
+                    net.reshape()
+                except NetError as err:
+                    raise DeployError(f"--scales {scale:g}: the net cannot take a {size[0]}x{size[1]} input: "
+                                      f"{err}") from err
+        finally:
+            net.blobs[self.input].reshape(*declared)
+            net.reshape()
 
     def probabilities(self, inputs):
         """N x 3 x h x w float32 (BGR, mean-subtracted) -> N x L x h' x w' softmax, on device."""
-        feed = {self.input: torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)}
+        return self._forward(torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device))
+
+    def _forward(self, batch):
         with torch.no_grad():
-            scores = self.net.run(feed)[self.output].float()
+            scores = self.net.run({self.input: batch})[self.output].float()
         return scores if self.output_is_softmax else torch.softmax(scores, dim=1)
 
+    def tta_probabilities(self, inputs, images):
+        """Per image, L x H x W probabilities at the image's size averaged over the scales (and
+        mirrors): `inputs` holds per image one 3 x h x w array per size of `input_sizes`."""
+        batches = [torch.from_numpy(np.stack(arrays)).to(self.device) for arrays in zip(*inputs)]
+        return tta.average_probabilities(self._forward, batches, [image.shape[:2] for image in images],
+                                         self.flip, upsample)
+
     def masks(self, images, probs):
-        """Masks (H x W uint8, per image size) from RGB uint8 images and their net-size probs."""
+        """Masks (H x W uint8, per image size) from RGB uint8 images and their probs (at the net's
+        output size, or already at the image's: the upsampling is then the identity)."""
         if self.crf:
             return self._crf_masks(images, probs)
         return [_to_uint8(upsample(p, image.shape[:2]).argmax(dim=0))
@@ -214,6 +263,21 @@ class Segmenter:
         pixels = torch.from_numpy(np.ascontiguousarray(image)).to(probs.device)[None]
         marginals = crf(pixels, unary, maxiter=CRF_ITERATIONS, scale_factor=CRF_SCALE_FACTOR)
         return _to_uint8(marginals[0].argmax(dim=2))
+
+
+def _check_score_blob(net, blob):
+    """`blob` must hold class scores: N x L x h x w with L the class count of the net's outputs
+    (an inner blob such as fc7 would make argmax over its features look like classes)."""
+    shape = tuple(net.blobs[blob].data.shape)
+    if len(shape) != 4:
+        raise DeployError(f"blob '{blob}' has shape {shape}: need class scores N x classes x h x w")
+    classes = {name: int(net.blobs[name].data.shape[1]) for name in net.outputs
+               if len(net.blobs[name].data.shape) == 4}
+    if classes and shape[1] not in classes.values():
+        listed = ", ".join(f"'{name}' {count}" for name, count in classes.items())
+        raise DeployError(f"--output-blob {blob}: {shape[1]} channels, but the net's output(s) give "
+                          f"{listed} classes: '{blob}' is not a class-score blob (its argmax would be no "
+                          "class); name the scores or probabilities, e.g. the net's output")
 
 
 def _producer_type(net, blob):
@@ -244,9 +308,10 @@ def _import_crf_batch():
 def load_net(spec, device="cpu", allow_missing_weights=False):
     """Build the sec.caffe.Net of `spec` in TEST phase and move it to `device`.
 
-    DeployError when the weights do not fit the prototxt, hold NaN or Inf (naming the layer), or
-    leave a parameter layer of the net without weights (it would keep its filler values and
-    give plausible-looking masks) unless allow_missing_weights."""
+    DeployError when the weights do not fit the prototxt, hold NaN or Inf (naming the layer), fill
+    no parameter layer at all (the wrong file), or leave a parameter layer of the net without
+    weights (it would keep its filler values and give plausible-looking masks) unless
+    allow_missing_weights."""
     from sec import caffe
     from sec.caffe.weights import MissingWeightsError
     device = torch.device(device)
@@ -257,9 +322,16 @@ def load_net(spec, device="cpu", allow_missing_weights=False):
     else:
         caffe.set_mode_cpu()
     try:
-        net = caffe.Net(str(spec.prototxt), str(spec.weights), caffe.TEST)
+        net = caffe.Net(str(spec.prototxt), caffe.TEST, weights=str(spec.weights))
+        report = net.weight_report
+        if report.untouched and not report.loaded:   # the wrong file, whatever --allow-missing-weights says
+            raise DeployError(
+                f"cannot load {spec.weights} into {spec.prototxt}: no layer of the file matches a parameter "
+                f"layer of the net by name (file layers: {', '.join(report.ignored[:8]) or 'none'}; net "
+                f"layers: {', '.join(report.untouched[:8])}), so every mask would come from filler values "
+                "(--allow-missing-weights allows some layers left at their fillers, not all)")
         if not allow_missing_weights:
-            net.weight_report.require_complete()
+            report.require_complete()
     except ValueError as err:  # prototxt, format, shape, non-finite and missing-weight errors
         hint = ("; pass --allow-missing-weights to run with filler values there"
                 if isinstance(err, MissingWeightsError) else "")
@@ -273,15 +345,17 @@ def load_net(spec, device="cpu", allow_missing_weights=False):
 class Decoded:
     image: np.ndarray   # H x W x 3 uint8 RGB, as a viewer shows it
     inputs: np.ndarray  # 3 x h x w float32, BGR, mean-subtracted
+    more: list = field(default_factory=list)   # the same at the further test-time augmentation sizes
 
 
-def decode(path, size):
-    """Read and preprocess one image (raises sec.data.ImageLoadError naming the file)."""
+def decode(path, size, more_sizes=()):
+    """Read and preprocess one image at `size` (and at each of `more_sizes`); raises
+    sec.data.ImageLoadError naming the file."""
     image = data.load_image(path)
-    return Decoded(image, data.preprocess(image, *size))
+    return Decoded(image, data.preprocess(image, *size), [data.preprocess(image, *s) for s in more_sizes])
 
 
-def decoded_in_order(paths, size, jobs, ahead):
+def decoded_in_order(paths, size, jobs, ahead, more_sizes=()):
     """Yield (path, Decoded or None, error message or None) in order, decoding in `jobs` threads,
     at most `ahead` images in flight."""
     pool = ThreadPoolExecutor(jobs, thread_name_prefix="sec-deploy-decode")
@@ -289,14 +363,14 @@ def decoded_in_order(paths, size, jobs, ahead):
     queue = iter(paths)
     try:
         for path in queue:
-            pending.append((path, pool.submit(decode, path, size)))
+            pending.append((path, pool.submit(decode, path, size, more_sizes)))
             if len(pending) >= ahead:
                 break
         while pending:
             path, future = pending.popleft()
             following = next(queue, None)
             if following is not None:
-                pending.append((following, pool.submit(decode, following, size)))
+                pending.append((following, pool.submit(decode, following, size, more_sizes)))
             try:
                 yield path, future.result(), None
             except data.ImageLoadError as err:
@@ -393,9 +467,11 @@ def run(plan, segmenter, *, batch=1, jobs=2, progress=True):
         bar.write(f"FAILED: {reason}")  # the message names the file
 
     def flush():
-        inputs = np.stack([d.inputs for _, d in pending])
-        net_probs = segmenter.probabilities(inputs)
         images = [d.image for _, d in pending]
+        if segmenter.tta:
+            net_probs = segmenter.tta_probabilities([[d.inputs, *d.more] for _, d in pending], images)
+        else:
+            net_probs = segmenter.probabilities(np.stack([d.inputs for _, d in pending]))
         try:
             masks = segmenter.masks(images, net_probs)
         except ValueError:  # the CRF refused one image of the batch: find it, keep the others
@@ -423,7 +499,8 @@ def run(plan, segmenter, *, batch=1, jobs=2, progress=True):
 
     try:
         ahead = batch * PREFETCH_BATCHES + jobs
-        for path, decoded, error in decoded_in_order(plan.todo, segmenter.input_size, jobs, ahead):
+        for path, decoded, error in decoded_in_order(plan.todo, segmenter.input_sizes[0], jobs, ahead,
+                                                   segmenter.input_sizes[1:]):
             if error is not None:
                 fail(path, error)
                 bar.update(1)

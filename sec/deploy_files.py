@@ -6,7 +6,8 @@
   `<out>/probs/<name>.npz`; each written by `atomic_save` (hidden temporary name, then rename).
 - `<out>/deploy_manifest.json` (MANIFEST_NAME): JSON {"format": 1, "options": {...},
   "overwrite_in_progress": bool}, the options that decide what a mask holds (the weights and
-  prototxt by SHA-256 of their bytes, the score blob, the CRF settings; see
+  prototxt by SHA-256 of their bytes, the score blob, the CRF settings, the test-time
+  augmentation when used; see
   sec.deploy.mask_options). A run whose options differ from the recorded ones is refused unless
   overwrite, since the masks already there would otherwise be kept as done; an --overwrite run
   that changes the options marks the folder until it has rewritten every image (`claim`).
@@ -27,7 +28,7 @@ PROBS_DIR = "probs"
 MANIFEST_NAME = "deploy_manifest.json"
 MANIFEST_FORMAT = 1
 # The options that decide a mask's content; the paths beside the digests are for the reader.
-DECIDING_OPTIONS = ("weights_sha256", "prototxt_sha256", "output_blob", "crf")
+DECIDING_OPTIONS = ("weights_sha256", "prototxt_sha256", "output_blob", "crf", "tta")
 # Which readable option to name when a deciding one changed.
 SHOWN_AS = {"weights_sha256": "weights", "prototxt_sha256": "prototxt"}
 HASH_CHUNK = 1 << 20
@@ -77,14 +78,24 @@ def check_output_folder(out_dir, overlay=False, probs=False):
     folders = [out_dir] + [out_dir / sub for sub, wanted in ((OVERLAY_DIR, overlay),
                                                              (PROBS_DIR, probs)) if wanted]
     for folder in folders:
-        if folder.exists() and not folder.is_dir():
-            raise DeployError(f"--out: {folder} exists and is not a folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as err:
-            raise DeployError(f"--out: cannot write into {folder}: {err}") from err
+        problem = folder_write_problem(folder)
+        if problem is not None:
+            raise DeployError(f"--out: {problem}")
+
+
+def folder_write_problem(folder):
+    """Create `folder` (and its parents) and try a temporary file in it: None when it takes files,
+    else why not ("X exists and is not a folder", "cannot write into X: reason")."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} exists and is not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"cannot write into {folder}: {err.strerror or err}"
+    return None
 
 
 @dataclass

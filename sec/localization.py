@@ -125,6 +125,28 @@ def mask_classes(mask, num_classes, ignore=255):
     return values.astype(np.int64)
 
 
+def mask_finder(masks=None, voc=None):
+    """image file -> its ground-truth mask path, or None where there is none: `masks`/<stem>.png
+    (a folder of masks, e.g. the synthetic set's), else the VOC folder's SegmentationClass(Aug)/."""
+    if masks is not None:
+        return lambda image_file: _existing(Path(masks) / f"{Path(image_file).stem}.png")
+    if voc is not None:
+        from sec.data import VOCLayout
+        layout = VOCLayout(voc)
+
+        def voc_mask(image_file):
+            try:
+                return layout.gt_path(Path(image_file).stem)
+            except FileNotFoundError:
+                return None
+        return voc_mask
+    return lambda image_file: None
+
+
+def _existing(path):
+    return path if path.is_file() else None
+
+
 def labels_from_masks(entries, mask_path_of, num_classes):
     """{id: classes} from ground-truth masks: entries are (image file, id) pairs and
     mask_path_of(image file) gives the mask's path (for VOC: VOCLayout.gt_path of the stem)."""

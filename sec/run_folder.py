@@ -2,52 +2,78 @@
 resume starts from, and the checks of the run's inputs before its first iteration.
 
 Files of run `<name>` in its folder: `<name>_iter_<N>.caffemodel`, `.solverstate`,
-`.solverstate.rng` (snapshots), `losses.csv`, `losses.png`, `train.log`, `eval.json`, `panels.png`;
+`.solverstate.rng` (snapshots; with the solver's `snapshot_format: HDF5` `.caffemodel.h5`,
+`.solverstate.h5`, `.solverstate.h5.rng`: a resume takes the newest iteration whatever its format),
+`losses.csv`, `losses.png`, `train.log`, `eval.json`, `panels.png`;
 hidden `.<file>.<hex>.tmp` files are atomic writes in progress (sec.caffe.formats.atomic_write_bytes)
 or left behind by a killed process.
 """
 import argparse
+import errno
 import logging
+import math
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from sec import data
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_SUFFIXES = (".caffemodel", ".solverstate", ".solverstate.rng")
+# Snapshot names, as sec.caffe.snapshots.snapshot_paths writes them (kept here so that this module
+# does not import the engine; tests/test_train.py checks that the two agree).
+RNG_SIDECAR_SUFFIX = ".rng"   # <solverstate>.rng: RNG states and data order
+HDF5_SUFFIX = ".h5"           # snapshot_format: HDF5 appends it to the weights and the solver state
+STATE_SUFFIXES = (".solverstate", ".solverstate" + HDF5_SUFFIX)          # BINARYPROTO, HDF5
+SNAPSHOT_SUFFIXES = ((".caffemodel", ".caffemodel" + HDF5_SUFFIX) + STATE_SUFFIXES
+                     + tuple(suffix + RNG_SIDECAR_SUFFIX for suffix in STATE_SUFFIXES))
 RUN_RECORDS = ("losses.csv", "losses.png", "eval.json", "panels.png", "train.log")
 EXAMPLES = 3                  # offending entries quoted in an input error
+# A full disk or quota, a read-only file system, no permission.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class RunInputError(ValueError):
     """A run's input (flag, list, image, cue file, run folder) that training cannot use."""
 
 
-def snapshots(run_dir, name):
-    """[(iteration, .solverstate path)] of run `name` in run_dir, newest first."""
-    found = []
-    for path in Path(run_dir).glob(f"{name}_iter_*.solverstate"):
-        number = path.name[len(f"{name}_iter_"):-len(".solverstate")]
+def _named(run_dir, name, suffix):
+    """[(N, path)] of the files `<name>_iter_<N><suffix>` in run_dir (N digits only)."""
+    head, found = f"{name}_iter_", []
+    for path in Path(run_dir).glob(f"{head}*{suffix}"):
+        number = path.name[len(head):len(path.name) - len(suffix)]
         if number.isdigit():
             found.append((int(number), path))
-    return sorted(found, reverse=True)
+    return found
+
+
+def snapshots(run_dir, name):
+    """[(iteration, solver state path)] of run `name` in run_dir, .solverstate and .solverstate.h5
+    alike, newest first: the highest iteration, and at the same iteration the file written last."""
+    found = [entry for suffix in STATE_SUFFIXES for entry in _named(run_dir, name, suffix)]
+    return sorted(found, key=lambda entry: (entry[0], entry[1].stat().st_mtime_ns), reverse=True)
 
 
 def latest_snapshot(run_dir, name):
-    """The .solverstate with the highest iteration in run_dir, or None."""
+    """The solver state (.solverstate or .solverstate.h5) with the highest iteration in run_dir, or None."""
     found = snapshots(run_dir, name)
     return found[0][1] if found else None
 
 
+def resume_snapshot(run_dir, name):
+    """latest_snapshot, or RunInputError naming --resume when run `name` has none in run_dir."""
+    state = latest_snapshot(run_dir, name)
+    if state is None:
+        raise RunInputError(f"--resume: no {name}_iter_*{STATE_SUFFIXES[0]} (nor {STATE_SUFFIXES[1]}) in {run_dir}")
+    return state
+
+
 def snapshot_files(run_dir, name):
-    """Every snapshot file (.caffemodel, .solverstate, .rng) of run `name`, sorted."""
-    files = set()
-    for suffix in SNAPSHOT_SUFFIXES:
-        files.update(p for p in Path(run_dir).glob(f"{name}_iter_*{suffix}") if p.name.endswith(suffix))
-    return sorted(files)
+    """Every snapshot file of run `name` (both formats: weights, solver state, .rng sidecar), sorted."""
+    return sorted({path for suffix in SNAPSHOT_SUFFIXES for _, path in _named(run_dir, name, suffix)})
 
 
 def remove_stale_temporaries(run_dir, name):
@@ -97,16 +123,87 @@ def _latest_weights(path):
         return None
 
 
-def positive_int(text):
-    """argparse type for counts (--iters, --batch, ...): an integer >= 1; argparse names the flag
-    and exits with status 2."""
+# ----- flag types (argparse names the flag and exits with status 2 on a bad value) --------------
+MAX_SEED = 2 ** 63 - 1        # Caffe's SolverParameter.random_seed is an int64
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A run name: one plain path component (no separator, not hidden, not '..', no option-like dash)."""
+
+
+def _integer(text):
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"need a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"need an integer, got {text!r}") from None
+
+
+def positive_int(text):
+    """argparse type for counts (--iters, --batch, ...): an integer >= 1."""
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"need a positive integer, got {value}")
     return value
+
+
+def nonnegative_int(text):
+    """argparse type for counts where 0 means none or automatic (--workers)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"need an integer >= 0, got {value}")
+    return value
+
+
+def caffe_seed(text):
+    """argparse type for --seed: Caffe's random_seed, an integer in 0..2**63-1."""
+    value = _integer(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"need an integer in 0..{MAX_SEED} (Caffe's random_seed is a "
+                                         f"64-bit integer), got {value}")
+    return value
+
+
+def float_in(low, high, high_open=False):
+    """argparse type: a finite number in [low, high] (or [low, high) with high_open)."""
+    interval = f"[{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"need a number in {interval}, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value and (value < high if high_open else value <= high)):
+            raise argparse.ArgumentTypeError(f"need a number in {interval}, got {text}")
+        return value
+    return parse
+
+
+def run_name(text):
+    """argparse type for --name: a plain name, so that the run stays inside --runs."""
+    if not RUN_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"need a plain name (letters, digits, '.', '_', '-'; starting with a letter or digit; no "
+            f"'/'), got {text!r}: the run folder is <--runs>/<name>")
+    return text
+
+
+def check_writable_folder(folder, flag):
+    """Create `folder` (and its parents) and check that it takes new files, before any work is
+    done; RunInputError naming the flag otherwise (a read-only or full file system, no permission)."""
+    from sec.deploy_files import folder_write_problem
+    problem = folder_write_problem(folder)
+    if problem is not None:
+        raise RunInputError(f"{flag}: {problem}")
+    return Path(folder)
+
+
+def describe_os_error(err, folder=None):
+    """One line for an OSError met while a run writes its files: the reason and the file (or, when
+    the error does not name one, as for a full disk met while writing, the run's `folder`)."""
+    if err.filename:
+        where = err.filename
+    else:
+        where = f"into {folder}" if folder is not None else "the run's files"
+    what = "cannot write" if err.errno in WRITE_ERRNOS else "error on"
+    return f"{what} {where}: {err.strerror or err}"
 
 
 def check_iterations(iters, batch):
@@ -145,7 +242,7 @@ def load_cue_file(path):
 
 
 def check_cues(path, entries, source, num_classes, cue_size):
-    """Every id of the list has valid labels and cues in the cue file."""
+    """Every id of the list has valid labels and cues in the cue file; returns the file's dict."""
     from pylayers import cues as pycues
     cues = load_cue_file(path)
     bad = []
@@ -158,33 +255,87 @@ def check_cues(path, entries, source, num_classes, cue_size):
     if bad:
         raise RunInputError(f"{path}: {len(bad)} of the {len(entries)} ids of {source} have no valid cues "
                             f"(first: {'; '.join(bad[:EXAMPLES])})")
+    return cues
 
 
 def check_train_net_inputs(netparam):
     """Before the first iteration: the lists, images and cue files a train NetParameter (overrides
     applied) reads: every image of every ImageData list exists and every id has cues in the file
-    of each AnnotationLayer. Raises RunInputError."""
+    of each AnnotationLayer. Raises RunInputError; returns [(list, its entries, cue file, its dict)]."""
     from pylayers.layers import AnnotationLayer
     lists = [(layer.image_data_param.source, layer.image_data_param.root_folder)
              for layer in netparam.layer if layer.type == "ImageData"]
     entries = [(source, check_image_list(source, root)) for source, root in lists]
+    checked = []
     for layer in netparam.layer:
         if layer.type != "Python" or layer.python_param.layer != "AnnotationLayer":
             continue
         params = dict(AnnotationLayer.defaults)
         params.update(yaml.safe_load(layer.python_param.param_str or "{}") or {})
         for source, listed in entries:
-            check_cues(params["cues"], listed, source, int(params["num_classes"]), int(params["cue_size"]))
+            cues = check_cues(params["cues"], listed, source, int(params["num_classes"]), int(params["cue_size"]))
+            checked.append((source, listed, params["cues"], cues))
+    return checked
+
+
+# ----- do the cue ids name this list's images? ------------------------------------------------------
+PAIRING_SAMPLE = 100          # list entries (evenly spaced) whose cue labels are compared with their masks
+MIN_PAIRING_AGREEMENT = 0.5   # right pairing: 99.25 % on VOC train_aug (the authors' cues); wrong: 3.9 %
+AUTHORS_IDS = 10582           # the authors' localization_cues.pickle: ids 0..10581, VOC train_aug in the
+                              # order of their input_list.txt
+
+
+def check_cue_pairing(cues, cues_path, entries, source, mask_of, num_classes, list_written=False):
+    """The cue pickle pairs ids with images by the list; a list of another order gives every image
+    another image's cues, which no loss notices. Where ground-truth masks are at hand (mask_of:
+    image file -> mask path or None), the '<id>_labels' of up to PAIRING_SAMPLE entries spread over
+    the list must equal their masks' foreground classes for at least MIN_PAIRING_AGREEMENT of them.
+    Without masks, a list written here (list_written) and a pickle whose ids are exactly
+    0..AUTHORS_IDS-1 (the authors' cues, numbered in the order of their input_list.txt) are refused.
+    RunInputError naming --list; returns a note when the pairing could not be checked, else None."""
+    from PIL import Image
+
+    from sec.localization import mask_classes
+    picks = np.unique(np.linspace(0, len(entries) - 1, min(len(entries), PAIRING_SAMPLE)).astype(int))
+    compared, disagree = 0, []
+    for index in picks:
+        image_file, image, line = entries[index]
+        path = mask_of(image_file)
+        if path is None:
+            continue
+        try:
+            truth = mask_classes(np.asarray(Image.open(path)), num_classes)
+        except (OSError, ValueError):
+            continue   # an unreadable or foreign mask says nothing about the pairing
+        compared += 1
+        labels = np.unique(np.asarray(cues[f"{image}_labels"], np.int64))
+        if not np.array_equal(labels, truth):
+            disagree.append(f"{source}:{line} {image_file} id {image}: cues say {labels.tolist()}, "
+                            f"{Path(path).name} holds {truth.tolist()}")
+    how = ("the list written from the dataset's split numbers its images 0..N-1 in the split's order"
+           if list_written else f"{source} is not the list the cues were made with")
+    remedy = ("pass the list the cues were made with as --list (for the authors' localization_cues.pickle: "
+              "their input_list.txt)")
+    if compared and (compared - len(disagree)) / compared < MIN_PAIRING_AGREEMENT:
+        raise RunInputError(f"{cues_path}: the image-level labels of {len(disagree)} of {compared} sampled ids "
+                            f"differ from their ground-truth masks (e.g. {'; '.join(disagree[:2])}), so the cue "
+                            f"ids do not name these images: {how}; {remedy}")
+    if compared or not list_written:
+        return None
+    ids = {key[:-len("_labels")] for key in cues if isinstance(key, str) and key.endswith("_labels")}
+    if ids == {str(i) for i in range(AUTHORS_IDS)}:
+        raise RunInputError(f"{cues_path}: ids 0..{AUTHORS_IDS - 1}, as in the authors' localization_cues.pickle, "
+                            f"whose ids follow their input_list.txt, not {source}: {how}; {remedy}")
+    return (f"note: no ground-truth masks for the images of {source}, so whether the ids of {cues_path} name "
+            "these images could not be checked")
 
 
 def restore_newest_readable(solver, run_dir, name):
-    """Restore the newest snapshot of `name` that reads; a damaged newer one is skipped with a
-    warning. Returns (state used, [(skipped state, reason)]); RunInputError when none reads."""
-    found = snapshots(run_dir, name)
-    if not found:
-        raise RunInputError(f"--resume: no {name}_iter_*.solverstate in {run_dir}")
+    """Restore the newest snapshot of `name` that reads (either format); a damaged newer one is
+    skipped with a warning. Returns (state used, [(skipped state, reason)]); RunInputError when none reads."""
+    resume_snapshot(run_dir, name)
     skipped = []
-    for _, state in found:
+    for _, state in snapshots(run_dir, name):
         try:
             solver.restore(str(state))
             return state, skipped
@@ -193,6 +344,15 @@ def restore_newest_readable(solver, run_dir, name):
             skipped.append((state, str(err)))
     reasons = "; ".join(f"{Path(s).name}: {r}" for s, r in skipped)
     raise RunInputError(f"--resume: no readable snapshot in {run_dir} ({reasons})")
+
+
+def missing_sidecar_note(state):
+    """The warning for a resume from a solver state without its .rng sidecar, or None."""
+    sidecar = Path(str(state) + RNG_SIDECAR_SUFFIX)
+    if sidecar.is_file():
+        return None
+    return (f"--resume: WARNING: {sidecar.name} is missing, so the RNG states and the data order are not restored "
+            "(they restart from the seed): the resumed run will not follow the uninterrupted one")
 
 
 def require_some_weights(report, path):

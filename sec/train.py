@@ -3,7 +3,8 @@
 A run lives in `runs/<name>/`:
 - `<name>_train.prototxt`: the train net actually used (the model's prototxt with the run's
   list, root folder, cues and batch size written in), `<name>_iter_<N>.caffemodel/.solverstate`
-  (+ `.solverstate.rng`, see sec.caffe.solver) snapshots;
+  (+ `.solverstate.rng`, see sec.caffe.solver) snapshots, or `.caffemodel.h5/.solverstate.h5` (+ `.rng`)
+  with the solver's `snapshot_format: HDF5` (sec.run_folder sees both);
 - `train.log` (Caffe-style solver log), `losses.csv` (one row per iteration: lr, total loss,
   smoothed loss, each loss blob, forward/backward/update seconds) and `losses.png`;
 - `eval.json` and `panels.png` (image | ground truth | prediction) after evaluation.
@@ -15,9 +16,12 @@ the list, images and cues before the first iteration.
 The synthetic recipe's earlier stages (localization nets and cues) are training/train.py's.
 """
 import csv
+import io
 import json
 import logging
 import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +31,15 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from sec import data, metrics, visualize
+from sec import data, metrics, tensorboard, visualize
 from sec.caffe import formats
-from sec.caffe.solver import NetOverrides, apply_net_overrides, make_solver, snapshot_paths
-from sec.run_folder import (RunInputError, check_iterations, check_train_net_inputs,  # noqa: F401
-                            latest_snapshot, prepare_new_run, remove_stale_temporaries,
-                            require_some_weights, restore_newest_readable)
+from sec.caffe.solver import NetOverrides, apply_net_overrides, make_solver
+from sec.deploy_files import atomic_save
+from sec.run_folder import (RunInputError, check_cue_pairing, check_iterations,  # noqa: F401
+                            check_train_net_inputs, latest_snapshot, missing_sidecar_note, prepare_new_run,
+                            remove_stale_temporaries, require_some_weights, restore_newest_readable,
+                            resume_snapshot)
+from sec.tensorboard import PANEL_EVERY
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +70,12 @@ class RunConfig:
     device: str = "cpu"
     resume: bool = False
     overwrite: bool = False         # a new run may delete an earlier run in its folder
+    list_written: bool = False      # `source` was written here (VOC: from trainaug.txt, ids 0..N-1), not given
     precision: str = "fp32"         # "bf16": autocast of the net body (sec.nn.speed)
     tf32: bool = True               # TF32 convolutions on CUDA (PyTorch's default)
     channels_last: bool = False     # NHWC parameters and inputs
+    tensorboard: Path | None = None  # --tensorboard DIR: events in DIR/<name> (sec.tensorboard), rank 0
+    tensorboard_panels: int = PANEL_EVERY   # a panel every N iterations (0: none)
 
     @property
     def run_dir(self):
@@ -88,9 +98,20 @@ def write_latest(runs_root, weights, deploy, classes, num_classes, dataset):
     return info
 
 
+class RunLogHandler(logging.FileHandler):
+    """train.log. A line that cannot be written (a full disk) raises its OSError, which stops the
+    run with one message, instead of logging's traceback on stderr and a run that goes on."""
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise error
+        super().handleError(record)
+
+
 def attach_log_file(path):
     """Send the solver's Caffe-style log lines to `path` (the console keeps the progress bar)."""
-    handler = logging.FileHandler(path)
+    handler = RunLogHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     for name in ("sec", "pylayers"):
         logger = logging.getLogger(name)
@@ -125,7 +146,9 @@ def global_batch_of(net_path):
 
 # ----- loss log -----------------------------------------------------------------------------------
 class LossLog:
-    """losses.csv: one row per iteration; on resume, rows from the resumed iteration on are dropped."""
+    """losses.csv: one row per iteration; on resume, rows from the resumed iteration on are dropped,
+    and so is a last row cut short (a full disk). The kept rows are rewritten atomically (a failure
+    leaves the old file whole), then new rows are appended."""
 
     def __init__(self, path, resume_iter=None):
         self.path = Path(path)
@@ -135,13 +158,13 @@ class LossLog:
             with open(self.path, newline="") as handle:
                 reader = csv.DictReader(handle)
                 self.fields = reader.fieldnames
-                self.rows = [row for row in reader if int(row["iter"]) < resume_iter]
+                self.rows = [row for row in reader if _complete(row) and int(row["iter"]) < resume_iter]
         self._handle = None
         self._writer = None
 
     def append(self, solver):
         outputs = dict(solver.last_outputs)
-        row = {"iter": solver.iter - 1, "lr": solver.lr, "loss": outputs.pop("loss"),
+        row = {"iter": solver.iter - 1, "lr": solver.last_lr, "loss": outputs.pop("loss"),
                "smoothed_loss": solver.smoothed_loss}
         row.update(outputs)
         row.update({f"{k}_s": solver.last_timings.get(k, float("nan")) for k in TIMING_FIELDS})
@@ -152,15 +175,23 @@ class LossLog:
 
     def _open(self, fields):
         self.fields = self.fields or fields
-        self._handle = open(self.path, "w", newline="")
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        formats.atomic_write_bytes(str(self.path), text.getvalue().encode())
+        self._handle = open(self.path, "a", newline="")
         self._writer = csv.DictWriter(self._handle, fieldnames=self.fields)
-        self._writer.writeheader()
-        self._writer.writerows(self.rows)
 
     def close(self):
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            handle.close()
+
+
+def _complete(row):
+    """A csv row with every field (a row cut short by a full disk has None or '' at its end)."""
+    return all(value not in (None, "") for value in row.values()) and None not in row
 
 
 def plot_losses(csv_path, png_path):
@@ -185,8 +216,10 @@ def plot_losses(csv_path, png_path):
     axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(png_path, dpi=100)
-    pyplot.close(figure)
+    try:
+        atomic_save(png_path, lambda tmp: figure.savefig(tmp, dpi=100))
+    finally:
+        pyplot.close(figure)
     return png_path
 
 
@@ -203,9 +236,35 @@ def run_overrides(cfg, source=None, local_batch=None):
 
 def check_inputs(cfg):
     """Everything a run reads, checked before anything is written or trained (RunInputError):
-    iteration and batch counts, the list's images, the cue file and every id's cues."""
+    iteration and batch counts, the list's images, the cue file and every id's cues, and, where
+    ground-truth masks are at hand, that the cue ids are this list's ids (sec.run_folder.check_cue_pairing)."""
     check_iterations(cfg.iters, cfg.batch)
-    check_train_net_inputs(apply_net_overrides(formats.read_net_prototxt(str(cfg.net)), run_overrides(cfg)))
+    netparam = apply_net_overrides(formats.read_net_prototxt(str(cfg.net)), run_overrides(cfg))
+    for source, entries, cues_path, cues in check_train_net_inputs(netparam):
+        note = check_cue_pairing(cues, cues_path, entries, source, mask_finder(cfg), cfg.num_classes,
+                                 list_written=cfg.list_written)
+        if note:
+            print(note)
+
+
+def mask_finder(cfg):
+    """image file of the list -> its ground-truth mask path or None: VOC's SegmentationClass(Aug)/,
+    the synthetic set's masks/."""
+    from sec.localization import mask_finder as finder
+    if cfg.classes == "voc":
+        return finder(voc=cfg.dataset)
+    return finder(masks=Path(cfg.dataset) / "masks")
+
+
+def check_before_training(cfg):
+    """What train() refuses before it writes anything, checked without writing (so that a launcher
+    can check before it starts processes): check_inputs, --resume without a snapshot, an earlier run
+    in the folder without --resume or --overwrite. Returns the .solverstate to resume from or None."""
+    check_inputs(cfg)
+    state = resume_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
+    if not cfg.resume and not cfg.overwrite:
+        prepare_new_run(cfg.run_dir, cfg.name, False, cfg.runs_root)  # refuses an earlier run, deletes nothing
+    return state
 
 
 def build_solver(cfg, rank=0, world_size=1):
@@ -224,14 +283,15 @@ def build_solver(cfg, rank=0, world_size=1):
 
 
 def train(cfg):
-    """Train (or resume) one run; returns the final .caffemodel path (on every rank).
+    """Train (or resume) one run; returns the final weights' path (.caffemodel, or .caffemodel.h5 with
+    snapshot_format: HDF5), on every rank.
 
     Raises RunInputError (bad flag, list, image, cues, an earlier run in the way, no readable
     snapshot to resume) before the first iteration, NonFiniteLossError on divergence."""
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     check_inputs(cfg)
-    if cfg.resume and latest_snapshot(cfg.run_dir, cfg.name) is None:
-        raise RunInputError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
+    if cfg.resume:
+        resume_snapshot(cfg.run_dir, cfg.name)
     if not cfg.resume and rank == 0:
         for path in prepare_new_run(cfg.run_dir, cfg.name, cfg.overwrite, cfg.runs_root):
             print(f"--overwrite: deleted {path}")
@@ -249,18 +309,28 @@ def train(cfg):
                 for bad, reason in skipped:
                     print(f"--resume: skipped unreadable snapshot {bad} ({reason})")
                 print(f"resuming from {state} at iteration {solver.iter} (weights {solver.restored_from[1]})")
+                warning = missing_sidecar_note(state)
+                if warning:
+                    print(warning, file=sys.stderr)
         elif cfg.weights is not None:
             require_some_weights(solver.load_weights(cfg.weights), cfg.weights)
-        run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0)
-        return snapshot_paths(cfg.prefix, solver.iter)[0]
+        board = None
+        if cfg.tensorboard is not None and rank == 0:
+            board = tensorboard.TrainingLog(tensorboard.run_log_dir(cfg.tensorboard, cfg.name),
+                                            resume_iter=solver.iter if cfg.resume else None,
+                                            panel_every=cfg.tensorboard_panels)
+        run_loop(solver, cfg.run_dir, resume_iter=solver.iter if cfg.resume else None, show=rank == 0,
+                 board=board)
+        return solver.snapshot_files(solver.iter)[0]     # in the solver's snapshot_format
     finally:
         for name in ("sec", "pylayers"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
 
 
-def run_loop(solver, run_dir, resume_iter=None, show=True):
-    """solver.solve() with a tqdm bar (loss, ETA), losses.csv and losses.png."""
+def run_loop(solver, run_dir, resume_iter=None, show=True, board=None):
+    """solver.solve() with a tqdm bar (loss, ETA), losses.csv and losses.png; `board` (a
+    sec.tensorboard.TrainingLog) logs every iteration too, and is closed at the end."""
     csv_path = Path(run_dir) / "losses.csv"
     losses = LossLog(csv_path, resume_iter) if show else None
     bar = tqdm(total=solver.param.max_iter, initial=solver.iter, desc="train", unit="it",
@@ -275,14 +345,24 @@ def run_loop(solver, run_dir, resume_iter=None, show=True):
         bar.update(1)
 
     solver.on_iteration_end.append(on_iteration_end)
+    if board is not None:
+        solver.on_iteration_end.append(board.iteration)
+    solved = False
     try:
         solver.solve()
+        solved = True
     finally:
         bar.close()
-        if losses is not None:
-            losses.close()
-            if csv_path.is_file():
-                plot_losses(csv_path, Path(run_dir) / "losses.png")
+        if board is not None:
+            board.close()
+        try:
+            if losses is not None:
+                losses.close()
+                if csv_path.is_file():
+                    plot_losses(csv_path, Path(run_dir) / "losses.png")
+        except OSError:
+            if solved:  # otherwise the error that stopped training is the one to report
+                raise
 
 
 # ----- evaluation ---------------------------------------------------------------------------------
@@ -297,7 +377,7 @@ def evaluate(deploy, weights, image_list, root_folder, mask_folder, num_classes,
     from sec import caffe
     from sec.deploy import Segmenter
 
-    net = caffe.Net(str(deploy), str(weights), caffe.TEST)
+    net = caffe.Net(str(deploy), caffe.TEST, weights=str(weights))
     net.weight_report.require_complete()   # a layer at its filler would score plausible nonsense
     net.to(torch.device(device))
     net.eval()
@@ -320,7 +400,7 @@ def evaluate(deploy, weights, image_list, root_folder, mask_folder, num_classes,
             if len(panels) < num_panels:
                 panels.append([image, gt, prediction])
     if panels_path is not None and panels:
-        visualize.save_panels(panels, panels_path)
+        atomic_save(panels_path, lambda tmp: visualize.save_panels(panels, tmp))
     return confusion
 
 
@@ -352,6 +432,13 @@ def pick_device(name):
     return name
 
 
+def check_gpus(gpus, device):
+    """--gpus N on CUDA needs N devices (RunInputError naming both); on the CPU N gloo processes run."""
+    if device.startswith("cuda") and gpus > 1 and gpus > torch.cuda.device_count():
+        raise RunInputError(f"--gpus {gpus}: torch sees {torch.cuda.device_count()} CUDA device(s); "
+                            "pass at most that many (or --device cpu for gloo processes)")
+
+
 def environment_world():
     """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0)."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -359,13 +446,22 @@ def environment_world():
 
 
 def init_distributed(cfg, local_rank):
-    """torch.distributed for torchrun: NCCL on one GPU per process, gloo on CPU."""
+    """torch.distributed for torchrun: NCCL on one GPU per process, gloo on CPU. Pair it with
+    `close_distributed` when the process is done."""
     if cfg.device.startswith("cuda"):
+        check_gpus(local_rank + 1, cfg.device)     # a process past the devices: one line, not "invalid device ordinal"
         torch.cuda.set_device(local_rank)
         cfg.device = f"cuda:{local_rank}"
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+
+
+def close_distributed():
+    """Destroy the process group of `init_distributed`, if any (NCCL warns at exit otherwise, and
+    a process group left open can hold the GPU's communicators until the interpreter ends)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def write_caffe_files(cfg):
@@ -393,12 +489,21 @@ def write_caffe_files(cfg):
     return solver_path
 
 
+def snapshot_iteration(weights):
+    """N of a snapshot `<prefix>_iter_N.caffemodel` (or Caffe's HDF5 `.caffemodel.h5`), else None."""
+    match = re.fullmatch(r".*_iter_(\d+)\.caffemodel(\.h5)?", Path(weights).name)
+    return int(match.group(1)) if match else None
+
+
 def finish(cfg, weights, evaluate_after=True):
     """Write runs/latest.json; on the synthetic set, evaluate on val and print the IoU table."""
     info = write_latest(cfg.runs_root, weights, cfg.deploy, cfg.classes, cfg.num_classes, cfg.dataset)
-    print(f"wrote {Path(cfg.runs_root) / 'latest.json'}")
+    latest = Path(cfg.runs_root).resolve() / "latest.json"
+    print(f"wrote {latest}")
     if cfg.classes != "synthetic":
-        print("evaluate on VOC val with deploy/deploy.py (runs/latest.json) and deploy/evaluate.py")
+        print(f"segment and score VOC val with this run's model:\n"
+              f"  python deploy/deploy.py --latest {latest} --images IMAGES --out MASKS [--crf]\n"
+              f"  python deploy/evaluate.py --pred MASKS --gt {Path(cfg.dataset).resolve()} --classes voc")
         return info
     if not evaluate_after:
         return info
@@ -410,4 +515,8 @@ def finish(cfg, weights, evaluate_after=True):
     print(format_iou_table(confusion, synthetic.CLASSES))
     save_eval(cfg.run_dir / "eval.json", confusion, synthetic.CLASSES, {"weights": str(weights)})
     print(f"wrote {cfg.run_dir / 'eval.json'} and {cfg.run_dir / 'panels.png'}")
+    if cfg.tensorboard is not None:   # at the last iteration's step (0-based, as losses.csv)
+        iterations = snapshot_iteration(weights)
+        tensorboard.log_evaluation(tensorboard.run_log_dir(cfg.tensorboard, cfg.name),
+                                   iterations - 1 if iterations else 0, confusion.miou())
     return info

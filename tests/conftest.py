@@ -68,3 +68,32 @@ def write_tiny_voc(folder, missing_id=None):
     conv1 = [rng.normal(0, 0.01, (64, 3, 3, 3)).astype(np.float32), np.zeros(64, np.float32)]
     formats.write_caffemodel(folder / "init.caffemodel", "vgg", [("conv1_1", "Convolution", conv1)])
     return {"voc": voc, "cues": folder / "cues.pickle", "weights": folder / "init.caffemodel"}
+
+
+@pytest.fixture
+def ieee_float32():
+    """float32 cuDNN convolutions in IEEE precision for the test (TF32 is torch's default for
+    convolutions, with a 10-bit mantissa: a CUDA-vs-CPU comparison at rtol 1e-4 of a net whose
+    convolutions are not what the test is about would measure TF32, not the code). Restores the
+    flag afterwards."""
+    from sec.nn import speed
+    saved = speed.tf32_enabled()
+    speed.set_tf32(False)
+    yield
+    speed.set_tf32(saved)
+
+
+def randomize_weights(net, seed=0):
+    """Random weights in every layer of a sec.caffe Net, BatchNorm statistics included (mean
+    normal, variance in 0.5..2, scale factor 1), so that a test net's output is not degenerate."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, kind, params in net.layer_params():
+            if kind == "BatchNorm":
+                params[0].normal_(generator=generator)
+                params[1].uniform_(0.5, 2.0, generator=generator)
+                params[2].fill_(1.0)
+            else:
+                for p in params:
+                    p.normal_(0.0, 0.3, generator=generator)

@@ -153,11 +153,17 @@ def test_hand_encoded_v1_caffemodel(tmp_path):
     np.testing.assert_array_equal(got, weight)
 
 
-def test_v0_layers_are_refused_by_name(tmp_path):
-    v0_layer = _field(1, b"conv1") + _field(2, b"conv")  # V0LayerParameter name, type
+def test_v0_caffemodel_is_upgraded_and_a_misplaced_v0_field_named(tmp_path):
+    v0_layer = _field(1, b"conv1") + _field(2, b"conv") + _varint(3 << 3) + _varint(4)  # name, type, num_output
     path = tmp_path / "v0.caffemodel"
     path.write_bytes(_field(2, _field(1, v0_layer)))  # NetParameter.layers[0].layer
-    with pytest.raises(io.CaffeFormatError, match="V0 format") as error:
+    net = io.read_caffemodel(path)
+    assert (net.layer[0].name, net.layer[0].type) == ("conv1", "Convolution")
+    assert net.layer[0].convolution_param.num_output == 4
+    relu = _field(1, b"relu1") + _field(2, b"relu") + _varint(3 << 3) + _varint(4)  # num_output on a ReLU
+    path.write_bytes(_field(2, _field(1, relu)))
+    with pytest.raises(io.CaffeFormatError, match="layer 'relu1': Unknown parameter num_output for layer type relu"
+                       ) as error:
         io.read_caffemodel(path)
     assert str(path) in str(error.value)
 
@@ -454,12 +460,12 @@ def test_solver_with_weights_field_parses(tmp_path):
 
 
 @pytest.mark.parametrize("layer, reason", [
-    ('name: "pool" type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 }',
-     "STOCHASTIC is not supported"),
-    ('name: "prelu" type: "PReLU" prelu_param { channel_shared: true }',
-     "unknown layer type 'PReLU'"),
+    ('name: "pool" type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 pad: 1 }',
+     "padding is implemented only for MAX and AVE"),
+    ('name: "clip" type: "Clip" clip_param { min: 1 }', "clip_param.max is required"),
+    ('name: "what" type: "NoSuchLayer"', "unknown layer type 'NoSuchLayer'"),
 ])
-def test_beyond_the_engine_fails_at_build_naming_the_layer(tmp_path, layer, reason):
+def test_refused_layers_fail_at_build_naming_the_layer(tmp_path, layer, reason):
     caffe = importlib.import_module("sec.caffe")
     path = tmp_path / "net.prototxt"
     path.write_text('layer { name: "data" type: "Input" top: "data"\n'

@@ -80,16 +80,20 @@ def test_pycaffe_is_located_as_the_caffe_python_imports_it(tmp_path):
     """A pycaffe found through the caller's PYTHONPATH (a source build) is carried over alone."""
     (tmp_path / "caffe").mkdir()
     (tmp_path / "caffe" / "__init__.py").write_text("")
+    (tmp_path / "caffe" / "_caffe.so").write_bytes(b"")   # what makes it BVLC's (SEC_CAFFE=bvlc)
     found = bvlc_caffe.locate_pycaffe(sys.executable, dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert found == tmp_path.resolve()
-    with pytest.raises(bvlc_caffe.CaffeUnavailable, match="cannot import caffe: .*No module named 'caffe'"):
+    with pytest.raises(bvlc_caffe.CaffeUnavailable,
+                       match="cannot import caffe: .*(No module named 'caffe'|SEC_CAFFE=bvlc: no BVLC pycaffe)"):
         bvlc_caffe.locate_pycaffe(sys.executable, dict(os.environ, PYTHONPATH=""))
 
 
 def test_probe_names_the_missing_module_and_the_install_command():
-    """This project's Python has no pycaffe: the probe says so and how to install the layers."""
+    """This project's Python has no BVLC pycaffe (its `import caffe` is the engine, which SEC_CAFFE=bvlc
+    refuses): the probe says so and how to install the layers."""
     env = bvlc_caffe.caffe_environment(sys.executable)
-    with pytest.raises(bvlc_caffe.CaffeUnavailable, match=r"No module named 'caffe'.*-m pip install ./pylayers ./CRF"):
+    with pytest.raises(bvlc_caffe.CaffeUnavailable,
+                       match=r"(No module named 'caffe'|SEC_CAFFE=bvlc: no BVLC pycaffe).*-m pip install ./pylayers ./CRF"):
         bvlc_caffe.probe(sys.executable, env)
 
 

@@ -178,7 +178,7 @@ def pycaffe_path_errors(tmp_path, case):
     _, arrays = fixture(case["fixture"])
     net = build(tmp_path, case["prototxt"], phase_of(case["phase"]), arrays[f"{case['name']}/caffemodel"])
     inputs = {r["tops"][0]: arrays[r["top_data"][0]] for r in case["layers"] if r["type"] == "Input"}
-    rec = next(r for r in case["layers"] if r["type"] != "Input")
+    rec = case["layers"][-1]   # the case's layer comes after its inputs (Input or Parameter layers)
     net.forward(**inputs)
     errors = {f"top {i}": rel_error(net.blobs[t].data, arrays[k]) for i, (t, k) in enumerate(zip(rec["tops"], rec["top_data"]))}
     if not case["backward"]:
@@ -206,6 +206,7 @@ def test_one_layer_net_through_pycaffe_api_matches_caffe(tmp_path, case):
 def test_every_engine_layer_type_has_a_caffe_fixture():
     from sec.caffe.layers import LAYER_TYPES
     covered = {c["type"] for c in LAYER_CASES} | {"ImageData"}   # ImageData: image_data.json, sec_nets
+    covered |= {"Data", "HDF5Data", "HDF5Output", "MemoryData", "WindowData"}  # data.json: test_caffe_data_reference
     assert set(LAYER_TYPES) <= covered, f"no Caffe fixture for {sorted(set(LAYER_TYPES) - covered)}"
 
 

@@ -6,8 +6,10 @@ import pytest
 from PIL import Image
 
 from conftest import shared_file
-from sec.data import (ImageDataSource, ImageListError, ImageLoadError, VOCLayout, load_image,
-                      preprocess, read_image_list, shuffle_order, write_image_list)
+from sec.caffe.caffe_rng import CaffeRNG
+from sec.caffe.image_data import ImageDataSource
+from sec.data import (ImageListError, ImageLoadError, VOCLayout, load_image, preprocess, read_image_list,
+                      write_image_list)
 
 MEAN = (104.0, 117.0, 123.0)
 EXIF_ORIENTATION_TAG = 0x0112
@@ -117,7 +119,11 @@ def test_shuffle_is_per_epoch_and_deterministic(tmp_path):
     for epoch in epochs:
         assert sorted(epoch) == list(range(10))
     assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
-    assert epochs[1] == list(shuffle_order(10, 3, 1))
+    # Caffe's ImageData: caffe::shuffle of the list at the start, of the previous order at each wrap.
+    rng, order = CaffeRNG(3), list(range(10))
+    for epoch in epochs:
+        rng.shuffle(order)
+        assert epoch == order
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -3,7 +3,7 @@
 tests/data/caffe_imagedata.npz holds a few odd-sized uint8 RGB images ("image<i>") and the
 `data` top blob that real Caffe's ImageData layer (cv::imread + cv::resize INTER_LINEAR, OpenCV
 4.6) produced from them saved as PNG, for each target size ("top_<h>x<w>", N x 3 x h x w, BGR,
-no mean: integers 0..255 stored as uint8). The offline test compares sec.data.ImageDataSource
+no mean: integers 0..255 stored as uint8). The offline test compares sec.caffe.image_data.ImageDataSource
 with it on every run; the live test (SEC_CAFFE_PYTHON naming the Python that imports pycaffe)
 runs Caffe again, on the stored images and on fresh random ones. Regenerate the file with
 
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sec.data import ImageDataSource, write_image_list
+from sec.caffe.image_data import ImageDataSource
+from sec.data import write_image_list
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "caffe_imagedata.npz"
 CAFFE_PYTHON = os.environ.get("SEC_CAFFE_PYTHON")

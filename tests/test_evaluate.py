@@ -82,9 +82,12 @@ def test_size_mismatch_and_bad_mode_name_the_file(tmp_path, capsys):
     write_folder(tmp_path / "pred", {"a": np.zeros((3, 4), np.uint8)})
     assert run("--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--classes", "3") == 2
     assert "pred/a.png: size 4x3 differs" in capsys.readouterr().err
-    Image.new("RGB", (4, 2)).save(tmp_path / "pred" / "a.png")
+    Image.new("LA", (4, 2)).save(tmp_path / "pred" / "a.png")
     assert run("--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--classes", "3") == 2
-    assert "a.png: need a palette (P) or greyscale (L) PNG, got mode RGB" in capsys.readouterr().err
+    assert "a.png: need a palette (P), greyscale (L) or RGB PNG, got mode LA" in capsys.readouterr().err
+    Image.new("RGB", (4, 2), (1, 2, 3)).save(tmp_path / "pred" / "a.png")
+    assert run("--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--classes", "3") == 2
+    assert "a.png: colour (1, 2, 3) is not in the VOC colour map" in capsys.readouterr().err
     write_folder(tmp_path / "pred", {"a": np.full((2, 4), 5)})
     assert run("--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--classes", "3") == 2
     assert "predicted value 5" in capsys.readouterr().err

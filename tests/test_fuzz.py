@@ -256,3 +256,178 @@ def test_crf_batch_arguments_work_or_raise_value_error(pairs, as_stack, maxiter,
             pass
     _crf_call_is_clean(lambda: krahenbuhl2013.CRF_batch(images, unaries, maxiter=maxiter,
                                                         scale_factor=scale, num_threads=threads))
+
+
+# --- sec.nn's public modules ---------------------------------------------------------------------
+# Each call either returns finite values equal to the numpy layers' (pylayers) or raises one
+# ValueError/TypeError whose message starts with the module and names a bad argument.
+import torch  # noqa: E402
+
+import krahenbuhl2013  # noqa: E402
+import sec.nn as secnn  # noqa: E402
+from pylayers import crf as pycrf  # noqa: E402
+from pylayers import functions as P  # noqa: E402
+
+NN_FUZZ = settings(FUZZ, max_examples=60)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+DEFECTS = ["nan", "inf", "3-D", "empty", "int", "list", "other device", "shape"]
+LOSS_RTOL = 1e-4
+
+
+@st.composite
+def nn_case(draw):
+    """A valid NCHW case (numpy probabilities from pylayers' softmax) and the defect given to each
+    argument (None: valid)."""
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    seed = draw(st.integers(0, 2 ** 16))
+    defects = {name: draw(st.sampled_from([None] * 3 + DEFECTS)) for name in ("probs", "other")}
+    if defects["probs"] == defects["other"] == "shape":     # the same extra channel on both: consistent
+        defects["probs"] = None
+    return shape, seed, draw(st.sampled_from(FLOATS)), draw(st.sampled_from(DEVICES)), defects
+
+
+def _damaged(array, defect, dtype, device, floating=True):
+    """(``array`` as a tensor with ``defect`` (see DEFECTS), whether that makes it a bad argument):
+    an integer dtype is bad only where a floating one is needed, another device only where there
+    is one (CUDA beside the CPU)."""
+    if defect == "other device" and len(DEVICES) == 1:
+        defect = None
+    if defect == "list":
+        return array.tolist(), True
+    if defect == "3-D":
+        array = array[0]
+    elif defect == "empty":
+        array = array[:0]
+    elif defect == "shape":
+        array = np.concatenate([array, array[:, :1]], axis=1)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = tensor.to(torch.int64) if defect == "int" else tensor.to(dtype)
+    if defect in ("nan", "inf"):
+        tensor.view(-1)[0] = float(defect)
+    if defect == "other device":
+        device = "cpu" if device != "cpu" else "cuda"
+    return tensor.to(device), defect is not None and (defect != "int" or floating)
+
+
+def _names_a_bad_argument(err, module, bad):
+    text = str(err)
+    assert text.startswith(f"{module}:"), text
+    assert any(name in text for name in bad), f"{text!r} names none of {bad}"
+
+
+def _check_call(module, call, want, bad):
+    """``call()`` raises naming one of ``bad`` (it must when ``bad`` is not empty, or when the
+    numpy layer's result is not finite: then naming probs), or returns finite values equal to
+    ``want()`` (pylayers)."""
+    if not bad:
+        with np.errstate(all="ignore"):
+            expected = np.asarray(want(), dtype=np.float64)
+        if not np.isfinite(expected).all():
+            bad = ["probs"]
+    try:
+        got = call()
+    except (ValueError, TypeError) as err:
+        assert bad, f"valid input refused: {err}"
+        _names_a_bad_argument(err, module, bad)
+        return
+    assert not bad, f"{module} accepted bad {bad}"
+    got = got.detach().float().cpu().numpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=LOSS_RTOL, atol=1e-6)
+
+
+def _loss_case(case, other_kind):
+    shape, seed, dtype, device, defects = case
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(0, 3, shape).astype(np.float32)
+    probs = P.softmax_with_floor(scores.copy())
+    probs = torch.from_numpy(probs).to(dtype).float().numpy()     # what the module computes with
+    others = {"cues": (rng.random(shape) < 0.3).astype(np.float32),
+              "labels": (rng.random((shape[0], 1, 1, shape[1])) < 0.5).astype(np.float32),
+              "log_q": np.log(P.softmax_with_floor(rng.normal(0, 2, shape).astype(np.float32)))}
+    other = torch.from_numpy(others[other_kind]).to(dtype).float().numpy()
+    tensors, bad = {}, []
+    for name, key, array, floating in (("probs", "probs", probs, True),
+                                       (other_kind, "other", other, other_kind == "log_q")):
+        tensors[name], is_bad = _damaged(array, defects[key], dtype, device, floating)
+        if is_bad:
+            # a wrong shape or device is a mismatch with the other argument: naming either is right
+            bad += [name, "device", "probs", other_kind] if defects[key] in ("shape", "other device") else [name]
+    return probs, other, tensors, bad
+
+
+@NN_FUZZ
+@given(case=nn_case(), which=st.sampled_from(["seed", "expand", "constrain"]))
+def test_sec_nn_losses_equal_pylayers_or_name_the_argument(case, which):
+    other_kind = {"seed": "cues", "expand": "labels", "constrain": "log_q"}[which]
+    probs, other, tensors, bad = _loss_case(case, other_kind)
+    module = {"seed": secnn.SeedLoss(), "expand": secnn.ExpandLoss(), "constrain": secnn.ConstrainLoss()}[which]
+    numpy_loss = {"seed": P.seed_loss, "expand": P.expand_loss, "constrain": P.constrain_loss}[which]
+    _check_call(type(module).__name__, lambda: module(tensors["probs"], tensors[other_kind]),
+                lambda: np.float32(numpy_loss(probs, other)[0]), bad)
+
+
+@NN_FUZZ
+@given(case=nn_case(), min_prob=st.sampled_from([1e-4, 0.0, 0.5, -0.5, 1.0, float("nan"), "x"]))
+def test_sec_nn_softmax_equals_pylayers_or_names_the_argument(case, min_prob):
+    shape, seed, dtype, device, defects = case
+    scores = np.random.default_rng(seed).normal(0, 3, shape).astype(np.float32)
+    scores = torch.from_numpy(scores).to(dtype).float().numpy()
+    defect = None if defects["probs"] in ("shape", "other device") else defects["probs"]   # one input: no mismatch
+    try:
+        module = secnn.SoftmaxWithFloor(min_prob)
+    except ValueError as err:
+        assert not (isinstance(min_prob, float) and 0 <= min_prob < 1)
+        return _names_a_bad_argument(err, "SoftmaxWithFloor", ["min_prob"])
+    assert isinstance(min_prob, float) and 0 <= min_prob < 1
+    tensor, is_bad = _damaged(scores, defect, dtype, device)
+    bad = ["scores"] if is_bad else []
+    _check_call("SoftmaxWithFloor", lambda: module(tensor), lambda: P.softmax_with_floor(scores.copy(), min_prob), bad)
+
+
+PARAMS = st.sampled_from([0.5, 0.996, 0.0, 1.0, 1.5, -0.1, float("nan"), float("inf"), "x", None])
+
+
+@NN_FUZZ
+@given(q_fg=PARAMS, q_bg=PARAMS, pooling=st.sampled_from(["gwrp", "gmp", "gap", "median"]))
+def test_sec_nn_expand_parameters_are_checked(q_fg, q_bg, pooling):
+    valid = {name: isinstance(v, float) and 0 <= v <= 1 for name, v in (("q_fg", q_fg), ("q_bg", q_bg))}
+    valid["pooling"] = pooling in P.POOLINGS
+    try:
+        secnn.ExpandLoss(q_fg=q_fg, q_bg=q_bg, pooling=pooling)
+    except ValueError as err:
+        _names_a_bad_argument(err, "ExpandLoss", [name for name, ok in valid.items() if not ok])
+        return
+    assert all(valid.values())
+
+
+@settings(NN_FUZZ, max_examples=25)
+@given(seed=st.integers(0, 2 ** 16), num=st.integers(0, 2), side=st.integers(1, 5), classes=st.integers(1, 3),
+       defect=st.sampled_from([None, None, "nan", "inf", "3-D", "channels", "other device", "int"]),
+       maxiter=st.sampled_from([0, 3, 10, -1, 1.5, 10 ** 9, True]),
+       scale=st.sampled_from([12.0, 1.0, 0.0, -2.0, float("inf")]))
+def test_sec_nn_dense_crf_equals_pylayers_or_names_the_argument(seed, num, side, classes, defect, maxiter, scale):
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(0, 2, (num, classes, side, side)).astype(np.float32)
+    images = rng.uniform(-120, 150, (num, 3, 2 * side + 1, 2 * side + 1)).astype(np.float32)
+    good_params = (isinstance(maxiter, int) and not isinstance(maxiter, bool) and 0 <= maxiter <= 1000
+                   and 0 < scale < float("inf"))
+    try:
+        module = secnn.DenseCRF(scale_factor=scale, maxiter=maxiter)
+    except ValueError as err:
+        assert not good_params
+        return _names_a_bad_argument(err, "DenseCRF", ["maxiter", "scale_factor"])
+    assert good_params
+    device = DEVICES[-1]
+    image_tensor = torch.from_numpy(images[:, :2] if defect == "channels" else images).to(device)
+    score_tensor, is_bad = _damaged(scores, defect if defect != "channels" else None, torch.float32, device)
+    bad = ["scores", "images", "device"] if is_bad or defect == "channels" or num == 0 else []
+    want = lambda: np.exp(pycrf.crf_log_probs(scores, images, krahenbuhl2013.CRF_batch, scale, maxiter))  # noqa: E731
+    try:
+        got = module(score_tensor, image_tensor)
+    except (ValueError, TypeError) as err:
+        assert bad, f"valid input refused: {err}"
+        return _names_a_bad_argument(err, "DenseCRF", bad)
+    assert not bad, f"DenseCRF accepted bad input ({defect}, N={num})"
+    np.testing.assert_allclose(np.exp(got.cpu().numpy()), want(), atol=1e-3)

@@ -12,6 +12,7 @@ from conftest import load_script, shared_file
 from sec import caffe
 from sec import localization as loc
 from sec import localization_report as report
+from sec.data import read_image_list
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -303,9 +304,11 @@ def test_make_cues_is_resumable_and_writes_the_original_format(tmp_path):
     assert (tmp_path / "report.txt").is_file() and (tmp_path / "report.png").stat().st_size > 0
     # A partial file of the same settings: its images are skipped, not recomputed.
     args = make_cues.resolve(make_cues.build_parser().parse_args(argv))
+    entries = read_image_list(args.list)
+    stamps = make_cues.image_stamps(args, entries, make_cues.image_labels(args, entries))
     marker = (np.array([1], np.int64), np.array([[1], [0], [0]], np.int64))
-    make_cues.save_pickle(Path(str(out) + ".partial"), {"fingerprint": make_cues.fingerprint(args),
-                                                        "cues": {2: marker}})
+    make_cues.save_pickle(Path(str(out) + ".partial"),
+                          make_cues.partial_record(make_cues.fingerprint(args), stamps, {2: marker}))
     assert make_cues.main(make_cues.build_parser().parse_args(argv)) == 0
     again = pickle.loads(out.read_bytes())
     assert again["2_cues"].tolist() == [[1], [0], [0]]

@@ -10,7 +10,7 @@ from krahenbuhl2013 import _core
 from pylayers import crf as pycrf
 from sec.nn import DenseCRF
 from sec.nn import crf as tcrf
-from sec.nn.lattice import Lattice, slice_scale
+from sec.nn.lattice import Lattice, SparseFilter, slice_scale
 
 MARGINAL_TOLERANCE = 1e-3
 ARGMAX_AGREEMENT = 0.999
@@ -170,3 +170,45 @@ def test_cuda_full_resolution_matches_krahenbuhl2013():
     got = tcrf.crf(torch.from_numpy(images).cuda(), torch.from_numpy(unaries).cuda(), 10, 1.0)[0].cpu().numpy()
     largest, agreement = compare(got, want)
     assert largest <= MARGINAL_TOLERANCE and agreement >= ARGMAX_AGREEMENT
+
+
+# --- the GPU-minded build: static key bounds, sparse blur passes, the cached Gaussian ------------
+
+def test_lattice_with_static_bounds_equals_the_lattice_with_data_bounds():
+    """Keys packed with strides from the features' possible range (no host read) make the same
+    lattice as strides from their actual range: same vertices, neighbours, filter."""
+    rng = np.random.default_rng(5)
+    features = torch.from_numpy((rng.random((900, 5)) * [6, 6, 19.6, 19.6, 19.6]).astype(np.float32))
+    groups = torch.arange(3).repeat_interleave(300)
+    by_data = Lattice(features, groups)
+    static = Lattice(features, groups, bounds=([0.0] * 5, [6.0, 6.0, 19.6, 19.6, 19.6]), num_groups=3)
+    assert static.num_vertices == by_data.num_vertices
+    torch.testing.assert_close(static.vertex, by_data.vertex)
+    torch.testing.assert_close(static.neighbours, by_data.neighbours)
+
+
+@pytest.mark.parametrize("dim", [2, 5])
+def test_sparse_filter_equals_the_index_filter(dim):
+    """The CSR path (splat, d+1 blur passes, slice as sparse products) is the index path's filter."""
+    rng = np.random.default_rng(dim + 10)
+    features = torch.from_numpy((rng.random((700, dim)) * 5).astype(np.float32))
+    values = torch.from_numpy(rng.random((700, 3)).astype(np.float32))
+    lattice = Lattice(features)
+    want = lattice.filter(values)
+    got = SparseFilter(lattice, lattice.barycentric, slice_scale(dim)).apply(values)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(SparseFilter(lattice, lattice.barycentric, slice_scale(dim)).apply(
+        values, add_to=torch.ones_like(values)).numpy(), want.numpy() + 1, rtol=1e-5, atol=1e-6)
+
+
+def test_the_gaussian_kernel_is_built_once_per_shape():
+    images = torch.from_numpy(photo_like(21, 21, seed=7, num=2))
+    unaries = torch.from_numpy(network_like_unary(2, 21, 21, 4, seed=8))
+    tcrf._gaussian.cache_clear()
+    first = tcrf.crf(images, unaries, scale_factor=12.0)
+    second = tcrf.crf(images, unaries, scale_factor=12.0)
+    info = tcrf._gaussian.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    want = krahenbuhl2013.CRF_batch(images.numpy(), unaries.numpy(), maxiter=10, scale_factor=12.0)
+    assert compare(second.numpy(), want)[0] <= MARGINAL_TOLERANCE

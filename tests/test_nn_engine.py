@@ -126,7 +126,9 @@ def test_torch_twin_errors_name_the_layer(sec_net, monkeypatch):
 
 @pytest.mark.cuda
 @CUDA
-def test_cuda_net_runs_the_twins_and_matches_the_cpu_numpy_net(sec_net, monkeypatch):
+def test_cuda_net_runs_the_twins_and_matches_the_cpu_numpy_net(sec_net, monkeypatch, ieee_float32):
+    """The twins against the numpy layers, so fc8 (the only convolution) in IEEE float32: under TF32
+    its logits alone would differ by up to 2^-9 of sum |w x| (tests/test_nn_speed.py)."""
     _, want, want_grad = run(sec_net, monkeypatch, "numpy")
     net, got, got_grad = run(sec_net, monkeypatch, "auto", device="cuda")
     assert all(s.impl.uses_torch(net.device) for s in net._layers if s.type == "Python")

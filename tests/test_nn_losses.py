@@ -1,5 +1,7 @@
 """sec.nn's torch losses against the numpy pylayers (the source of truth): values and gradients
 at SEC's training shape, odd shapes and degenerate images; the modules; half-precision inputs."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +167,55 @@ def test_sec_loss_is_the_sum_of_the_three_layers():
     assert set(parts) == {"seed", "expand", "constrain"}
     assert float(total.detach()) == pytest.approx(want, rel=1e-4)
     assert torch.isfinite(logits.grad).all() and float(logits.grad.abs().sum()) > 0
+
+
+# --- what pylayers refuses, sec.nn refuses too (issue 19), in one line naming the argument -------
+def _careless_calls():
+    p = torch.full((2, 3, 4, 4), 1.0 / 3)
+    cues = torch.zeros(2, 3, 4, 4)
+    images = torch.zeros(2, 3, 8, 8)
+    inf_images = images.clone()
+    inf_images[0, 0, 0, 0] = float("inf")
+    return {
+        "broadcast cues": (lambda: secnn.SeedLoss()(p, cues[:, :1]), "cues need the shape of the probabilities"),
+        "q_fg 1.5": (lambda: secnn.ExpandLoss(q_fg=1.5), "q_fg must be in [0, 1]"),
+        "q_fg nan": (lambda: secnn.ExpandLoss(q_fg=float("nan")), "q_fg must be in [0, 1]"),
+        "min_prob -0.5": (lambda: secnn.SoftmaxWithFloor(min_prob=-0.5), "min_prob must be in [0, 1)"),
+        "1-channel images": (lambda: secnn.DenseCRF()(torch.zeros(2, 3, 4, 4), images[:, :1]),
+                             "images N x 3 x H x W"),
+        "inf in images": (lambda: secnn.DenseCRF()(torch.zeros(2, 3, 4, 4), inf_images), "images need finite"),
+        "maxiter 10**9 (a hang)": (lambda: secnn.DenseCRF(maxiter=10 ** 9), "maxiter must be an integer in 0..1000"),
+        "3-D probabilities": (lambda: secnn.ConstrainLoss()(p[0], p[0]), "probs need N x C x H x W"),
+        "empty batch": (lambda: secnn.SeedLoss()(p[:0], cues[:0]), "probs need N x C x H x W with no empty"),
+        "labels of another shape": (lambda: secnn.ExpandLoss()(p, torch.ones(2, 4)), "labels need shape"),
+        "integer probabilities": (lambda: secnn.SeedLoss()(p.long(), cues), "probs must be a floating-point"),
+        "a list": (lambda: secnn.SeedLoss()(p, cues.tolist()), "cues must be a torch.Tensor"),
+        "NaN probabilities": (lambda: secnn.SeedLoss()(p * float("nan"), cues), "probs need finite"),
+        "probabilities above 1": (lambda: secnn.ConstrainLoss()(p * 4, p.log()), "probs need values in [0, 1]"),
+        "a log of 0": (lambda: secnn.SeedLoss()(torch.zeros(2, 3, 4, 4), cues + 1), "probs give a loss that is not"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_careless_calls()))
+def test_sec_nn_refuses_what_pylayers_refuses(case):
+    call, message = _careless_calls()[case]
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        call()
+
+
+def test_value_checks_can_be_left_out_and_then_cost_no_host_read():
+    from sec.nn.opcount import OpCounter
+    p = torch.full((2, 3, 4, 4), 1.0 / 3)
+    for check_values, reads in ((True, 1), (False, 0)):
+        counter = OpCounter()
+        with counter:
+            secnn.SeedLoss(check_values=check_values)(p, torch.ones(2, 3, 4, 4))
+        assert counter.total("syncs") == reads
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_mixed_devices_are_one_value_error():
+    p = torch.full((2, 3, 4, 4), 1.0 / 3)
+    with pytest.raises(ValueError, match="SeedLoss: need every tensor on one device, got probs on cpu, cues on cuda"):
+        secnn.SeedLoss()(p, torch.zeros(2, 3, 4, 4, device="cuda"))

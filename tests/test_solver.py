@@ -8,6 +8,7 @@ dropout, so resume tests exercise both the data state and the torch RNG.
 import logging
 import math
 import os
+import re
 from collections import namedtuple
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def solver_param(**fields):
 def test_lr_policies_match_caffe_formulas(fields, iteration, expected):
     rate, step = learning_rate(solver_param(**fields), iteration)
     assert rate == pytest.approx(expected, rel=1e-6)
-    assert step == 0
+    assert step == (iteration // fields["stepsize"] if fields["lr_policy"] == "step" else 0)   # Caffe's current_step
 
 
 def test_multistep_advances_current_step_at_each_stepvalue():
@@ -144,6 +145,16 @@ def test_multistep_advances_current_step_at_each_stepvalue():
         rates.append(rate)
     assert rates == pytest.approx([0.5, 0.5, 0.25, 0.25, 0.25, 0.125, 0.125])
     assert step == 2
+
+
+def test_multistep_passes_a_repeated_stepvalue_one_iteration_later():
+    """Caffe's GetLearningRate advances current_step by at most one stepvalue per call."""
+    param = solver_param(lr_policy="multistep", base_lr=0.5, gamma=0.5, stepvalue=[2, 2, 4])
+    step, rates = 0, []
+    for it in range(6):
+        rate, step = learning_rate(param, it, step)
+        rates.append(rate)
+    assert rates == pytest.approx([0.5, 0.5, 0.25, 0.125, 0.0625, 0.0625])
 
 
 def test_unknown_policy_and_missing_stepsize_are_named():
@@ -218,7 +229,8 @@ def test_display_logs_caffe_style_lines(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="sec.caffe.solver"):
         solver.step(3)
     text = caplog.text
-    assert "Iteration 0, loss = " in text and "Iteration 2 (" in text
+    assert re.search(r"Iteration 0 \(\S+ iter/s, \S+s/2 iters\), loss = ", text)
+    assert re.search(r"Iteration 2 \(\S+ iter/s, \S+s/2 iters\), loss = ", text)
     assert "Train net output #0: loss = " in text and "(* 1 = " in text
     assert "Iteration 2, lr = 0.1" in text
     assert "Iteration 1," not in text
@@ -329,9 +341,13 @@ def test_solve_snapshots_after_training_and_overrides_apply(tmp_path, monkeypatc
         "run_iter_4.solverstate", "run_iter_5.solverstate"]
 
 
-def test_unsupported_solver_type_and_missing_net_are_named(tmp_path):
-    with pytest.raises(ValueError, match="solver type 'Adam'"):
-        SGDSolver(write_solver(tmp_path, type="Adam"), net_factory=TinyNet)
+def test_solver_type_unknown_mismatched_or_missing_net(tmp_path, caplog):
+    with pytest.raises(ValueError, match=r"unknown solver type 'Adamax' \(known types: AdaDelta, AdaGrad, Adam, "):
+        solver_mod.make_solver(write_solver(tmp_path, type="Adamax"), net_factory=TinyNet)
+    with caplog.at_level(logging.WARNING, logger="sec.caffe.solver"):     # pycaffe's SGDSolver(path) ignores the type
+        solver = SGDSolver(write_solver(tmp_path, type="Adam"), net_factory=TinyNet)
+    assert "type 'Adam' run by SGDSolver" in caplog.text and len(solver.history) == 2
+    assert type(solver_mod.make_solver(write_solver(tmp_path, type="Adam"), net_factory=TinyNet)).__name__ == "AdamSolver"
     with pytest.raises(FileNotFoundError, match="nowhere.prototxt"):
         SGDSolver(write_solver(tmp_path, net="nowhere.prototxt"), net_factory=TinyNet)
 
@@ -559,3 +575,16 @@ def test_non_finite_weights_are_named_and_never_snapshotted(tmp_path):
         solver.snapshot()
     assert sorted(os.listdir(tmp_path / "snap")) == ["tiny_iter_2.caffemodel", "tiny_iter_2.solverstate",
                                                      "tiny_iter_2.solverstate.rng"]
+
+
+def test_pycaffe_lr_is_the_rate_of_the_current_iteration(tmp_path):
+    """pycaffe's solver.lr calls GetLearningRate at solver.iter (and, as there, moves current_step);
+    last_lr is the rate the last update used."""
+    solver = SGDSolver(write_solver(tmp_path, lr_policy="step", gamma=0.5, stepsize=2), net_factory=TinyNet)
+    assert solver.lr == pytest.approx(0.1)
+    solver.step(2)
+    assert solver.last_lr == pytest.approx(0.1) and solver.lr == pytest.approx(0.05)
+    assert solver.current_step == 1 and solver.param.base_lr == pytest.approx(0.1)
+    solver.param.base_lr = 1.0                    # pycaffe's settable solver.param.base_lr
+    solver.step(1)
+    assert solver.last_lr == pytest.approx(0.5)

@@ -1,5 +1,6 @@
-"""sec.caffe.weights: copying a .caffemodel by layer name reports what it loaded, ignored and left
-at its fillers; NaN/Inf weights are refused before anything changes."""
+"""sec.caffe.weights: copying a .caffemodel (or Caffe's HDF5 layout) by layer name reports what it
+loaded, ignored and left at its fillers; NaN/Inf weights are refused before anything changes by
+default (the project's tools), loaded with a warning by pycaffe's Net/copy_from (as Caffe loads them)."""
 import logging
 
 import numpy as np
@@ -69,13 +70,32 @@ def test_non_finite_weights_are_refused_naming_the_layer_and_nothing_changes(tmp
     weights[1][1] = bad
     fc8 = np.ones((3, 2, 1, 1), np.float32)
     path = write(tmp_path, [("fc8", "Convolution", [fc8, np.zeros(3)]), ("conv1", "Convolution", weights)])
+    targets = {name: [p.param for p in blobs] for name, blobs in net.params.items()}
     before = {n: [p.data.copy() for p in blobs] for n, blobs in net.params.items()}
     with pytest.raises(NonFiniteWeightsError, match=r"w\.caffemodel: layer 'conv1' blob 1 holds 1 non-finite"):
-        net.copy_from(path)
+        copy_weights(path, targets)
     for name, blobs in net.params.items():
         for p, old in zip(blobs, before[name]):
             np.testing.assert_array_equal(p.data, old)
     assert isinstance(NonFiniteWeightsError("x"), ValueError)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_pycaffe_loads_non_finite_weights_with_a_warning_and_the_tools_check_refuses(tmp_path, net, bad, caplog):
+    """Caffe's CopyTrainedLayersFrom loads NaN/Inf; so do Net(..., weights=) and copy_from, warning;
+    require_complete (what deploy, evaluate and make_cues call) still refuses them."""
+    weights = [CONV1[0], CONV1[1].copy()]
+    weights[1][1] = bad
+    path = write(tmp_path, [("conv1", "Convolution", weights)])
+    with caplog.at_level(logging.WARNING, logger="sec.caffe.weights"):
+        report = net.copy_from(path)
+    assert report.nonfinite == [("conv1", 1, 1)]
+    assert "layer 'conv1' blob 1 holds 1 non-finite" in caplog.text
+    np.testing.assert_array_equal(net.params["conv1"][1].data, weights[1])
+    again = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, weights=path)
+    np.testing.assert_array_equal(again.params["conv1"][1].data, weights[1])
+    with pytest.raises(NonFiniteWeightsError, match=r"w\.caffemodel: layer 'conv1' blob 1 holds 1 non-finite"):
+        again.weight_report.require_complete(allow=["fc8"])
 
 
 def test_copy_weights_into_plain_tensors(tmp_path):

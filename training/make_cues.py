@@ -9,10 +9,16 @@ Writes the original pickle: '<id>_labels' (int64 foreground classes 1..C-1) and 
 --labels (a JSON {"<id>": [classes]} file, or a cue pickle's '<id>_labels') or, with --voc, from
 the segmentation ground truth (SegmentationClass, else SegmentationClassAug). Images go through the
 nets in batches, decoded ahead by worker threads; every --save-every images the results so far are
-saved to <out>.partial (keyed by id) and a rerun skips them. With --report, a text report and a PNG
+saved to <out>.partial (keyed by id, with the nets and settings, and per image a digest of its
+file and labels) and a rerun skips the images whose cues would be the same. With --report, a text report and a PNG
 (seeds per image, class balance, precision/recall against ground truth when there is some).
+
+Every input, flag and output folder is checked before the first image. Exit status: 0 done; 2 a
+missing or unusable input, flag value or output (a read-only --out, a full disk: the message names
+the file; what was done is saved to <out>.partial); 130 Ctrl-C (likewise saved).
 """
 import argparse
+import hashlib
 import json
 import os
 import pickle
@@ -28,10 +34,18 @@ from tqdm import tqdm
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PICKLE_PROTOCOL = 2          # readable by the original Python 2 code
 PARTIAL_SUFFIX = ".partial"
+PARTIAL_FORMAT = 2           # 1: a fingerprint without labels, root and images (issue 19)
+EXIT_BAD_INPUT = 2           # a missing or unusable input, flag or output folder; also a full disk
+EXIT_INTERRUPTED = 130       # Ctrl-C; the images done so far are kept in <out>.partial
+
+
+class OutputError(OSError):
+    """An output (cues, .partial, report) that cannot be written: the message names the file."""
 
 
 def build_parser():
     from sec import localization as loc
+    from sec.run_folder import float_in, nonnegative_int, positive_int
     parser = argparse.ArgumentParser(description="Generate SEC localization cues (original pickle format).")
     parser.add_argument("--preset", choices=sorted(loc.PRESETS), default="synthetic",
                         help="net prototxts, class count, cue grid and default paths")
@@ -48,21 +62,26 @@ def build_parser():
     parser.add_argument("--fg-net", type=Path, help="foreground net prototxt (default: <preset models>/fg.prototxt)")
     parser.add_argument("--bg-net", type=Path, help="background net prototxt (default: <preset models>/bg.prototxt)")
     parser.add_argument("--out", type=Path, help="output cue pickle (default: runs/localization/<preset>/cues.pickle)")
-    parser.add_argument("--threshold", type=float, default=loc.FG_THRESHOLD,
-                        help="foreground seeds: heat > threshold x the class's maximum heat")
-    parser.add_argument("--percentile", type=float, default=loc.BG_PERCENTILE,
-                        help="background seeds: this percentage of least salient cells")
+    parser.add_argument("--threshold", type=float_in(0, 1, high_open=True), default=loc.FG_THRESHOLD,
+                        help="foreground seeds: heat > threshold x the class's maximum heat; 0 <= threshold < 1 "
+                        "(default %(default)s)")
+    parser.add_argument("--percentile", type=float_in(0, 100), default=loc.BG_PERCENTILE,
+                        help="background seeds: this percentage (0..100) of least salient cells "
+                        "(default %(default)s)")
     parser.add_argument("--fg-bg-rule", choices=loc.FG_BG_RULES, default=loc.DEFAULT_FG_BG_RULE,
                         help="a cell that is both a foreground and a background seed: drop it or give it to one side")
-    parser.add_argument("--batch", type=int, default=16, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="threads decoding images ahead of the nets")
-    parser.add_argument("--save-every", type=int, default=500, help="save partial results every N images")
+    parser.add_argument("--batch", type=positive_int, default=16, help="images per forward pass (>= 1)")
+    parser.add_argument("--workers", type=nonnegative_int, default=min(2, os.cpu_count() or 1),
+                        help="threads decoding images ahead of the nets (0 counts as 1)")
+    parser.add_argument("--save-every", type=positive_int, default=500,
+                        help="save partial results to <out>.partial every N images (>= 1)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     parser.add_argument("--report", type=Path, help="folder for report.txt, report.json and report.png "
                         "(default: beside --out)")
     parser.add_argument("--no-report", action="store_true", help="skip the report")
-    parser.add_argument("--restart", action="store_true", help="ignore partial results of an earlier run")
+    parser.add_argument("--restart", action="store_true", help="ignore (and replace) the partial results of an "
+                        "earlier run in <out>.partial; without it they are reused when every input and setting "
+                        "that decides the cues is the same")
     return parser
 
 
@@ -94,32 +113,23 @@ def resolve(args):
             raise FileNotFoundError(f"{flag}: {path} not found")
     if not Path(args.root).is_dir():
         raise FileNotFoundError(f"--root: folder {args.root} not found")
-    if args.batch < 1 or args.save_every < 1:
-        raise ValueError(f"need --batch and --save-every >= 1, got {args.batch} and {args.save_every}")
-    if args.workers < 0:
-        raise ValueError(f"--workers: need 0 or more, got {args.workers}")
     return args
+
+
+def check_outputs(args):
+    """--out and the report folder take files (checked before any image is read)."""
+    from sec.run_folder import check_writable_folder
+    if Path(args.out).is_dir():
+        raise FileNotFoundError(f"--out: {args.out} is a folder; need the cue pickle's file name")
+    check_writable_folder(Path(args.out).parent, "--out")
+    if not args.no_report:
+        check_writable_folder(args.report, "--report")
 
 
 def truth_finder(args):
     """image file -> ground-truth mask path or None (from --masks or the VOC folder)."""
-    if args.masks is not None:
-        return lambda image_file: _existing(Path(args.masks) / (Path(image_file).stem + ".png"))
-    if args.voc is not None:
-        from sec.data import VOCLayout
-        layout = VOCLayout(args.voc)
-
-        def voc_truth(image_file):
-            try:
-                return layout.gt_path(Path(image_file).stem)
-            except FileNotFoundError:
-                return None
-        return voc_truth
-    return lambda image_file: None
-
-
-def _existing(path):
-    return path if path.is_file() else None
+    from sec.localization import mask_finder
+    return mask_finder(masks=args.masks, voc=args.voc)
 
 
 def image_labels(args, entries):
@@ -139,32 +149,70 @@ def image_labels(args, entries):
 
 
 def fingerprint(args):
-    """What the cues depend on; partial results of other settings are not reused."""
-    def stamp(path):
-        stat = Path(path).stat()
-        return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
-    return {"fg": stamp(args.fg_weights), "bg": stamp(args.bg_weights), "fg_net": stamp(args.fg_net),
-            "bg_net": stamp(args.bg_net), "threshold": args.threshold, "percentile": args.percentile,
-            "rule": args.fg_bg_rule, "cue_size": args.cue_size, "list": stamp(args.list)}
+    """The settings every image's cues depend on: the nets (prototxts and weights: resolved path,
+    size, mtime) and the seed rules (threshold, percentile, fg/bg rule, grid, classes)."""
+    return {"format": PARTIAL_FORMAT, "fg": _stamp(args.fg_weights), "bg": _stamp(args.bg_weights),
+            "fg_net": _stamp(args.fg_net), "bg_net": _stamp(args.bg_net), "threshold": args.threshold,
+            "percentile": args.percentile, "rule": args.fg_bg_rule, "cue_size": args.cue_size,
+            "num_classes": args.num_classes}
 
 
-def load_partial(path, key, restart):
-    """{id: (labels, cues)} saved by an interrupted run with the same fingerprint, else {}."""
+def image_stamps(args, entries, labels):
+    """{id: digest of what its own cues depend on}: its image file (resolved path under --root,
+    size, mtime) and its image-level labels (from --labels or --voc)."""
+    stamps = {}
+    for image_file, image, _ in entries:
+        record = [image, *_stamp(Path(args.root) / image_file), [int(c) for c in labels[image]]]
+        stamps[image] = hashlib.sha256(json.dumps(record).encode()).hexdigest()
+    return stamps
+
+
+def _stamp(path):
+    stat = Path(path).stat()
+    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def partial_record(key, stamps, done):
+    """What <out>.partial holds: the settings, and per image done its cues and input digest."""
+    return {"fingerprint": key, "cues": done, "inputs": {image: stamps[image] for image in done}}
+
+
+def load_partial(path, key, stamps, restart):
+    """{id: (labels, cues)} saved by an interrupted run with the same settings, for the images
+    whose file and labels are unchanged, else {}. ValueError naming the file (and --restart)
+    when it cannot be read."""
     if restart or not path.is_file():
         return {}
-    with open(path, "rb") as handle:
-        saved = pickle.load(handle)
-    if saved.get("fingerprint") != key:
-        print(f"make_cues: {path} was made with other weights/settings; starting over", file=sys.stderr)
+    try:
+        with open(path, "rb") as handle:
+            saved = pickle.load(handle)
+        if not all(isinstance(saved.get(k), dict) for k in ("fingerprint", "cues")):
+            raise ValueError("need a dict of 'fingerprint', 'cues' and 'inputs'")
+    except Exception as err:  # a damaged pickle raises nearly any exception type
+        raise ValueError(f"{path}: unreadable partial results of an earlier run ({type(err).__name__}: {err}); "
+                         "pass --restart to ignore and replace them") from None
+    if saved["fingerprint"] != key:
+        changed = sorted(k for k in key if saved["fingerprint"].get(k) != key[k])
+        print(f"make_cues: {path} was made with other nets or settings ({', '.join(changed)}); starting over",
+              file=sys.stderr)
         return {}
-    print(f"make_cues: resuming, {len(saved['cues'])} images done in {path}")
-    return saved["cues"]
+    inputs = saved.get("inputs") if isinstance(saved.get("inputs"), dict) else {}
+    done = {image: cues for image, cues in saved["cues"].items()
+            if image in stamps and inputs.get(image) == stamps[image]}
+    redo = len(saved["cues"]) - len(done)
+    print(f"make_cues: resuming, {len(done)} images done in {path}"
+          + (f" ({redo} others redone: their image file, labels or list entry changed)" if redo else ""))
+    return done
 
 
 def save_pickle(path, value):
+    """Write `value` atomically (protocol 2); OutputError naming the file when it cannot be."""
     from sec.caffe import formats
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    formats.atomic_write_bytes(str(path), pickle.dumps(value, protocol=PICKLE_PROTOCOL))
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        formats.atomic_write_bytes(str(path), pickle.dumps(value, protocol=PICKLE_PROTOCOL))
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def build_nets(args, device):
@@ -173,7 +221,7 @@ def build_nets(args, device):
     from sec import localization as loc
     nets = []
     for prototxt, weights in ((args.fg_net, args.fg_weights), (args.bg_net, args.bg_weights)):
-        net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
+        net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
         net.weight_report.require_complete()     # a layer left at its filler would make garbage cues
         net.to(torch.device(device))
         net.eval()
@@ -181,14 +229,15 @@ def build_nets(args, device):
     return loc.CueNets(nets[0], nets[1], args.cue_size)
 
 
-def generate(args, entries, labels, nets, done):
-    """Run the nets over the entries not in `done`; returns done updated {id: (labels, cues)}."""
+def generate(args, entries, labels, nets, done, key, stamps):
+    """Run the nets over the entries not in `done`, adding {id: (labels, cues)} to it (so that a
+    caller interrupted here keeps what was done); every --save-every images `done` is saved to
+    <out>.partial (see partial_record). Returns done."""
     from sec import data
     from sec import localization as loc
     todo = [(image_file, image) for image_file, image, _ in entries if image not in done]
     sizes = {which: nets.input_size(which) for which in ("fg", "bg")}
-    key = fingerprint(args)
-    partial = Path(str(args.out) + PARTIAL_SUFFIX)
+    partial = partial_path(args)
 
     def load(item):
         """{"fg": input of the fg net, "bg": input of the bg net} (one array when the sizes agree)."""
@@ -206,25 +255,27 @@ def generate(args, entries, labels, nets, done):
     batches = [todo[i:i + args.batch] for i in range(0, len(todo), args.batch)]
     since_save = flat = 0
     bar = tqdm(total=len(entries), initial=len(entries) - len(todo), desc="cues", unit="img")
-    with ThreadPoolExecutor(max(1, args.workers)) as pool:
-        pending = [pool.map(load, batch) for batch in batches[:2]]
-        for index, batch in enumerate(batches):
-            inputs = list(pending.pop(0))
-            if index + 2 < len(batches):
-                pending.append(pool.map(load, batches[index + 2]))
-            heat = nets.heatmaps(np.stack([x["fg"] for x in inputs]))
-            saliency = nets.saliency(np.stack([x["bg"] for x in inputs]))
-            flat += sum(int(s.max() == s.min()) for s in saliency)
-            for (_, image), h, s in zip(batch, heat, saliency):
-                classes = labels[image]
-                done[image] = (classes, loc.image_cues(h, s, classes, args.threshold, args.percentile,
-                                                       args.fg_bg_rule))
-            since_save += len(batch)
-            bar.update(len(batch))
-            if since_save >= args.save_every and index + 1 < len(batches):
-                save_pickle(partial, {"fingerprint": key, "cues": done})
-                since_save = 0
-    bar.close()
+    try:
+        with ThreadPoolExecutor(max(1, args.workers)) as pool:
+            pending = [pool.map(load, batch) for batch in batches[:2]]
+            for index, batch in enumerate(batches):
+                inputs = list(pending.pop(0))
+                if index + 2 < len(batches):
+                    pending.append(pool.map(load, batches[index + 2]))
+                heat = nets.heatmaps(np.stack([x["fg"] for x in inputs]))
+                saliency = nets.saliency(np.stack([x["bg"] for x in inputs]))
+                flat += sum(int(s.max() == s.min()) for s in saliency)
+                for (_, image), h, s in zip(batch, heat, saliency):
+                    classes = labels[image]
+                    done[image] = (classes, loc.image_cues(h, s, classes, args.threshold, args.percentile,
+                                                           args.fg_bg_rule))
+                since_save += len(batch)
+                bar.update(len(batch))
+                if since_save >= args.save_every and index + 1 < len(batches):
+                    save_pickle(partial, partial_record(key, stamps, done))
+                    since_save = 0
+    finally:
+        bar.close()               # a message that follows starts on a line of its own
     if flat:
         print(f"make_cues: WARNING: {flat} of {len(todo)} images got a constant saliency map (their "
               f"background seeds then say nothing): is {args.bg_weights} trained, "
@@ -249,10 +300,10 @@ def write_report(args, entries, cues, class_names):
         seeds = report.seed_mask(cues[f"{image}_cues"], args.cue_size)
         examples.append((f"id {image}", data.load_image(Path(args.root) / image_file), seeds, truth_of(image)))
     folder = Path(args.report)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.txt").write_text(text + "\n", encoding="utf-8")
-    (folder / "report.json").write_text(json.dumps(stats.summary(class_names), indent=1) + "\n", encoding="utf-8")
-    report.save_report_figure(folder / "report.png", stats, class_names, examples)
+    write_file(folder / "report.txt", lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    summary = json.dumps(stats.summary(class_names), indent=1) + "\n"
+    write_file(folder / "report.json", lambda tmp: Path(tmp).write_text(summary, encoding="utf-8"))
+    write_file(folder / "report.png", lambda tmp: report.save_report_figure(tmp, stats, class_names, examples))
     print(text)
     print(f"wrote {folder / 'report.txt'}, report.json and report.png")
     return stats
@@ -266,33 +317,73 @@ def class_names_of(preset, num_classes):
     return list(VOC_CLASSES)[:num_classes]
 
 
+def write_file(path, save):
+    """save(temporary path) then rename it to `path` (a full disk leaves no half-written file);
+    OutputError naming the file when it cannot be written."""
+    from sec.deploy_files import atomic_save
+    try:
+        atomic_save(path, save)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def partial_path(args):
+    return Path(str(args.out) + PARTIAL_SUFFIX)
+
+
 def main(args):
+    """Exit status: 0 done, 2 a missing or unusable input, flag or output (also a full disk), 130 Ctrl-C."""
+    from sec import data
     from sec.run_folder import check_image_list
     from sec.train import pick_device
     try:                      # every input checked (and both nets loaded) before the first image
         args = resolve(args)
+        check_outputs(args)
         device = pick_device(args.device)
         entries = check_image_list(args.list, args.root)
         labels = image_labels(args, entries)
+        key, stamps = fingerprint(args), image_stamps(args, entries, labels)
+        done = load_partial(partial_path(args), key, stamps, args.restart)
         started = time.perf_counter()
         nets = build_nets(args, device)
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"make_cues: {err}", file=sys.stderr)
-        return 2
-    partial = Path(str(args.out) + PARTIAL_SUFFIX)
-    done = load_partial(partial, fingerprint(args), args.restart)
-    done = generate(args, entries, labels, nets, done)
-    cues = {}
-    for _, image, _ in entries:
-        classes, points = done[image]
-        cues[f"{image}_labels"] = np.asarray(classes, np.int64)
-        cues[f"{image}_cues"] = np.asarray(points, np.int64).reshape(3, -1)
-    save_pickle(args.out, cues)
-    partial.unlink(missing_ok=True)
-    print(f"wrote {args.out}: cues of {len(entries)} images in {time.perf_counter() - started:.1f} s")
-    if not args.no_report:
-        write_report(args, entries, cues, class_names_of(args.preset, args.num_classes))
+        return EXIT_BAD_INPUT
+    written = False
+    try:
+        generate(args, entries, labels, nets, done, key, stamps)
+        cues = {}
+        for _, image, _ in entries:
+            classes, points = done[image]
+            cues[f"{image}_labels"] = np.asarray(classes, np.int64)
+            cues[f"{image}_cues"] = np.asarray(points, np.int64).reshape(3, -1)
+        save_pickle(args.out, cues)
+        written = True
+        partial_path(args).unlink(missing_ok=True)
+        print(f"wrote {args.out}: cues of {len(entries)} images in {time.perf_counter() - started:.1f} s")
+        if not args.no_report:
+            write_report(args, entries, cues, class_names_of(args.preset, args.num_classes))
+    except (OutputError, data.ImageListError, KeyboardInterrupt) as err:
+        interrupted = isinstance(err, KeyboardInterrupt)
+        what = "interrupted" if interrupted else str(err)
+        print(f"make_cues: {what}{kept(args, entries, partial_record(key, stamps, done), written)}", file=sys.stderr)
+        return EXIT_INTERRUPTED if interrupted else EXIT_BAD_INPUT
     return 0
+
+
+def kept(args, entries, record, written):
+    """After a failure or Ctrl-C mid-run: save what was done to <out>.partial (unless the cues
+    were written) and say what a rerun will find."""
+    if written:
+        return f"; the cues of all {len(entries)} images are in {args.out}"
+    done = record["cues"]
+    if not done:
+        return "; no image was done"
+    try:
+        save_pickle(partial_path(args), record)
+    except OutputError as err:
+        return f"; the {len(done)} images done could not be saved either ({err})"
+    return f"; the {len(done)} of {len(entries)} images done are saved in {partial_path(args)} (a rerun resumes)"
 
 
 if __name__ == "__main__":

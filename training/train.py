@@ -20,12 +20,13 @@ once finished, runs/latest.json names the weights for deploy/deploy.py.
 import argparse
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from sec.run_folder import positive_int
+from sec import launch
+from sec.run_folder import caffe_seed, nonnegative_int, positive_int, run_name
+from sec.tensorboard import PANEL_EVERY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = REPO_ROOT / "models"
@@ -39,7 +40,8 @@ SYNTHETIC_IMAGE_SIZE = 160
 SYNTHETIC_CUE_SIZE = 21
 VOC_NUM_CLASSES = 21
 VOC_TRAIN_SPLIT = "trainaug"
-EXIT_MISSING_INPUT = 2         # a missing or unusable input, flag or run folder; nothing was trained
+EXIT_MISSING_INPUT = 2         # a missing or unusable input, flag or run folder, or outputs that cannot be
+                               # written (read-only, disk full); nothing finished is lost
 EXIT_NONFINITE = 3             # training diverged (NaN/Inf); the earlier snapshots are kept
 EXIT_STAGE_FAILED = 4          # a pipeline stage (subprocess) failed; its message is above
 EXIT_INTERRUPTED = 130         # Ctrl-C; the snapshots written so far are kept (--resume)
@@ -72,32 +74,45 @@ def build_parser():
                         "imports its own numpy, not this Python's; a failing Python layer prints its traceback")
     parser.add_argument("--caffe-bin", help="--engine caffe: the `caffe` binary (default: beside that Python's "
                         "pycaffe, <prefix>/bin/caffe, else `caffe` on PATH)")
-    parser.add_argument("--resume", action="store_true", help="continue the run from its last readable .solverstate")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last readable .solverstate "
+                        "(or .solverstate.h5: the newest iteration in either format; not with --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier run of the same name in its "
-                        "folder (snapshots, losses, log) and start again; without it such a folder is refused")
-    parser.add_argument("--name", help="run name: folder runs/<name>/ (default: synthetic or voc)")
-    parser.add_argument("--runs", type=Path, default=REPO_ROOT / "runs", help="folder of runs and latest.json")
+                        "folder (snapshots, losses, log) and start again; without it such a folder is refused "
+                        "(not with --resume)")
+    parser.add_argument("--name", type=run_name, help="run name, a plain name (letters, digits, '.', '_', '-'): "
+                        "folder <runs>/<name>/ (default: synthetic or voc)")
+    parser.add_argument("--runs", type=Path, default=REPO_ROOT / "runs", help="folder of runs and latest.json "
+                        "(must be writable; checked before anything runs)")
     parser.add_argument("--solver", type=Path, help="solver prototxt (default: models/<recipe>/solver.prototxt)")
     parser.add_argument("--net", type=Path, help="train net prototxt (default: models/<recipe>/train.prototxt)")
     parser.add_argument("--synthetic-dir", type=Path, default=SYNTHETIC_DIR,
                         help="synthetic dataset folder (generated when absent or incomplete)")
     parser.add_argument("--iters", type=positive_int, help="override max_iter of the solver")
     parser.add_argument("--batch", type=positive_int, help="override the global batch size of the ImageData layer")
-    parser.add_argument("--seed", type=int, help="override random_seed of the solver")
+    parser.add_argument("--seed", type=caffe_seed, help="override random_seed of the solver (0..2**63-1)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     parser.add_argument("--localization-only", action="store_true", help="synthetic recipe: stop after the "
-                        "localization stages (fg net, bg net, cues)")
+                        "localization stages (fg net, bg net, cues; not with --voc or --list)")
     parser.add_argument("--redo-localization", action="store_true", help="synthetic recipe: redo the "
-                        "localization stages even when their files exist")
+                        "localization stages even when their files exist (not with --voc or --list)")
     parser.add_argument("--loc-iters", type=positive_int, help="override max_iter of the two localization solvers "
-                        "(models/localization/synthetic/{fg,bg}_solver.prototxt)")
+                        "(models/localization/synthetic/{fg,bg}_solver.prototxt; not with --voc or --list)")
     parser.add_argument("--threads", type=positive_int, help="torch intra-op CPU threads (default: torch's, one per "
-                        "core)")
+                        "core; torch engine only)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: the net body runs under "
-                        "bf16 autocast (losses and CRF stay float32); default fp32")
+                        "bf16 autocast (losses and CRF stay float32); default fp32 (torch engine only)")
     parser.add_argument("--no-tf32", dest="tf32", action="store_false", help="full IEEE float32 convolutions on "
-                        "CUDA (default: TF32 allowed, PyTorch's default)")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for the net (CUDA)")
+                        "CUDA (default: TF32 allowed, PyTorch's default; torch engine only)")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for the net (CUDA; "
+                        "torch engine only)")
+    parser.add_argument("--tensorboard", type=Path, metavar="DIR", help="TensorBoard events in DIR/<run name>: "
+                        "every loss, the smoothed loss, lr, seconds per iteration, the evaluation's mIoU, and "
+                        "every 50 iterations a panel of image, cues, prediction and CRF output; the synthetic "
+                        "localization stages log to DIR/localization-synthetic-{fg,bg}. Needs `pip install "
+                        "tensorboard`; rank 0 only; --resume appends (torch engine only)")
+    parser.add_argument("--tensorboard-panels", type=nonnegative_int, metavar="N",
+                        help="with --tensorboard: a panel of image, cues, prediction and CRF every N iterations "
+                             f"(0: none; default {PANEL_EVERY})")
     return parser
 
 
@@ -140,7 +155,7 @@ def recipe(args):
     elif not source.is_file():
         raise FileNotFoundError(f"--list: {source} not found")
     return RunConfig(num_classes=VOC_NUM_CLASSES, dataset=args.voc, source=source,
-                     root_folder=str(layout.images) + "/", cues=args.cues, **common)
+                     root_folder=str(layout.images) + "/", cues=args.cues, list_written=args.list is None, **common)
 
 
 def prepare_synthetic(folder):
@@ -176,7 +191,9 @@ def run_stage(name, command):
     command = [str(part) for part in command]
     print(f"== {name}: {' '.join(command)}", flush=True)
     started = time.perf_counter()
-    status = subprocess.call(command)
+    status, interrupted = launch.run_child(command)
+    if interrupted:
+        raise KeyboardInterrupt
     if status != 0:
         raise StageError(f"stage '{name}' failed with exit status {status}")
     print(f"== {name}: done in {time.perf_counter() - started:.0f} s", flush=True)
@@ -190,9 +207,10 @@ def localization_stages(args, stages):
     inputs = ["--list", dataset / "train.txt", "--root", dataset / "images",
               "--labels", dataset / "train_labels.json", "--device", args.device]
     iters = [] if args.loc_iters is None else ["--iters", args.loc_iters]
+    board = [] if args.tensorboard is None else ["--tensorboard", args.tensorboard]
     commands = {
         net: [sys.executable, TRAIN_LOCALIZATION, "--net", net, "--preset", LOCALIZATION_PRESET, *inputs,
-              "--run-dir", files["folder"] / net, "--out", files[net], "--overwrite", *iters]
+              "--run-dir", files["folder"] / net, "--out", files[net], "--overwrite", *iters, *board]
         for net in ("fg", "bg")}
     commands["cues"] = [sys.executable, MAKE_CUES, "--preset", LOCALIZATION_PRESET, *inputs,
                         "--masks", dataset / "masks", "--fg-weights", files["fg"], "--bg-weights", files["bg"],
@@ -229,10 +247,9 @@ def needed_stages(args):
 
 
 def relaunch_with_torchrun(args, argv):
-    """Re-run this script under torchrun with one process per GPU (or CPU process with gloo)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={args.gpus}", str(Path(__file__).resolve()), *argv]
-    return subprocess.call(command)
+    """Re-run this script under torchrun with one process per GPU (or CPU process with gloo); returns
+    the exit status of the first process that failed (sec.launch.torchrun)."""
+    return launch.torchrun(Path(__file__).resolve(), args.gpus, argv)
 
 
 def run_with_caffe(cfg, args):
@@ -243,18 +260,9 @@ def run_with_caffe(cfg, args):
     from sec import train as sec_train
     from sec.caffe import formats
 
-    if args.gpus > 1:
-        print("train.py: --engine caffe trains on one GPU: Caffe's command line refuses Python layers on "
-              "several (\"PythonLayer does not support CLI Multi-GPU\")", file=sys.stderr)
-        return EXIT_MISSING_INPUT
     try:
         # The same checks as the torch engine: inputs first, and an earlier run is never destroyed.
-        sec_train.check_inputs(cfg)
-        state = sec_train.latest_snapshot(cfg.run_dir, cfg.name) if cfg.resume else None
-        if cfg.resume and state is None:
-            raise sec_train.RunInputError(f"--resume: no {cfg.name}_iter_*.solverstate in {cfg.run_dir}")
-        if not cfg.resume and not cfg.overwrite:
-            sec_train.prepare_new_run(cfg.run_dir, cfg.name, False, cfg.runs_root)  # refuses an earlier run
+        state = sec_train.check_before_training(cfg)
     except expected_errors() as err:
         return report_failure(err)
     try:
@@ -264,10 +272,13 @@ def run_with_caffe(cfg, args):
         caffe = bvlc_caffe.find_caffe_binary(args.caffe_bin, found["caffe"], env)
     except bvlc_caffe.CaffeUnavailable as err:
         return report_failure(err)
-    if not cfg.resume and cfg.overwrite:  # only now that Caffe is there to train the new run
-        for path in sec_train.prepare_new_run(cfg.run_dir, cfg.name, True, cfg.runs_root):
-            print(f"--overwrite: deleted {path}")
-    solver_path = sec_train.write_caffe_files(cfg)
+    try:
+        if not cfg.resume and cfg.overwrite:  # only now that Caffe is there to train the new run
+            for path in sec_train.prepare_new_run(cfg.run_dir, cfg.name, True, cfg.runs_root):
+                print(f"--overwrite: deleted {path}")
+        solver_path = sec_train.write_caffe_files(cfg)
+    except OSError as err:
+        return report_failure(err, cfg)
     command = [str(caffe), "train", f"--solver={solver_path}"]
     if state is not None:
         command.append(f"--snapshot={state}")
@@ -277,7 +288,11 @@ def run_with_caffe(cfg, args):
         command.append("--gpu=0")
     print(f"Caffe's Python: {python} (numpy {found['numpy']}; pylayers from {Path(found['pylayers']).parent})")
     print(" ".join(command), flush=True)
-    status = subprocess.call(command, env=env)
+    status, interrupted = launch.run_child(command, env=env)
+    if interrupted:       # Caffe's own SIGINT handling (-sigint_effect stop) snapshots, then exits 0
+        print(f"train.py: interrupted; Caffe stopped after a snapshot, the snapshots in {cfg.run_dir} are kept "
+              "(continue with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if status != 0:
         how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
         print(f"train.py: caffe train failed ({how}); a Python layer's traceback, if one failed, is above",
@@ -286,55 +301,122 @@ def run_with_caffe(cfg, args):
     max_iter = formats.read_solver_prototxt(str(solver_path)).max_iter
     weights = Path(f"{cfg.prefix.resolve()}_iter_{max_iter}.caffemodel")
     print(f"weights: {weights}")
-    sec_train.finish(cfg, weights, evaluate_after=not args.no_eval)
+    try:
+        sec_train.finish(cfg, weights, evaluate_after=not args.no_eval)
+    except (*expected_errors(), OSError) as err:
+        return report_failure(err, cfg)
     return 0
 
 
+TORCH_ENGINE_ONLY = (("--precision bf16", lambda args: args.precision != "fp32"),
+                     ("--channels-last", lambda args: args.channels_last),
+                     ("--no-tf32", lambda args: not args.tf32),
+                     ("--threads", lambda args: args.threads is not None),
+                     ("--gpus > 1", lambda args: args.gpus > 1),
+                     ("--tensorboard", lambda args: args.tensorboard is not None))
+CAFFE_ENGINE_ONLY = (("--caffe-python", lambda args: args.caffe_python is not None),
+                     ("--caffe-bin", lambda args: args.caffe_bin is not None))
+SYNTHETIC_STAGES_ONLY = (("--localization-only", lambda args: args.localization_only),
+                         ("--redo-localization", lambda args: args.redo_localization),
+                         ("--loc-iters", lambda args: args.loc_iters is not None))
+
+
+def check_flags(args):
+    """Flags that contradict each other or would be ignored: RunInputError naming them."""
+    from sec.run_folder import RunInputError
+
+    def used(table):
+        return ", ".join(flag for flag, given in table if given(args))
+
+    if args.resume and args.overwrite:
+        raise RunInputError("--resume continues the run in its folder and --overwrite deletes it: pass one of them")
+    if args.engine == "caffe" and used(TORCH_ENGINE_ONLY):
+        raise RunInputError(f"{used(TORCH_ENGINE_ONLY)}: torch engine only; BVLC Caffe (--engine caffe) has no such "
+                            "setting and trains on one GPU (Caffe's command line refuses Python layers on several)")
+    if args.engine == "torch" and used(CAFFE_ENGINE_ONLY):
+        raise RunInputError(f"{used(CAFFE_ENGINE_ONLY)}: only with --engine caffe")
+    if (args.voc is not None or args.list is not None) and used(SYNTHETIC_STAGES_ONLY):
+        raise RunInputError(f"{used(SYNTHETIC_STAGES_ONLY)}: the synthetic recipe's own localization stages, not with "
+                            "--voc or --list (train localization nets with training/train_localization.py and make "
+                            "cues with training/make_cues.py)")
+
+
 def main(args, argv=()):
-    from sec.caffe.solver import NonFiniteLossError
+    """Exit status: 0 done, 2 a missing or unusable input, flag or run folder, or outputs that cannot be
+    written, 3 diverged, 4 a pipeline stage failed, 130 Ctrl-C (see docs/troubleshooting.md)."""
+    try:
+        status = run(args, argv)
+    except KeyboardInterrupt:
+        print("train.py: interrupted; every finished stage and snapshot is kept (rerun the same command; "
+              "SEC training continues with --resume)", file=sys.stderr)
+        status = EXIT_INTERRUPTED
+    launch.record_worker_status(status)
+    return status
+
+
+def run(args, argv):
+    from sec import tensorboard
     from sec import train as sec_train
+    from sec.caffe.solver import NonFiniteLossError
+    from sec.run_folder import RunInputError, check_writable_folder
 
     under_torchrun = "WORLD_SIZE" in os.environ
     started = time.perf_counter()
+    relaunch = args.gpus > 1 and not under_torchrun and args.engine == "torch"
     try:
-        sec_train.pick_device(args.device)          # before any stage runs on it
+        check_flags(args)
+        if args.tensorboard is not None:
+            tensorboard.require()                   # before any stage: the package is there
+        elif args.tensorboard_panels is not None:
+            raise RunInputError("--tensorboard-panels: only with --tensorboard DIR")
+        device = sec_train.pick_device(args.device)          # before any stage runs on it
+        if args.engine == "torch":
+            sec_train.check_gpus(args.gpus, device)
+        check_writable_folder(args.runs, "--runs")
         if not under_torchrun:
             prepare_inputs(args)
             if args.localization_only:
                 print(f"localization stages done: {localization_files(args.runs)['folder']}")
                 return 0
-        if args.gpus > 1 and not under_torchrun and args.engine == "torch":
-            return relaunch_with_torchrun(args, [*argv, *resolved_flags(args, argv)])
         cfg = recipe(args)
         cfg.precision, cfg.tf32, cfg.channels_last = args.precision, args.tf32, args.channels_last
+        cfg.tensorboard = args.tensorboard
+        if args.tensorboard_panels is not None:
+            cfg.tensorboard_panels = args.tensorboard_panels
         for path in (cfg.source, cfg.cues):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path} not found")
-    except (*expected_errors(), StageError) as err:
+        if relaunch:            # a bad input is one line here, not one per process and torchrun's report
+            sec_train.check_before_training(cfg)
+    except (*expected_errors(), StageError, OSError) as err:
         return report_failure(err)
+    if relaunch:
+        return relaunch_with_torchrun(args, [*argv, *resolved_flags(args, argv)])
     if args.engine == "caffe":
         return run_with_caffe(cfg, args)
     rank, world_size, local_rank = sec_train.environment_world()
-    if world_size > 1:
-        sec_train.init_distributed(cfg, local_rank)
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
     try:
+        if world_size > 1:
+            sec_train.init_distributed(cfg, local_rank)
         weights = sec_train.train(cfg)
-    except (NonFiniteLossError, *expected_errors()) as err:
-        return report_failure(err)
+    except (NonFiniteLossError, *expected_errors(), OSError) as err:
+        return report_failure(err, cfg)
     except KeyboardInterrupt:
         print(f"train.py: interrupted; the snapshots in {cfg.run_dir} are kept (continue with --resume)",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        sec_train.close_distributed()
     if rank != 0:
         return 0
     print(f"weights: {weights}")
     try:
         sec_train.finish(cfg, weights, evaluate_after=not args.no_eval)
-    except expected_errors() as err:
-        return report_failure(err)
+    except (*expected_errors(), OSError) as err:
+        return report_failure(err, cfg)
     print(f"time: {time.perf_counter() - started:.0f} s wall (the stages this process ran), "
           f"{cpu_seconds():.0f} s CPU (this process: SEC training and evaluation)")
     return 0
@@ -354,14 +436,20 @@ def expected_errors():
             MissingWeightsError, NetError)
 
 
-def report_failure(err):
-    """Print an expected failure as one line and return its exit status (bad input, failed stage, NaN)."""
+def report_failure(err, cfg=None):
+    """Print an expected failure as one line and return its exit status (bad input, failed stage, NaN,
+    an output that cannot be written: a read-only folder or a full disk)."""
     from sec.caffe.solver import NonFiniteLossError
-    print(f"train.py: {err}", file=sys.stderr)
+    from sec.run_folder import describe_os_error
     for kind, status in ((StageError, EXIT_STAGE_FAILED), (NonFiniteLossError, EXIT_NONFINITE),
                          (expected_errors(), EXIT_MISSING_INPUT)):
         if isinstance(err, kind):
+            print(f"train.py: {err}", file=sys.stderr)
             return status
+    if isinstance(err, OSError):
+        kept = "; every complete snapshot is kept (continue with --resume once it can be written)" if cfg else ""
+        print(f"train.py: {describe_os_error(err, cfg.run_dir if cfg is not None else None)}{kept}", file=sys.stderr)
+        return EXIT_MISSING_INPUT
     raise err
 
 

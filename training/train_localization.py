@@ -13,7 +13,8 @@ flags give paths and overrides only. Labels: --labels (JSON {"<id>": [classes]} 
 runs/localization/<preset>/<net>/) holds snapshots, losses.csv/png and train.log; the final
 weights are copied to --out (default runs/localization/<preset>/<net>.caffemodel), the file
 make_cues.py reads. A run folder that already holds snapshots is refused unless --resume or
---overwrite. Exit status: 0 done, 2 a missing or unusable input (nothing trained), 3 diverged
+--overwrite. Exit status: 0 done, 2 a missing or unusable input or flag (nothing trained) or an
+output that cannot be written (read-only folder, full disk; complete snapshots kept), 3 diverged
 (NaN/Inf; earlier snapshots kept), 130 interrupted (snapshots kept).
 """
 import argparse
@@ -23,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from sec.run_folder import positive_int
+from sec.run_folder import caffe_seed, positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_BAD_INPUT = 2
@@ -49,17 +50,27 @@ def build_parser():
     parser.add_argument("--run-dir", type=Path, help="run folder (default: runs/localization/<preset>/<net>)")
     parser.add_argument("--out", type=Path, help="final weights (default: runs/localization/<preset>/<net>.caffemodel)")
     parser.add_argument("--iters", type=positive_int, help="override max_iter of the solver")
-    parser.add_argument("--seed", type=int, help="override random_seed of the solver")
+    parser.add_argument("--seed", type=caffe_seed, help="override random_seed of the solver (0..2**63-1)")
     parser.add_argument("--batch", type=positive_int, help="override batch_size of the net's ImageData layer")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's last readable .solverstate")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last readable "
+                        ".solverstate or .solverstate.h5 (not with --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier run in --run-dir and start "
-                        "again (without it such a folder is refused)")
+                        "again (without it such a folder is refused; not with --resume)")
+    parser.add_argument("--tensorboard", type=Path, metavar="DIR", help="TensorBoard events in "
+                        "DIR/localization-<preset>-<net>: every loss, the smoothed loss, lr, seconds per iteration "
+                        "(needs `pip install tensorboard`; --resume appends)")
     return parser
 
 
 def resolve(args):
+    from sec import tensorboard
     from sec.localization import preset_paths
+    from sec.run_folder import RunInputError
+    if args.resume and args.overwrite:
+        raise RunInputError("--resume continues the run in --run-dir and --overwrite deletes it: pass one of them")
+    if args.tensorboard is not None:
+        tensorboard.require()
     preset = preset_paths(args.preset, REPO_ROOT)
     dataset = preset["dataset"]
     if args.list is None and dataset is not None:
@@ -118,9 +129,13 @@ def prepare_run_folder(args):
     remove stale temporary files, write labels.json; returns its path."""
     from sec import run_folder
     run_folder.check_image_list(args.list, args.root)
-    if args.resume and run_folder.latest_snapshot(args.run_dir, args.net) is None:
-        raise run_folder.RunInputError(f"--resume: no {args.net}_iter_*.solverstate in {args.run_dir}")
-    if not args.resume:
+    if args.out.is_dir():
+        raise run_folder.RunInputError(f"--out: {args.out} is a folder; need the .caffemodel file to write")
+    run_folder.check_writable_folder(args.out.parent, "--out")
+    run_folder.check_writable_folder(args.run_dir, "--run-dir")
+    if args.resume:
+        run_folder.resume_snapshot(args.run_dir, args.net)
+    else:
         for path in run_folder.prepare_new_run(args.run_dir, args.net, args.overwrite):
             print(f"--overwrite: deleted {path}")
     args.run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,15 +153,25 @@ def train(args, labels_path, device):
         for bad, reason in skipped:
             print(f"--resume: skipped unreadable snapshot {bad} ({reason})")
         print(f"resuming from {state} at iteration {solver.iter} (weights {solver.restored_from[1]})")
+        warning = run_folder.missing_sidecar_note(state)
+        if warning:
+            print(warning, file=sys.stderr)
     elif args.weights is not None:
         run_folder.require_some_weights(solver.load_weights(args.weights), args.weights)
-    sec_train.run_loop(solver, args.run_dir, resume_iter=solver.iter if args.resume else None)
+    board = None
+    if args.tensorboard is not None:
+        from sec import tensorboard
+        log_dir = tensorboard.run_log_dir(args.tensorboard, f"localization-{args.preset}-{args.net}")
+        board = tensorboard.TrainingLog(log_dir, resume_iter=solver.iter if args.resume else None)
+    sec_train.run_loop(solver, args.run_dir, resume_iter=solver.iter if args.resume else None, board=board)
     return solver
 
 
 def main(args):
     from sec import train as sec_train
     from sec.caffe.solver import NonFiniteLossError, snapshot_paths
+    from sec.deploy_files import atomic_save
+    from sec.run_folder import describe_os_error
     bad_input = (FileNotFoundError, ValueError, KeyError)   # every project input error is a ValueError
     try:
         args = resolve(args)
@@ -155,27 +180,37 @@ def main(args):
     except bad_input as err:
         print(f"train_localization: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:
+        print(f"train_localization: {describe_os_error(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("train_localization: interrupted before training; nothing was trained", file=sys.stderr)
+        return EXIT_INTERRUPTED
     started = time.perf_counter()
-    handler = sec_train.attach_log_file(args.run_dir / "train.log")
+    kept = "every complete snapshot is kept (continue with --resume)"
     try:
-        solver = train(args, labels_path, device)
+        handler = sec_train.attach_log_file(args.run_dir / "train.log")
+        try:
+            solver = train(args, labels_path, device)
+        finally:
+            for name in ("sec", "pylayers"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
+        final = Path(snapshot_paths(args.run_dir / args.net, solver.iter)[0])
+        atomic_save(args.out, lambda tmp: shutil.copyfile(final, tmp))   # never a half-copied --out
     except NonFiniteLossError as err:
         print(f"train_localization: {err}", file=sys.stderr)
         return EXIT_NONFINITE
     except bad_input as err:
         print(f"train_localization: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:
+        print(f"train_localization: {describe_os_error(err, args.run_dir)}; {kept}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"train_localization: interrupted; the snapshots in {args.run_dir} are kept (--resume)",
+        print(f"train_localization: interrupted; the snapshots in {args.run_dir} are kept (continue with --resume)",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        for name in ("sec", "pylayers"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
-    final = Path(snapshot_paths(args.run_dir / args.net, solver.iter)[0])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(final, args.out)
     print(f"{args.net} net: {solver.iter} iterations in {time.perf_counter() - started:.1f} s, "
           f"final loss {solver.smoothed_loss:.4f}; wrote {args.out}")
     return 0

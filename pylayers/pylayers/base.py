@@ -1,8 +1,10 @@
 """The layer base class and `param_str` parsing.
 
 The layers subclass ``caffe.Layer`` when a real pycaffe is importable, so that Caffe can load
-them through ``python_param { module: 'pylayers' layer: '...' }``. Without pycaffe (or with the
-empty PyPI placeholder named ``caffe``) they use `PythonLayer` below, which behaves like
+them through ``python_param { module: 'pylayers' layer: '...' }``. When ``import caffe`` gives the
+SEC project's engine instead (its `caffe` package over sec.caffe), they subclass that engine's
+``caffe.Layer`` as it is (the engine reports layer errors itself). Without any ``caffe`` (or with
+the empty PyPI placeholder named ``caffe``) they use `PythonLayer` below, which behaves like
 pycaffe's base for the engine that drives it.
 
 Under real Caffe an exception that leaves a layer's setup / reshape / forward / backward turns
@@ -11,6 +13,7 @@ it aborts (SIGABRT) without printing the Python error. The Caffe-side base (`caf
 therefore prints the layer's traceback to stderr before the exception propagates.
 """
 import functools
+import math
 import sys
 import traceback
 
@@ -94,9 +97,20 @@ def caffe_base(caffe_layer):
     return CaffeLayer
 
 
+def is_real_pycaffe(layer):
+    """Whether `layer` (a caffe.Layer) is BVLC pycaffe's, defined by its compiled `caffe._caffe`."""
+    return layer.__module__ == "caffe._caffe"
+
+
 CAFFE_LAYER, CAFFE_UNAVAILABLE_REASON = find_caffe_layer()
-Layer = caffe_base(CAFFE_LAYER) if CAFFE_LAYER is not None else PythonLayer
-"""Base class of every SEC layer: a reporting subclass of caffe.Layer under real Caffe, else `PythonLayer`."""
+if CAFFE_LAYER is None:
+    Layer = PythonLayer
+elif is_real_pycaffe(CAFFE_LAYER):
+    Layer = caffe_base(CAFFE_LAYER)
+else:
+    Layer = CAFFE_LAYER
+"""Base class of every SEC layer: a reporting subclass of caffe.Layer under real Caffe, the engine's
+caffe.Layer under `import caffe` of the SEC engine, else `PythonLayer`."""
 
 
 def layer_label(layer):
@@ -129,11 +143,12 @@ def parse_param_str(param_str, defaults, label):
 
 
 def float_param(params, key, label, valid, requirement):
-    """params[key] as a float satisfying ``valid``; else ValueError naming layer, key and ``requirement``."""
+    """params[key] as a finite float satisfying ``valid``; else ValueError naming layer, key and
+    ``requirement`` (no parameter of these layers takes NaN or an infinity)."""
     try:
         value = float(params[key])
     except (TypeError, ValueError):
         raise ValueError(f"{label}: param_str {key} must be a number, got {params[key]!r}") from None
-    if not valid(value):
+    if not math.isfinite(value) or not valid(value):
         raise ValueError(f"{label}: param_str {key} must be {requirement}, got {value}")
     return value

@@ -14,6 +14,9 @@ SCALE_FACTOR = 12.0
 """Multiplier of the CRF's spatial kernel widths at the 41 x 41 score resolution (SEC)."""
 MAX_ITER = 10
 """Mean-field iterations."""
+MAX_ITERATIONS = 1000
+"""The most mean-field iterations krahenbuhl2013 runs (its MAX_ITERATIONS; a test checks they agree):
+the layer refuses more at setup, naming the parameter, rather than failing at every forward."""
 PIXEL_MAX = 255
 
 

@@ -152,12 +152,16 @@ class CRFLayer(Layer):
         label = layer_label(self)
         params = parse_param_str(self.param_str, self.defaults, label)
         self.scale_factor = float_param(params, "scale_factor", label, lambda v: v > 0, "> 0")
-        self.maxiter = int(float_param(params, "maxiter", label, lambda v: v >= 0 and v == int(v),
-                                       "a non-negative integer"))
+        self.maxiter = int(float_param(params, "maxiter", label,
+                                       lambda v: 0 <= v <= crf.MAX_ITERATIONS and v == int(v),
+                                       f"a non-negative integer, at most {crf.MAX_ITERATIONS} (the dense CRF's limit)"))
         self.min_prob = _probability_param(self, params, "min_prob")
-        mean = np.asarray(params["mean"], dtype=np.float64)
-        if mean.shape != (3,):
-            raise ValueError(f"{label}: param_str mean needs 3 values (BGR), got {params['mean']!r}")
+        try:
+            mean = np.asarray(params["mean"], dtype=np.float64)
+        except (TypeError, ValueError):
+            mean = None
+        if mean is None or mean.shape != (3,) or not np.isfinite(mean).all():
+            raise ValueError(f"{label}: param_str mean needs 3 finite numbers (BGR), got {params['mean']!r}")
         self.mean = tuple(mean)
         try:
             import krahenbuhl2013

@@ -7,8 +7,12 @@ Three kinds share the interface (`data`, `diff`, `shape`, `count`, `num`, `chann
 * `NetBlob`: a named blob of a Net. After a forward it holds the torch tensor and turns it into
   numpy only when `data` is read; writes into `data` are what the next forward reads.
 * `ParamBlob`: a view of a torch.nn.Parameter. On CPU `data`/`diff` share memory with the
-  parameter and its `.grad`; on CUDA they are copies that the net writes back before its next
-  forward if they were changed (see Net.sync_param_blobs).
+  parameter and its `.grad`; on CUDA they are host copies (one per parameter until written back)
+  that the net writes back before its next forward, backward, save or solver update if they were
+  changed (`write_back`); a diff written before the gradient was cleared (a solver step starts
+  so, as Caffe's ClearParamDiffs) is dropped, as Caffe's clearing would zero it.
+
+`BlobVec` is pycaffe's list of a layer's parameter blobs, with `add_blob(*shape)`.
 """
 import numpy as np
 import torch
@@ -197,19 +201,60 @@ class ParamBlob(_BlobShape):
         self.diff[...] = value
 
     def _copy(self, tensor, which):
+        key = (id(self.param), which)
+        if key in self._pending:     # one host copy per parameter until it is written back
+            return self._pending[key][2]
         array = tensor_to_numpy(tensor)
-        self._pending[(id(self.param), which)] = (self.param, which, array, array.copy())
+        self._pending[key] = (self.param, which, array, array.copy())
         return array
+
+    def flush(self):
+        """Write this parameter's changed host copies (CUDA) back now."""
+        for which in ("data", "diff"):
+            entry = self._pending.pop((id(self.param), which), None)
+            if entry is not None:
+                _write_entry(*entry)
 
     def reshape(self, *shape):
         if _shape_of(shape) != self.shape:
             raise ValueError(f"parameter blobs cannot change shape ({self.shape} -> {_shape_of(shape)})")
 
 
+class BlobVec(list):
+    """pycaffe's BlobVec: a layer's parameter blobs (`net.params[name]`, `layer.blobs`).
+
+    `add_blob(*shape)` appends a zero-filled blob; in a Python layer's setup the engine makes it a
+    learnable parameter of the net (`make_blob(index, shape)` given by the engine), elsewhere it is a
+    plain numpy `Blob`."""
+
+    def __init__(self, blobs=(), make_blob=None):
+        super().__init__(blobs)
+        self.make_blob = make_blob
+
+    def add_blob(self, *shape):
+        dims = _shape_of(shape)
+        self.append(self.make_blob(len(self), dims) if self.make_blob is not None else Blob(*dims))
+
+    def flush(self):
+        """Write changed CUDA host copies of these blobs back (a Python layer's, after its code ran)."""
+        for blob in self:
+            if isinstance(blob, ParamBlob):
+                blob.flush()
+
+
+def _write_entry(param, which, array, original):
+    if np.array_equal(array, original):
+        return
+    target = param.data if which == "data" else param.grad
+    if target is None:
+        # The gradient was cleared since the copy was taken (a solver step starts so): the written
+        # diff is superseded, as Caffe's ClearParamDiffs at the start of a step zeroes it.
+        return
+    target.copy_(torch.from_numpy(array))
+
+
 def write_back(pending):
     """Copy changed CUDA param copies (from ParamBlob.data/diff) into the parameters."""
-    for param, which, array, original in pending.values():
-        if not np.array_equal(array, original):
-            target = param.data if which == "data" else param.grad
-            target.copy_(torch.from_numpy(array))
+    for entry in pending.values():
+        _write_entry(*entry)
     pending.clear()

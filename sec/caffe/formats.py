@@ -5,14 +5,15 @@ so files written by Caffe read here and files written here load in Caffe.
 
 - Text files (prototxt) are parsed with protobuf's text format; a syntax error or an
   unknown field raises `PrototxtError` naming the file, line, column and the token.
-- Legacy nets (V1: `layers { type: CONVOLUTION blobs_lr: 1 ... }`) are upgraded into
-  the current `layer` form as Caffe's `UpgradeNetAsNeeded` does, for prototxt and for
-  binary .caffemodel alike.
+- Legacy nets (V0: `layers { layer { type: "conv" ... } }`, V1: `layers { type: CONVOLUTION
+  blobs_lr: 1 ... }`) are upgraded into the current `layer` form as Caffe's `UpgradeNetAsNeeded`
+  does (sec.caffe.upgrade_proto), for prototxt and for binary .caffemodel alike.
 - Arrays are float32 numpy arrays in Caffe's layout (convolution weights
   out x in x kh x kw, inner product weights out x in, biases (out,)).
 - Writers are atomic: a temporary file in the target folder, fsync, then os.replace,
   so an interrupted write never leaves a truncated snapshot behind.
 """
+import io
 import math
 import os
 import re
@@ -24,40 +25,15 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
+from sec.caffe import upgrade_proto
 from sec.proto import caffe_pb2
 
 LEGACY_AXES = 4            # num, channels, height, width
 LEGACY_FIELDS = ("num", "channels", "height", "width")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-
-V1_TYPE_NAMES = {
-    "NONE": "", "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax",
-    "BNLL": "BNLL", "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss",
-    "CONVOLUTION": "Convolution", "DECONVOLUTION": "Deconvolution", "DATA": "Data",
-    "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss",
-    "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data",
-    "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col",
-    "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss",
-    "INNER_PRODUCT": "InnerProduct", "LRN": "LRN", "MEMORY_DATA": "MemoryData",
-    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss", "MVN": "MVN",
-    "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
-    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split",
-    "SLICE": "Slice", "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
-}
-# V1 sub-messages that carry over unchanged into LayerParameter (same message types).
-# Every `*_param` of V1LayerParameter (Caffe's UpgradeV1LayerParameter copies them all).
-V1_COPIED_PARAMS = tuple(
-    field.name for field in caffe_pb2.V1LayerParameter.DESCRIPTOR.fields
-    if field.name.endswith("_param"))
-# Legacy data-layer fields that Caffe moved into transform_param, and the V1 layer
-# types (with their parameter) whose fields it moves (UpgradeNetDataTransformation).
-LEGACY_TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
-LEGACY_TRANSFORM_LAYERS = {"DATA": "data_param", "IMAGE_DATA": "image_data_param",
-                           "WINDOW_DATA": "window_data_param"}
 UTF8_BOM = "\ufeff"
-SOLVER_TYPE_NAMES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad",
-                     "RMSPROP": "RMSProp", "ADADELTA": "AdaDelta", "ADAM": "Adam"}
+TEXT_INDENT = 2
+FLT_DIGITS, DBL_DIGITS = 6, 15      # C++ FLT_DIG, DBL_DIG
 
 
 class PrototxtError(ValueError):
@@ -124,14 +100,43 @@ def read_solver_prototxt(path):
     """SolverParameter from a prototxt file. Paths inside (net, snapshot_prefix) are
     returned as written; the legacy `solver_type` enum is upgraded into `type`."""
     solver = _parse_text(_read_text(path), caffe_pb2.SolverParameter(), str(path))
-    if solver.HasField("solver_type"):
-        if solver.HasField("type"):
-            raise PrototxtError(f"{path}: both 'solver_type' (legacy enum) and 'type' "
-                                "are given; keep only 'type'")
-        enum = caffe_pb2.SolverParameter.SolverType.Name(solver.solver_type)
-        solver.type = SOLVER_TYPE_NAMES[enum]
-        solver.ClearField("solver_type")
+    try:
+        upgrade_proto.upgrade_solver_as_needed(solver, str(path))
+    except upgrade_proto.UpgradeError as error:
+        raise PrototxtError(str(error)) from None
     return solver
+
+
+def message_to_text(message, indent=0):
+    """A protobuf message as C++'s TextFormat::Print writes it (what Caffe's WriteProtoToTextFile
+    writes): fields by number, two-space indents, and floats as C++ prints them (`%.6g`, or `%.9g`
+    when that does not read back; doubles `%.15g` / `%.17g`), so `1` where Python's printer
+    writes `1.0`. Other values as protobuf's Python printer writes them (the same escapes)."""
+    pad = " " * indent
+    lines = []
+    for field, value in message.ListFields():
+        for item in (value if field.is_repeated else [value]):
+            if field.cpp_type == field.CPPTYPE_MESSAGE:
+                lines.append(f"{pad}{field.name} {{\n{message_to_text(item, indent + TEXT_INDENT)}{pad}}}\n")
+            elif field.cpp_type in (field.CPPTYPE_FLOAT, field.CPPTYPE_DOUBLE):
+                lines.append(f"{pad}{field.name}: {_cpp_float_text(item, field.cpp_type == field.CPPTYPE_FLOAT)}\n")
+            else:
+                out = io.StringIO()
+                text_format.PrintFieldValue(field, item, out)
+                lines.append(f"{pad}{field.name}: {out.getvalue()}\n")
+    return "".join(lines)
+
+
+def _cpp_float_text(value, single):
+    """protobuf's SimpleFtoa (single) / SimpleDtoa: the short form when it reads back exactly."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    short, full = (FLT_DIGITS, FLT_DIGITS + 3) if single else (DBL_DIGITS, DBL_DIGITS + 2)
+    text = f"{value:.{short}g}"
+    exact = np.float32(float(text)) == np.float32(value) if single else float(text) == value
+    return text if exact else f"{value:.{full}g}"
 
 
 def net_inputs(netparam, source="<net>"):
@@ -154,69 +159,25 @@ def net_inputs(netparam, source="<net>"):
             for i, name in enumerate(names)]
 
 
-# ---------------------------------------------------------------- legacy V1 upgrade
-
-def _upgrade_v1_layer(v1, layer):
-    if v1.HasField("name"):
-        layer.name = v1.name
-    layer.bottom.extend(v1.bottom)
-    layer.top.extend(v1.top)
-    layer.include.extend(v1.include)
-    layer.exclude.extend(v1.exclude)
-    if v1.HasField("type"):
-        layer.type = V1_TYPE_NAMES[caffe_pb2.V1LayerParameter.LayerType.Name(v1.type)]
-    layer.blobs.extend(v1.blobs)
-
-    def param(i):
-        while len(layer.param) <= i:
-            layer.param.add()
-        return layer.param[i]
-
-    for i, name in enumerate(v1.param):
-        param(i).name = name
-    for i, mode in enumerate(v1.blob_share_mode):
-        param(i).share_mode = mode  # V1 and ParamSpec enums share their values
-    for i, lr in enumerate(v1.blobs_lr):
-        param(i).lr_mult = lr
-    for i, decay in enumerate(v1.weight_decay):
-        param(i).decay_mult = decay
-    layer.loss_weight.extend(v1.loss_weight)
-    for field in V1_COPIED_PARAMS:
-        if v1.HasField(field):
-            getattr(layer, field).CopyFrom(getattr(v1, field))
-    if v1.HasField("type"):
-        field = LEGACY_TRANSFORM_LAYERS.get(caffe_pb2.V1LayerParameter.LayerType.Name(v1.type))
-        if field and layer.HasField(field):
-            _move_legacy_transform(getattr(layer, field), layer.transform_param)
-
-
-def _move_legacy_transform(data_param, transform_param):
-    for name in LEGACY_TRANSFORM_FIELDS:
-        if data_param.HasField(name):
-            setattr(transform_param, name, getattr(data_param, name))
-            data_param.ClearField(name)
-
+# ---------------------------------------------------------------- legacy nets
 
 def upgrade_net(net, source="<net>"):
-    """Upgrade a V1 NetParameter (`layers`) into the current form (`layer`), in place.
+    """Upgrade a V0 or V1 NetParameter (`layers`) into the current form (`layer`), in place.
 
-    Follows Caffe's UpgradeV1Net: type enums become Caffe's type strings, blobs_lr /
-    weight_decay become param lr_mult / decay_mult, blobs and sub-parameters are kept,
-    and legacy data-layer transform fields move into transform_param.
+    Caffe's UpgradeNetAsNeeded but for the input step (sec.caffe.upgrade_proto): V0 layers (padding
+    layers folded, V0 fields into their parameter messages), legacy data-layer transform fields
+    into transform_param, V1 type enums into Caffe's type strings, blobs_lr / weight_decay into
+    param lr_mult / decay_mult, BatchNorm's three legacy param specs to lr_mult and decay_mult 0.
+    Legacy input fields stay (the Net reads them). A V0 field Caffe would drop with an error, or a
+    net Caffe refuses to upgrade, raises PrototxtError.
     """
-    if not net.layers:
-        return net
-    if net.layer:
-        raise PrototxtError(f"{source}: mixes legacy 'layers' and current 'layer' entries")
-    legacy = list(net.layers)
-    for index, v1 in enumerate(legacy):
-        if v1.HasField("layer"):
-            raise PrototxtError(f"{source}: legacy layer {index} ('{v1.name}') is in Caffe's "
-                                "V0 format, which is not supported; upgrade it with Caffe's "
-                                "upgrade_net_proto_binary/_text tools")
-    net.ClearField("layers")
-    for v1 in legacy:
-        _upgrade_v1_layer(v1, net.layer.add())
+    try:
+        problems = upgrade_proto.upgrade_net_as_needed(net, source, inputs=False)
+    except upgrade_proto.UpgradeError as error:
+        raise PrototxtError(str(error)) from None
+    if problems:
+        raise PrototxtError(f"{problems[0]} (Caffe drops it with an error; upgrade the file with "
+                            "upgrade_net_proto_text / upgrade_net_proto_binary and fix it)")
     return net
 
 

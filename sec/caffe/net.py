@@ -1,14 +1,17 @@
 """`Net`: a Caffe prototxt as a torch.nn.Module, with pycaffe's API on top.
 
-Building follows Caffe's Net::Init: layers are filtered by the NetState (phase, level,
-stages) against their include/exclude NetStateRules, bottoms must name earlier tops, a top
+Building follows Caffe's Net::Init: legacy `input`/`input_shape`/`input_dim` fields become an Input
+layer named "input" first (Caffe's UpgradeNetInput), layers are filtered by the NetState (phase,
+level, stages) against their include/exclude NetStateRules, bottoms must name earlier tops, a top
 may reuse a name only in place (top == one of its bottoms), shapes are propagated and checked
 layer by layer, outputs are the blobs nobody consumes (sorted by name, as Caffe's std::set).
+An exception raised by a Python layer's own code while building reaches the caller as that
+exception (pycaffe's behaviour), also an instance of NetError whose message names the file, line
+and layer (`located_error`); everything else the engine refuses is a NetError.
 
 Torch side (what training code uses): `run(feed)` -> dict of every blob tensor, `loss_weights`,
 `total_loss(outputs)`, `learnable_params()`, `layer_params()`, `data_layers()`.
-pycaffe side: `blobs`, `params`, `inputs`, `outputs`, `forward`, `backward`, `reshape`,
-`copy_from`, `save` (see the methods).
+pycaffe side (sec/caffe/net_pycaffe.py): `blobs`, `params`, `layers`, `forward`, `backward`, ...
 """
 import re
 from collections import OrderedDict
@@ -17,36 +20,14 @@ from typing import NamedTuple
 
 import torch
 
-from sec.caffe.blob import NetBlob, ParamBlob, write_back
+from sec.caffe.blob import BlobVec, NetBlob, ParamBlob, write_back
 from sec.caffe.layers import LAYER_TYPES
 from sec.caffe.layers.base import TEST, TRAIN, BuildContext, NetError
+from sec.caffe.layers.python import LayerCodeError, PythonLayer
+from sec.caffe.net_pycaffe import LayerView, PycaffeNet
+from sec.caffe.runtime import mode_device, set_device, set_mode_cpu, set_mode_gpu  # noqa: F401 (importable here)
 
-_MODE = {"device": "cpu", "index": 0}
-
-
-def set_mode_cpu():
-    """Nets built from now on live on the CPU."""
-    _MODE["device"] = "cpu"
-
-
-def set_mode_gpu():
-    """Nets built from now on live on CUDA device `set_device(i)` (default 0)."""
-    if not torch.cuda.is_available():
-        raise RuntimeError("set_mode_gpu: CUDA is not available (torch.cuda.is_available() is False)")
-    _MODE["device"] = "cuda"
-
-
-def set_device(index):
-    """The CUDA device used by set_mode_gpu."""
-    _MODE["index"] = int(index)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(_MODE["index"])
-
-
-def mode_device():
-    if _MODE["device"] == "cuda":
-        return torch.device("cuda", _MODE["index"])
-    return torch.device("cpu")
+LEGACY_INPUT_LAYER = "input"   # the name Caffe's UpgradeNetInput gives the layer it makes of `input:` fields
 
 
 class ParamInfo(NamedTuple):
@@ -57,15 +38,8 @@ class ParamInfo(NamedTuple):
     decay_mult: float
 
 
-class LayerView(NamedTuple):
-    """pycaffe's net.layers entry: name, type and its parameter blobs."""
-    name: str
-    type: str
-    blobs: list
-
-
 class _Step:
-    __slots__ = ("index", "name", "type", "bottoms", "tops", "impl", "fn", "detach", "kind")
+    __slots__ = ("index", "name", "type", "lp", "bottoms", "tops", "impl", "fn", "detach", "kind")
 
 
 def _state_meets_rule(rule, phase, level, stages):
@@ -82,25 +56,52 @@ def _state_meets_rule(rule, phase, level, stages):
 
 
 def _parse_args(args, weights, phase):
-    """pycaffe's signatures: (phase), (weights, phase), keywords weights= / phase=."""
+    """pycaffe's signatures: (phase), (weights, phase) (legacy: a deprecation warning, as Caffe
+    logs), keywords weights= / phase=. Returns (weights, phase, legacy)."""
     args = list(args)
+    legacy = False
     if len(args) == 2:
-        weights, phase = args
+        (weights, phase), legacy = args, True
     elif len(args) == 1:
         if isinstance(args[0], (str, Path)):
-            weights = args[0]
+            weights, legacy = args[0], True
         else:
             phase = args[0]
     elif args:
         raise TypeError(f"Net(prototxt, [weights,] phase): too many arguments {args}")
     if phase not in (TRAIN, TEST):
         raise TypeError(f"Net needs phase caffe.TRAIN ({TRAIN}) or caffe.TEST ({TEST}), got {phase!r}")
-    return weights, int(phase)
+    return weights, int(phase), legacy
 
 
-class Net(torch.nn.Module):
-    """A Caffe net on PyTorch: `Net(prototxt, phase)`, `Net(prototxt, weights, phase)`,
-    `Net(prototxt, phase, weights=path)`. `prototxt` may be a path or a NetParameter.
+def located_error(err, where):
+    """`err` re-made as an instance of a subclass of both its own class and NetError, whose message
+    leads with `where`: `except RuntimeError` (pycaffe's behaviour) and `except NetError` (the
+    project's tools) both catch it. An exception class that cannot be combined is returned
+    unchanged with `where` as a note."""
+    cls = type(err)
+    message = f"{where}: {cls.__name__}: {err}"
+    if issubclass(cls, NetError):
+        bases = (cls,)
+    elif issubclass(NetError, cls):   # ValueError, Exception: NetError is one already
+        bases = (NetError,)
+    else:
+        bases = (cls, NetError)
+    try:
+        located_cls = type(cls.__name__, bases, {"__module__": cls.__module__, "__str__": lambda self: message})
+        located = located_cls.__new__(located_cls, *err.args)
+        located.args = err.args
+        located.__dict__.update(getattr(err, "__dict__", {}))
+    except TypeError:   # e.g. an instance layout conflict between the two bases
+        err.add_note(where)
+        return err
+    located.__traceback__ = err.__traceback__
+    return located
+
+
+class Net(PycaffeNet, torch.nn.Module):
+    """A Caffe net on PyTorch: `Net(prototxt, phase)`, `Net(prototxt, phase, level=, stages=,
+    weights=)`, legacy `Net(prototxt, weights, phase)`. `prototxt` may be a path or a NetParameter.
 
     Blobs are float32, images NCHW. Parameters live on the device of the current mode
     (set_mode_gpu / set_mode_cpu) and move with `net.to(device)`.
@@ -110,19 +111,20 @@ class Net(torch.nn.Module):
 
     def __init__(self, prototxt, *args, weights=None, phase=None, level=0, stages=()):
         super().__init__()
-        weights, phase = _parse_args(args, weights, phase)
+        weights, phase, legacy = _parse_args(args, weights, phase)
         netparam, self.source, self._text = _load(prototxt)
+        if legacy:
+            _log_legacy_constructor(self.source, weights, phase)
         self.name, self.phase = netparam.name, phase
         self.force_backward = netparam.force_backward
         self.register_buffer("_anchor", torch.empty(0, device=mode_device()), persistent=False)
         ctx = BuildContext(phase, mode_device(), lambda: self._anchor.device)
         self.blobs = OrderedDict()
         self.inputs, self._layers, self.loss_weights = [], [], {}
-        self._pending, self._record = {}, None
-        self._add_legacy_inputs(netparam)
-        stage_set = set(netparam.state.stage) | set(stages)
-        available = list(self.inputs)
-        for lp in netparam.layer:
+        self._pending, self._record, self._callbacks = {}, None, {}
+        stage_set = set(netparam.state.stage) | set(stages or ())
+        available = []
+        for lp in self._legacy_inputs(netparam) + list(netparam.layer):
             if self._included(lp, phase, level, stage_set):
                 self._add_layer(lp, ctx, available)
         self.outputs = sorted(available)
@@ -145,15 +147,21 @@ class Net(torch.nn.Module):
             return any(_state_meets_rule(r, phase, level, stages) for r in lp.include)
         return not any(_state_meets_rule(r, phase, level, stages) for r in lp.exclude)
 
-    def _add_legacy_inputs(self, netparam):
+    def _legacy_inputs(self, netparam):
+        """[the Input layer Caffe makes of the net's `input` fields] or []."""
         from sec.caffe import formats
+        from sec.proto import caffe_pb2
         try:
             inputs = formats.net_inputs(netparam, self.source)
         except ValueError as err:
             raise NetError(str(err)) from err
+        if not inputs:
+            return []
+        lp = caffe_pb2.LayerParameter(name=LEGACY_INPUT_LAYER, type="Input")
         for name, shape in inputs:
-            self.blobs[name] = NetBlob(name, shape)
-            self.inputs.append(name)
+            lp.top.append(name)
+            lp.input_param.shape.add().dim.extend(shape)
+        return [lp]
 
     def _add_layer(self, lp, ctx, available):
         where = self._where(lp)
@@ -182,10 +190,12 @@ class Net(torch.nn.Module):
             detach = self._detach_flags(lp)
         except NetError:
             raise
-        except Exception as err:  # a layer's (or a Python layer's) own error, located for the user
+        except LayerCodeError as err:
+            raise located_error(err.error, f"{where}{err.context}") from None
+        except Exception as err:  # a layer's own error, located for the user
             raise NetError(f"{where}: {type(err).__name__}: {err}") from err
         step = _Step()
-        step.index, step.name, step.type = len(self._layers), lp.name, lp.type
+        step.index, step.name, step.type, step.lp = len(self._layers), lp.name, lp.type, lp
         step.bottoms, step.tops, step.impl, step.fn = list(lp.bottom), list(lp.top), impl, impl.forward
         step.detach = detach
         step.kind = getattr(impl, "kind", "layer")   # "input", "data" (sec.caffe.layers.data) or "layer"
@@ -202,6 +212,9 @@ class Net(torch.nn.Module):
             if weight:
                 self.loss_weights[name] = weight
                 self.blobs[name].diff[...] = weight  # Caffe seeds backward from the loss tops
+        # Tops a layer fills once when it is set up (DummyData's constant ones), as Caffe's LayerSetUp.
+        for index, tensor in getattr(impl, "initial_tops", dict)().items():
+            self.blobs[lp.top[index]].data[...] = tensor.cpu().numpy()
         if step.kind == "input":
             self.inputs.extend(lp.top)
 
@@ -232,14 +245,35 @@ class Net(torch.nn.Module):
                 unique[id(p)] = p
         self._param_list = torch.nn.ParameterList(list(unique.values()))
         self._infos = [ParamInfo(*info) for info in ctx.infos]
-        self.params = OrderedDict((s.name, [ParamBlob(p, self._pending) for p in s.impl.params])
-                                  for s in self._layers if s.impl.params)
-        self.layers = [LayerView(s.name, s.type, self.params.get(s.name, [])) for s in self._layers]
+        self.layers = [self._layer_object(s) for s in self._layers]
+        self.params = OrderedDict((s.name, layer.blobs) for s, layer in zip(self._layers, self.layers)
+                                  if len(layer.blobs))
         self.layer_names = [s.name for s in self._layers]
-        self._layer_names = self.layer_names
         self.top_names = OrderedDict((s.name, list(s.tops)) for s in self._layers)
         self.bottom_names = OrderedDict((s.name, list(s.bottoms)) for s in self._layers)
         self._run_steps = [s for s in self._layers if s.kind != "input"]
+        self._needs_backward = self._blobs_needing_backward()
+
+    def _layer_object(self, step):
+        """net.layers[i]: a Python layer's own instance (as pycaffe gives it), else a LayerView."""
+        runner = _python_runner(step.impl)
+        if runner is None:
+            return LayerView(self, step, BlobVec(ParamBlob(p, self._pending) for p in step.impl.params))
+        for blob in runner.blobs:
+            if isinstance(blob, ParamBlob):
+                blob._pending = self._pending
+        return runner.layer
+
+    def _blobs_needing_backward(self):
+        """Caffe's blob_need_backward_: the inputs when force_backward, and the tops of every layer
+        that has a learnable parameter, a bottom needing backward, or force_backward."""
+        needs = set(self.inputs) if self.force_backward else set()
+        for step in self._run_steps:
+            wants = (self.force_backward or any(p.requires_grad for p in step.impl.params)
+                     or any(b in needs for b in step.bottoms))
+            if wants:
+                needs.update(step.tops)
+        return needs
 
     # ---- torch side -----------------------------------------------------------------------
 
@@ -256,7 +290,7 @@ class Net(torch.nn.Module):
         return [(s.name, s.type, list(s.impl.params)) for s in self._layers]
 
     def data_layers(self):
-        """The ImageDataSource of every ImageData layer (created now if not yet)."""
+        """The data source of every data layer (`kind = "data"`; created now if not yet)."""
         return [s.impl.data_source() for s in self._layers if s.kind == "data"]
 
     def total_loss(self, outputs):
@@ -267,15 +301,21 @@ class Net(torch.nn.Module):
             total = term if total is None else total + term
         return total if total is not None else torch.zeros((), device=self.device)
 
+    def sync_param_blobs(self):
+        """Write host copies of CUDA parameters changed through `net.params[..][i].data/diff`
+        into the parameters now (forward, run, backward and save do it themselves)."""
+        if self._pending:
+            write_back(self._pending)
+
     def run(self, feed=None):
         """Forward of every layer; returns {blob name: tensor} (in-place blobs: last value).
 
         `feed` maps blob names to tensors (made float32 on the net's device): net inputs, or the tops
-        of ImageData layers (which then read nothing). Unfed inputs use the blob's content.
+        of data layers (which then read nothing). Unfed inputs use the blob's content, and so do the
+        tops a layer names in `held_tops` (DummyData's constant ones, which Caffe fills only once).
         Autograd follows torch's grad mode.
         """
-        if self._pending:
-            write_back(self._pending)
+        self.sync_param_blobs()
         device = self.device
         feed = {k: v.to(device=device, dtype=torch.float32) for k, v in feed.items()} if feed else {}
         values = {n: feed[n] if n in feed else self.blobs[n].tensor(device) for n in self.inputs}
@@ -290,149 +330,29 @@ class Net(torch.nn.Module):
             bottoms = [values[b] for b in step.bottoms]
             if step.detach is not None:
                 bottoms = [b.detach() if d else b for b, d in zip(bottoms, step.detach)]
-            for name, top in zip(step.tops, step.fn(*bottoms)):
-                values[name] = top
+            held = getattr(step.impl, "held_tops", ())
+            for index, (name, top) in enumerate(zip(step.tops, step.fn(*bottoms))):
+                values[name] = self.blobs[name].tensor(device) if index in held else top
         for name, tensor in values.items():
             self.blobs[name].set_tensor(tensor)
         return values
 
-    # ---- pycaffe side ----------------------------------------------------------------------
 
-    def _layer_index(self, name, default):
-        if name is None:
-            return default
-        if name not in self.layer_names:
-            raise KeyError(f"{self.source}: no layer named '{name}' in this {('TRAIN', 'TEST')[self.phase]} net")
-        return self.layer_names.index(name)
-
-    def forward(self, blobs=None, start=None, end=None, **kwargs):
-        """pycaffe's forward: kwargs set input blobs; runs layers start..end (names, inclusive);
-        returns {name: numpy data} of the outputs (or of layer `end`'s tops) plus `blobs`."""
-        for name, value in kwargs.items():
-            if name not in self.inputs:
-                raise KeyError(f"forward: '{name}' is not a net input (inputs: {self.inputs})")
-            self.blobs[name].data[...] = value
-        first = self._layer_index(start, 0)
-        last = self._layer_index(end, len(self._layers) - 1)
-        self._forward_range(first, last)
-        names = list(self._layers[last].tops) if end is not None else list(self.outputs)
-        return {n: self.blobs[n].data for n in names + list(blobs or [])}
-
-    def _forward_range(self, first, last):
-        if self._pending:
-            write_back(self._pending)
-        device, grad = self.device, torch.is_grad_enabled()
-        values, record = {}, []
-        for step in self._layers[first:last + 1]:
-            if step.kind == "input":
-                continue
-            for name in step.bottoms:
-                if name not in values:
-                    tensor = self.blobs[name].tensor(device)
-                    if grad and self.force_backward and name in self.inputs:
-                        tensor.requires_grad_()
-                    values[name] = tensor
-            bottoms = [values[b] for b in step.bottoms]
-            if step.detach is not None:
-                bottoms = [b.detach() if d else b for b, d in zip(bottoms, step.detach)]
-            tops = _distinct_tops(step.fn(*bottoms), bottoms)
-            record.append((step, bottoms, tops))
-            for name, top in zip(step.tops, tops):
-                values[name] = top
-                self.blobs[name].set_tensor(top)
-        self._record = record if grad else None
-
-    def backward(self, diffs=None, start=None, end=None, **kwargs):
-        """pycaffe's backward from layer `start` (default last) down to `end` (default first).
-
-        kwargs set top diffs. Seeds are the diffs stored in the blobs that no layer of the range
-        consumes (loss tops hold their loss_weight, as in Caffe). Fills blob diffs (for in-place
-        blobs: the gradient at the first layer writing them) and adds to parameter diffs.
-        Returns {name: numpy diff} of the inputs plus `diffs`.
-        """
-        if self._record is None:
-            raise RuntimeError("backward() needs a forward() run with autograd enabled first")
-        for name, value in kwargs.items():
-            self.blobs[name].diff[...] = value
-        last = self._layer_index(start, len(self._layers) - 1)
-        first = self._layer_index(end, 0)
-        entries = [e for e in self._record if first <= e[0].index <= last]
-        consumed = {id(t) for _, bottoms, _ in entries for t in bottoms}
-        device = self.device
-        seeds, seed_grads = [], []
-        for step, _, tops in entries:
-            for name, top in zip(step.tops, tops):
-                if id(top) in consumed or not top.requires_grad:
-                    continue
-                diff = self.blobs[name].diff_tensor(device)
-                if diff is not None and bool(diff.ne(0).any()):
-                    seeds.append(top)
-                    seed_grads.append(diff.reshape(top.shape))
-        first_seen = OrderedDict()
-        params = OrderedDict()
-        for step, bottoms, tops in entries:
-            for name, t in list(zip(step.bottoms, bottoms)) + list(zip(step.tops, tops)):
-                if name not in first_seen and t.requires_grad:
-                    first_seen[name] = t
-            for p in step.impl.params:
-                if p.requires_grad:
-                    params[id(p)] = p
-        targets = list(first_seen.values()) + list(params.values())
-        if seeds and targets:
-            grads = torch.autograd.grad(seeds, targets, seed_grads, retain_graph=True, allow_unused=True)
-        else:
-            grads = [None] * len(targets)
-        for name, grad in zip(first_seen, grads):
-            self.blobs[name].set_diff_tensor(grad if grad is not None else torch.zeros_like(first_seen[name]))
-        for p, grad in zip(params.values(), grads[len(first_seen):]):
-            if grad is None:
-                continue
-            if p.grad is None:
-                p.grad = grad.detach().clone()
-            else:
-                p.grad.add_(grad)
-        return {n: self.blobs[n].diff for n in list(self.inputs) + list(diffs or [])}
-
-    def reshape(self):
-        """Caffe's Net::Reshape: propagate the input blobs' (possibly new) shapes through every
-        layer, checking them; blobs whose shape changes are zeroed."""
-        for step in self._layers:
-            if step.kind == "input":
-                continue
-            shapes = [self.blobs[b].shape for b in step.bottoms]
-            try:
-                top_shapes = step.impl.shapes(shapes)
-            except Exception as err:  # located for the user, as at build time
-                raise NetError(f"{self._where(step)}: {type(err).__name__}: {err}") from err
-            for name, shape in zip(step.tops, top_shapes):
-                if tuple(self.blobs[name].shape) != tuple(shape):
-                    self.blobs[name].reshape(*shape)
-
-    def copy_from(self, path):
-        """Copy weights by layer name from a .caffemodel (current or V1); shapes are checked and
-        NaN/Inf refused before anything changes. Returns the sec.caffe.weights.WeightReport
-        (loaded / untouched / ignored layers), also kept as `net.weight_report`."""
-        from sec.caffe.weights import copy_weights
-        self.weight_report = copy_weights(path, {s.name: list(s.impl.params) for s in self._layers})
-        return self.weight_report
-
-    def save(self, path):
-        """Write every layer's parameters as a .caffemodel (current format)."""
-        from sec.caffe import formats
-        if self._pending:
-            write_back(self._pending)
-        layers = [(n, t, [p.detach().cpu().numpy() for p in ps]) for n, t, ps in self.layer_params()]
-        formats.write_caffemodel(str(path), self.name, layers)
+def _python_runner(impl):
+    """The PythonLayer behind a layer implementation (itself, or a SEC twin's runner), or None."""
+    if isinstance(impl, PythonLayer):
+        return impl
+    runner = getattr(impl, "runner", None)
+    return runner if isinstance(runner, PythonLayer) else None
 
 
-def _distinct_tops(tops, bottoms):
-    """The tops, each a tensor object of its own: a layer that hands back a bottom unchanged
-    (TEST Dropout, a one-axis Flatten) gets a view instead, so that backward can tell the top
-    (a seed of the range) from the bottom (consumed), and copies the diff through as Caffe does."""
-    inputs = {id(b) for b in bottoms}
-    if not any(id(t) in inputs for t in tops):
-        return tops
-    return tuple(t.view_as(t) if id(t) in inputs else t for t in tops)
+def _log_legacy_constructor(source, weights, phase):
+    """The deprecation warning Caffe's Net_Init_Load logs for Net(prototxt, weights, phase)."""
+    import logging
+    log = logging.getLogger(__name__)
+    log.warning("DEPRECATION WARNING - deprecated use of Python interface")
+    log.warning('Use this instead (with the named "weights" parameter):')
+    log.warning("Net('%s', %d, weights='%s')", source, phase, weights)
 
 
 def _load(prototxt):
@@ -447,8 +367,12 @@ def _load(prototxt):
 
 
 def _find_line(text, layer_name):
-    """1-based line of `name: "layer_name"` in the prototxt text, or 0 if not found."""
+    """1-based line of the layer's `name: "layer_name"` in the prototxt text (inside a block, so
+    not the net's own top-level `name:` when the two are equal), or 0 if not found."""
     if not text:
         return 0
-    match = re.search(r"\bname\s*:\s*[\"']" + re.escape(layer_name) + r"[\"']", text)
-    return text.count("\n", 0, match.start()) + 1 if match else 0
+    for match in re.finditer(r"\bname\s*:\s*[\"']" + re.escape(layer_name) + r"[\"']", text):
+        before = re.sub(r"#[^\n]*", "", text[:match.start()])     # comments hold no braces
+        if before.count("{") > before.count("}"):
+            return text.count("\n", 0, match.start()) + 1
+    return 0

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pylayers.cues import CUE_SIZE, NUM_CLASSES, _lookup, image_id, image_labels_and_cues
+from sec.caffe.layers.data import host_values
 
 
 class DeviceCues:
@@ -51,8 +52,15 @@ class DeviceCues:
         self.counts = torch.from_numpy(counts).to(self.device)
 
     def rows(self, ids):
-        """Table rows of the image ids (host ints); KeyError naming the id and the file when absent."""
-        values = ids.detach().cpu().reshape(-1).tolist() if torch.is_tensor(ids) else list(ids)
+        """Table rows of the image ids (host ints); KeyError naming the id and the file when absent.
+
+        Ids uploaded by a data layer are read from its host copy (sec.caffe.layers.data.host_values):
+        reading them back from a GPU would make the host wait for it."""
+        if torch.is_tensor(ids):
+            host = host_values(ids)
+            values = host.reshape(-1).tolist() if host is not None else ids.detach().cpu().reshape(-1).tolist()
+        else:
+            values = list(ids)
         rows = []
         for value in values:
             image = image_id(value, f"image ids for {self.source}")

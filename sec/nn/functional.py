@@ -24,6 +24,9 @@ import torch
 
 from pylayers.functions import MIN_PROB, POOLINGS, PRESENT_THRESHOLD, Q_BG, Q_FG
 
+RANK_WEIGHT_CACHE_SIZE = 16
+"""GWRP weight vectors kept (map sizes x decays x devices): training uses two."""
+
 __all__ = ["MIN_PROB", "POOLINGS", "Q_BG", "Q_FG", "clamp_and_normalise", "constrain_loss",
            "expand_loss", "global_pool", "rank_weights", "seed_loss", "softmax_with_floor"]
 
@@ -72,9 +75,14 @@ def seed_loss(probs, cues):
 
 
 def rank_weights(length, decay, device=None):
-    """GWRP weights d^j for ranks j = 0..length-1 (descending order), normalised to sum 1, float64."""
-    weights = torch.pow(torch.tensor(float(decay), dtype=torch.float64),
-                        torch.arange(length, dtype=torch.float64))
+    """GWRP weights d^j for ranks j = 0..length-1 (descending order), normalised to sum 1, float64.
+    Made once per (length, decay, device): a constant of the training loop, not a per-step upload."""
+    return _rank_weights(int(length), float(decay), torch.device(device) if device is not None else torch.device("cpu"))
+
+
+@functools.lru_cache(maxsize=RANK_WEIGHT_CACHE_SIZE)
+def _rank_weights(length, decay, device):
+    weights = torch.pow(torch.tensor(decay, dtype=torch.float64), torch.arange(length, dtype=torch.float64))
     return (weights / weights.sum()).to(device)
 
 

@@ -34,7 +34,9 @@ class BuildContext:
     callable giving the net's current device (the net may be moved after building);
     shared: ParamSpec name -> (Parameter, lr_mult, decay_mult) for `param { name: ... }`;
     infos: (layer, index, Parameter, lr_mult, decay_mult) of each learnable parameter, in
-    build order, shared ones once (at their first layer).
+    build order, shared ones once (at their first layer);
+    data_seeds: Caffe's global generator as the data layers draw their seeds from it while the
+    net is built (sec.caffe.caffe_rng.DataLayerSeeds; made by the first data layer that draws).
     """
 
     def __init__(self, phase, device, net_device):
@@ -44,6 +46,7 @@ class BuildContext:
         self.shared = {}
         self.infos = []
         self.layer_name = ""
+        self.data_seeds = None
 
     def weight_and_bias(self, lp, p, weight_shape, num_output):
         """Blob 0 (weight, `p.weight_filler`) and, when `p.bias_term`, blob 1 (bias of
@@ -190,3 +193,15 @@ class UnaryLayer:
 
     def shapes(self, shapes):
         return [tuple(shapes[0])]
+
+
+def constant_filler(value):
+    """A FillerParameter of type constant: the default filler of a layer whose Caffe default is
+    not 0 (Scale's 1, PReLU's 0.25)."""
+    from sec.proto import caffe_pb2
+    return caffe_pb2.FillerParameter(type="constant", value=value)
+
+
+def in_place(lp):
+    """Whether a one-bottom, one-top layer names its top as its bottom (Caffe's in-place use)."""
+    return len(lp.top) == 1 and len(lp.bottom) == 1 and lp.top[0] == lp.bottom[0]

@@ -1,5 +1,6 @@
-"""Utility layers (Caffe's "utility" layers): blob plumbing without parameters: Concat, Eltwise,
-Split, Flatten, Reshape, Silence."""
+"""Utility layers (Caffe's "utility" layers): blob plumbing: Concat, Slice, Split, Tile, Eltwise,
+Flatten, Reshape, Reduction, Parameter, Silence. ArgMax, BatchReindex and Filter, which pick items
+by value, are in utility_select.py."""
 import math
 
 import torch
@@ -7,6 +8,7 @@ import torch
 from sec.caffe.layers.base import canonical_axis, need_bottoms
 
 ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX = 0, 1, 2
+REDUCTION_SUM, REDUCTION_ASUM, REDUCTION_SUMSQ, REDUCTION_MEAN = 1, 2, 3, 4
 
 
 class Concat:
@@ -164,3 +166,127 @@ class Silence:
 
     def forward(self, *bottoms):
         return ()
+
+
+class Slice:
+    """Caffe's Slice: bottom cut along `axis` (or the legacy `slice_dim`, not both) into the tops,
+    at `slice_point`s (strictly increasing, one fewer than the tops; the last piece may be empty,
+    as Caffe allows) or into equal pieces. One top: the bottom itself."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1)
+        if not lp.top:
+            raise ValueError("needs at least 1 top")
+        p = lp.slice_param
+        if p.HasField("axis") and p.HasField("slice_dim"):
+            raise ValueError("slice_param: either axis or slice_dim may be set, not both")
+        ndim = len(shapes[0])
+        if p.HasField("slice_dim"):
+            if p.slice_dim >= ndim:
+                raise ValueError(f"slice_param.slice_dim {p.slice_dim} out of range for a {ndim}-axis blob")
+            self.axis = int(p.slice_dim)
+        else:
+            self.axis = canonical_axis(p.axis, ndim, "slice_param.axis")
+        self.points = [int(v) for v in p.slice_point]
+        self.ntop = len(lp.top)
+        if self.points and len(self.points) != self.ntop - 1:
+            raise ValueError(f"slice_param has {len(self.points)} slice_point(s) for {self.ntop} tops "
+                             f"(needs {self.ntop - 1})")
+        self.params = []
+        self.shapes(shapes)
+
+    def shapes(self, shapes):
+        shape = tuple(shapes[0])
+        length = shape[self.axis]
+        if self.points:
+            if self.ntop > length:
+                raise ValueError(f"{self.ntop} tops cannot slice axis {self.axis} of {shape} ({length} long)")
+            edges = [0] + self.points
+            if any(b <= a for a, b in zip(edges, edges[1:])) or self.points[-1] > length:
+                raise ValueError(f"slice_param.slice_point {self.points} must increase strictly within "
+                                 f"(0, {length}] (axis {self.axis} of {shape})")
+            self.sizes = [b - a for a, b in zip(edges, edges[1:] + [length])]
+        else:
+            if length % self.ntop:
+                raise ValueError(f"{self.ntop} tops do not divide axis {self.axis} of {shape} ({length} long) evenly")
+            self.sizes = [length // self.ntop] * self.ntop
+        return [shape[:self.axis] + (size,) + shape[self.axis + 1:] for size in self.sizes]
+
+    def forward(self, x):
+        if self.ntop == 1:
+            return (x,)
+        self.shapes([x.shape])   # the piece sizes of this bottom (its axis may have changed since build)
+        return tuple(torch.split(x, self.sizes, dim=self.axis))
+
+
+class Tile:
+    """Caffe's Tile: the block of axes [axis, end) repeated `tiles` times along `axis`."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1)
+        p = lp.tile_param
+        self.axis = canonical_axis(p.axis, len(shapes[0]), "tile_param.axis")
+        if not p.HasField("tiles"):
+            raise ValueError("tile_param.tiles is required")
+        if p.tiles <= 0:
+            raise ValueError(f"tile_param.tiles must be positive, got {p.tiles}")
+        self.repeats = [1] * len(shapes[0])
+        self.repeats[self.axis] = int(p.tiles)
+        self.params = []
+
+    def shapes(self, shapes):
+        return [tuple(d * r for d, r in zip(shapes[0], self.repeats))]
+
+    def forward(self, x):
+        return (x.repeat(self.repeats),)
+
+
+class Reduction:
+    """Caffe's Reduction: every value of axes [axis, end) reduced to one (SUM, ASUM = sum of
+    |x|, SUMSQ = sum of x^2, MEAN), times `coeff`; the top keeps axes [0, axis) (axis 0: a scalar).
+    Gradients as Caffe's: sign(x) for ASUM (0 at 0), 2x for SUMSQ."""
+
+    OPERATIONS = {REDUCTION_SUM: "SUM", REDUCTION_ASUM: "ASUM", REDUCTION_SUMSQ: "SUMSQ", REDUCTION_MEAN: "MEAN"}
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 1)
+        p = lp.reduction_param
+        if p.operation not in self.OPERATIONS:
+            raise ValueError(f"reduction_param.operation {p.operation} is not one of SUM, ASUM, SUMSQ, MEAN")
+        self.op, self.coeff = p.operation, float(p.coeff)
+        self.axis = canonical_axis(p.axis, len(shapes[0]), "reduction_param.axis")
+        self.params = []
+
+    def shapes(self, shapes):
+        return [tuple(shapes[0][:self.axis])]
+
+    def forward(self, x):
+        flat = x.reshape(x.shape[:self.axis] + (-1,))
+        if self.op == REDUCTION_ASUM:
+            flat = flat.abs()
+        elif self.op == REDUCTION_SUMSQ:
+            flat = flat * flat
+        out = flat.sum(-1)
+        coeff = self.coeff / flat.shape[-1] if self.op == REDUCTION_MEAN else self.coeff
+        return (out * coeff if coeff != 1 else out,)
+
+
+class Parameter:
+    """Caffe's Parameter layer: one learnable blob of `parameter_param.shape` (zeros until
+    weights are loaded or a solver trains it), handed out as the top."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 0)
+        if len(lp.top) != 1:
+            raise ValueError(f"needs exactly 1 top, got {len(lp.top)}")
+        shape = tuple(int(d) for d in lp.parameter_param.shape.dim)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"parameter_param.shape {shape} has a negative dimension")
+        self.blob = ctx.param(lp, 0, shape, None)
+        self.params = [self.blob]
+
+    def shapes(self, shapes):
+        return [tuple(self.blob.shape)]
+
+    def forward(self):
+        return (self.blob.view_as(self.blob),)

@@ -1,31 +1,57 @@
-"""Vision layers (Caffe's vision_layers family): Convolution, Deconvolution, Pooling, LRN,
-with Caffe's shape rules.
+"""Vision layers (Caffe's vision_layers family): Convolution, Deconvolution, Im2col, Crop and LRN,
+with Caffe's shape rules (Pooling and SPP: vision_pooling.py).
 
-Blobs are NCHW float32. Weights are stored as Caffe stores them: convolution
-(num_output, C/group, kh, kw), deconvolution (C, num_output/group, kh, kw), biases (num_output,).
+Blobs are float32. Convolution, Deconvolution and Im2col work on any number of spatial axes as
+Caffe's N-D code does: the channel axis is `convolution_param.axis` (default 1), every axis
+before it is a batch axis, every axis after it is spatial, and kernel_size / stride / pad /
+dilation are given once for all spatial axes or once per axis (kernel_h/_w, stride_h/_w,
+pad_h/_w only for 2 spatial axes). Weights are stored as Caffe stores them: convolution
+(num_output, C/group, *kernel), deconvolution (C, num_output/group, *kernel), biases
+(num_output,). 1 to 3 spatial axes run on torch's convolutions; 0 or more than 3 on Caffe's
+column buffer (im2col) and a matrix product.
 """
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 
-from sec.caffe.layers.base import need_4d, need_bottoms, pair
+from sec.caffe.layers.base import canonical_axis, need_4d, need_bottoms
 
-POOL_MAX, POOL_AVE, POOL_STOCHASTIC = 0, 1, 2
 LRN_ACROSS_CHANNELS, LRN_WITHIN_CHANNEL = 0, 1
+TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+TORCH_DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def _has_hw(param, field):
-    return param.HasField(f"{field}_h") or param.HasField(f"{field}_w")
+def _spatial_values(p, field, short, num_spatial, default):
+    """One of kernel_size/stride/pad per spatial axis by Caffe's rule: `<short>_h`/`<short>_w`
+    (2 spatial axes only), else the repeated field once for all axes or once per axis, else
+    `default` (None: required)."""
+    name = f"convolution_param.{field}"
+    if short and (p.HasField(f"{short}_h") or p.HasField(f"{short}_w")):
+        if num_spatial != 2:
+            raise ValueError(f"convolution_param.{short}_h/{short}_w can only be used with 2 spatial axes, "
+                             f"the input has {num_spatial}")
+        if len(getattr(p, field)):
+            raise ValueError(f"either {name} or {short}_h/{short}_w may be set, not both")
+        return int(getattr(p, f"{short}_h")), int(getattr(p, f"{short}_w"))
+    values = [int(v) for v in getattr(p, field)]
+    if not values and default is not None:
+        return (default,) * num_spatial
+    if len(values) != 1 and len(values) != num_spatial:
+        raise ValueError(f"{name} must be given once, or once per spatial axis ({num_spatial}); "
+                         f"got {len(values)} value(s)")
+    return tuple(values[0 if len(values) == 1 else i] for i in range(num_spatial))
 
 
-def conv_geometry(p):
-    """(kernel, pad, stride, dilation) of a ConvolutionParameter, each an (h, w) pair."""
-    kernel = pair(p.kernel_size, p.kernel_h, p.kernel_w, _has_hw(p, "kernel"), None, "kernel_size")
-    pad = pair(p.pad, p.pad_h, p.pad_w, _has_hw(p, "pad"), 0, "pad")
-    stride = pair(p.stride, p.stride_h, p.stride_w, _has_hw(p, "stride"), 1, "stride")
-    dilation = pair(p.dilation, 0, 0, False, 1, "dilation")
-    if min(kernel) <= 0 or min(stride) <= 0 or min(dilation) <= 0:
+def conv_geometry(p, num_spatial):
+    """(kernel, pad, stride, dilation) of a ConvolutionParameter for `num_spatial` spatial axes,
+    each a tuple with one value per axis."""
+    kernel = _spatial_values(p, "kernel_size", "kernel", num_spatial, None)
+    pad = _spatial_values(p, "pad", "pad", num_spatial, 0)
+    stride = _spatial_values(p, "stride", "stride", num_spatial, 1)
+    dilation = _spatial_values(p, "dilation", "", num_spatial, 1)
+    if min(kernel, default=1) <= 0 or min(stride, default=1) <= 0 or min(dilation, default=1) <= 0:
         raise ValueError(f"kernel {kernel}, stride {stride} and dilation {dilation} must be positive")
     return kernel, pad, stride, dilation
 
@@ -42,8 +68,34 @@ def deconv_out_size(size, kernel, pad, stride, dilation):
     return stride * (size - 1) + extent - 2 * pad
 
 
+def _window_slices(offset, dilation, stride, out):
+    """Index of the input (padded) values that kernel offset `offset` meets, per output position."""
+    return (slice(None), slice(None)) + tuple(slice(o * d, o * d + s * (m - 1) + 1, s)
+                                              for o, d, s, m in zip(offset, dilation, stride, out))
+
+
+def im2col(x, kernel, pad, stride, dilation, out):
+    """Caffe's column buffer: (B, C, *size) -> (B, C, prod(kernel), *out), kernel offsets in
+    row-major order, so that flattening axes 1 and 2 gives Caffe's row c * prod(kernel) + k;
+    padding reads 0."""
+    if any(pad):
+        x = F.pad(x, [q for p in reversed(pad) for q in (p, p)])
+    offsets = itertools.product(*(range(k) for k in kernel))
+    return torch.stack([x[_window_slices(o, dilation, stride, out)] for o in offsets], dim=2)
+
+
+def col2im(cols, size, kernel, pad, stride, dilation):
+    """The adjoint of im2col: (B, C, prod(kernel), *out) -> (B, C, *size), each column value
+    added back where it was read (padding dropped)."""
+    out = tuple(cols.shape[3:])
+    padded = cols.new_zeros(tuple(cols.shape[:2]) + tuple(s + 2 * p for s, p in zip(size, pad)))
+    for k, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
+        padded[_window_slices(offset, dilation, stride, out)] += cols[:, :, k]
+    return padded[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pad, size))]
+
+
 class Convolution:
-    """Caffe's Convolution (2-D; any number of bottoms of one shape, sharing the weights)."""
+    """Caffe's Convolution (any number of bottoms of one shape, sharing the weights)."""
     transposed = False
 
     def __init__(self, lp, shapes, ctx):
@@ -52,11 +104,11 @@ class Convolution:
         p = lp.convolution_param
         if not p.HasField("num_output") or p.num_output <= 0:
             raise ValueError("convolution_param.num_output must be set and positive")
-        if p.axis != 1:
-            raise ValueError(f"convolution_param.axis {p.axis} is not supported (only 1, NCHW)")
-        self.kernel, self.pad, self.stride, self.dilation = conv_geometry(p)
-        need_4d(shapes[0])
-        self.channels, self.num_output, self.group = shapes[0][1], int(p.num_output), int(p.group)
+        shape = tuple(shapes[0])
+        self.axis = canonical_axis(p.axis, len(shape), "convolution_param.axis")
+        self.num_spatial = len(shape) - self.axis - 1
+        self.kernel, self.pad, self.stride, self.dilation = conv_geometry(p, self.num_spatial)
+        self.channels, self.num_output, self.group = shape[self.axis], int(p.num_output), int(p.group)
         if self.group <= 0 or self.channels % self.group or self.num_output % self.group:
             raise ValueError(f"group {self.group} must divide the input channels ({self.channels}) "
                              f"and num_output ({self.num_output})")
@@ -67,30 +119,65 @@ class Convolution:
         self.weight, self.bias, self.params = ctx.weight_and_bias(lp, p, wshape, self.num_output)
         self.out_size = deconv_out_size if self.transposed else conv_out_size
 
+    def spatial_out(self, size):
+        """Output sizes of the spatial axes for input spatial sizes `size` (checked positive)."""
+        out = tuple(self.out_size(n, *geometry) for n, *geometry in
+                    zip(size, self.kernel, self.pad, self.stride, self.dilation))
+        if min(out, default=1) <= 0:
+            raise ValueError(f"output size {out} is not positive for spatial input {tuple(size)}")
+        return out
+
+    def top_shape(self, shape):
+        shape = tuple(shape)
+        if len(shape) != self.axis + 1 + self.num_spatial:
+            raise ValueError(f"bottom has {len(shape)} axes, the layer was built for "
+                             f"{self.axis + 1 + self.num_spatial} (Caffe: bottom num_axes may not change)")
+        if shape[self.axis] != self.channels:
+            raise ValueError(f"input has {shape[self.axis]} channels, the weights were built for {self.channels}")
+        return shape[:self.axis] + (self.num_output,) + self.spatial_out(shape[self.axis + 1:])
+
     def shapes(self, shapes):
         for i, shape in enumerate(shapes[1:], 1):
             if tuple(shape) != tuple(shapes[0]):
                 raise ValueError(f"all bottoms must have the same shape (as Caffe): bottom {i} has "
                                  f"{tuple(shape)}, bottom 0 has {tuple(shapes[0])}")
-        tops = []
-        for shape in shapes:
-            need_4d(shape)
-            if shape[1] != self.channels:
-                raise ValueError(f"input has {shape[1]} channels, the weights were built for {self.channels}")
-            out = [self.out_size(shape[2 + i], self.kernel[i], self.pad[i], self.stride[i],
-                                 self.dilation[i]) for i in range(2)]
-            if min(out) <= 0:
-                raise ValueError(f"output size {out} is not positive for input {tuple(shape)}")
-            tops.append((shape[0], self.num_output, out[0], out[1]))
-        return tops
+        return [self.top_shape(s) for s in shapes]
 
     def forward(self, *bottoms):
-        conv = F.conv_transpose2d if self.transposed else F.conv2d
+        return tuple(self._one(x) for x in bottoms)
+
+    def _one(self, x):
+        lead = tuple(x.shape[:self.axis])
+        batch = x.reshape((-1,) + tuple(x.shape[self.axis:]))
+        if self.num_spatial in TORCH_CONV:
+            if self.transposed:
+                y = TORCH_DECONV[self.num_spatial](batch, self.weight, self.bias, self.stride, self.pad, 0,
+                                                   self.group, self.dilation)
+            else:
+                y = TORCH_CONV[self.num_spatial](batch, self.weight, self.bias, self.stride, self.pad,
+                                                 self.dilation, self.group)
+        else:
+            y = self._columns(batch)
+        return y.reshape(lead + tuple(y.shape[1:]))
+
+    def _columns(self, x):
+        """Convolution through Caffe's column buffer (0 or more than 3 spatial axes)."""
+        size, groups, batch = tuple(x.shape[2:]), self.group, x.shape[0]
+        out = self.spatial_out(size)
+        kernel_count = math.prod(self.kernel)
+        weight = self.weight.reshape(groups, self.weight.shape[0] // groups, -1)
         if self.transposed:
-            return tuple(conv(x, self.weight, self.bias, self.stride, self.pad, 0, self.group,
-                              self.dilation) for x in bottoms)
-        return tuple(conv(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
-                     for x in bottoms)
+            rows = x.reshape(batch, groups, self.channels // groups, -1)
+            cols = torch.einsum("gck,bgcl->bgkl", weight, rows)
+            cols = cols.reshape((batch, self.num_output, kernel_count) + size)
+            y = col2im(cols, out, self.kernel, self.pad, self.stride, self.dilation)
+        else:
+            cols = im2col(x, self.kernel, self.pad, self.stride, self.dilation, out)
+            cols = cols.reshape(batch, groups, -1, math.prod(out))
+            y = torch.einsum("gok,bgkl->bgol", weight, cols).reshape((batch, self.num_output) + out)
+        if self.bias is not None:
+            y = y + self.bias.reshape((1, -1) + (1,) * len(out))
+        return y
 
 
 class Deconvolution(Convolution):
@@ -98,119 +185,79 @@ class Deconvolution(Convolution):
     transposed = True
 
 
-def pool_out_size(size, kernel, pad, stride, padded, ceil=True):
-    """Caffe's pooling output size along one axis: ceil((size + 2 pad - kernel) / stride) + 1
-    (floor with round_mode FLOOR), minus one when the last window would start at or past the end
-    of the image plus its padding. Caffe makes that correction on both axes when either is padded
-    (`padded`: pad_h or pad_w)."""
-    rounding = math.ceil if ceil else math.floor
-    out = int(rounding((size + 2 * pad - kernel) / stride)) + 1
-    if padded and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
-def caffe_ave_divisor(size, kernel, pad, stride, out):
-    """Per-output window sizes of Caffe's AVE pooling along one axis: the window clipped to
-    [-pad, size + pad), so padding inside the image-plus-pad bounds counts."""
-    starts = torch.arange(out, dtype=torch.float32) * stride - pad
-    ends = torch.clamp(starts + kernel, max=size + pad)
-    return ends - starts
-
-
-class Pooling:
-    """Caffe's MAX/AVE pooling, 2-D, with Caffe's output size (ceil, or floor with round_mode
-    FLOOR) and padding-counting AVE. With FLOOR every window lies inside the padded image, so
-    torch's floor mode and Caffe agree on sizes and divisors.
-
-    torch's ceil_mode pooling uses the same output-size rule (it clips the last window on every
-    axis; Caffe does so when either axis is padded, and an unpadded net whose last window would
-    need clipping is refused) and the same AVE divisor whenever pad <= kernel // 2 (torch's own
-    limit), so that path is taken then; other paddings, which
-    Caffe allows up to kernel - 1, pad explicitly and divide by Caffe's window sizes.
-    """
+class Im2col:
+    """Caffe's Im2col: the column buffer of a convolution as a blob. Top: the bottom's batch axes
+    (before convolution_param.axis), then C * prod(kernel) channels in Caffe's order (channel
+    major, kernel offsets row-major), then the convolution's output sizes."""
 
     def __init__(self, lp, shapes, ctx):
         need_bottoms(lp, shapes, 1)
-        if len(lp.top) != 1:
-            raise ValueError(f"has {len(lp.top)} tops; the MAX mask top is not supported (1 top)")
-        p = lp.pooling_param
-        self.method = p.pool
-        if self.method not in (POOL_MAX, POOL_AVE):
-            raise ValueError("pooling_param.pool STOCHASTIC is not supported (MAX or AVE)")
-        self.ceil = p.round_mode == p.CEIL
-        self.global_pooling = p.global_pooling
-        self.pad = pair([p.pad] if p.HasField("pad") else [], p.pad_h, p.pad_w, _has_hw(p, "pad"), 0, "pad")
-        self.stride = pair([p.stride] if p.HasField("stride") else [], p.stride_h, p.stride_w,
-                           _has_hw(p, "stride"), 1, "stride")
-        if self.global_pooling:
-            if p.HasField("kernel_size") or _has_hw(p, "kernel"):
-                raise ValueError("global_pooling takes no kernel_size")
-            if self.pad != (0, 0) or self.stride != (1, 1):
-                raise ValueError("global_pooling needs pad 0 and stride 1")
-            self.kernel = None
-        else:
-            self.kernel = pair([p.kernel_size] if p.HasField("kernel_size") else [], p.kernel_h,
-                               p.kernel_w, _has_hw(p, "kernel"), None, "kernel_size")
-            if min(self.kernel) <= 0 or min(self.stride) <= 0:
-                raise ValueError(f"kernel {self.kernel} and stride {self.stride} must be positive")
-            if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
-                raise ValueError(f"pad {self.pad} must be smaller than kernel {self.kernel}")
-            self.use_torch = all(self.pad[i] <= self.kernel[i] // 2 for i in range(2))
-        self.padded = self.pad != (0, 0)
+        p = lp.convolution_param
+        shape = tuple(shapes[0])
+        self.axis = canonical_axis(p.axis, len(shape), "convolution_param.axis")
+        self.num_spatial = len(shape) - self.axis - 1
+        if self.num_spatial < 1:
+            raise ValueError(f"needs at least 1 spatial axis after convolution_param.axis {self.axis}, "
+                             f"input {shape} has none")
+        self.kernel, self.pad, self.stride, self.dilation = conv_geometry(p, self.num_spatial)
         self.params = []
-        self._divisors = {}
+
+    def _out(self, shape):
+        out = tuple(conv_out_size(size, *g) for size, *g in
+                    zip(shape[self.axis + 1:], self.kernel, self.pad, self.stride, self.dilation))
+        if min(out) <= 0:
+            raise ValueError(f"output size {out} is not positive for input {shape}")
+        return out
 
     def shapes(self, shapes):
-        shape = shapes[0]
-        need_4d(shape)
-        if self.global_pooling:
-            return [(shape[0], shape[1], 1, 1)]
-        out = []
-        for i in range(2):
-            size, k, pad, s = shape[2 + i], self.kernel[i], self.pad[i], self.stride[i]
-            if size + 2 * pad < k:
-                raise ValueError(f"kernel {self.kernel} is larger than the padded input {tuple(shape)}")
-            n = pool_out_size(size, k, pad, s, self.padded, self.ceil)
-            if (n - 1) * s >= size + pad:
-                raise ValueError(f"the last pooling window of input {tuple(shape)} would lie wholly "
-                                 f"outside the image (stride {self.stride} > kernel {self.kernel} "
-                                 "without padding)")
-            out.append(n)
-        return [(shape[0], shape[1], out[0], out[1])]
+        shape = tuple(shapes[0])
+        if len(shape) != self.axis + 1 + self.num_spatial:
+            raise ValueError(f"bottom has {len(shape)} axes, the layer was built for "
+                             f"{self.axis + 1 + self.num_spatial}")
+        return [shape[:self.axis] + (shape[self.axis] * math.prod(self.kernel),) + self._out(shape)]
 
     def forward(self, x):
-        if self.global_pooling:
-            if self.method == POOL_MAX:
-                return (x.amax(dim=(2, 3), keepdim=True),)
-            return (x.mean(dim=(2, 3), keepdim=True),)
-        if self.use_torch:
-            if self.method == POOL_MAX:
-                return (F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil),)
-            return (F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil,
-                                 count_include_pad=True),)
-        return (self._explicit(x),)
+        shape = tuple(x.shape)
+        out = self._out(shape)
+        cols = im2col(x.reshape((-1,) + shape[self.axis:]), self.kernel, self.pad, self.stride, self.dilation, out)
+        return (cols.reshape(shape[:self.axis] + (-1,) + out),)
 
-    def _explicit(self, x):
-        height, width = x.shape[2], x.shape[3]
-        out_h = pool_out_size(height, self.kernel[0], self.pad[0], self.stride[0], self.padded, self.ceil)
-        out_w = pool_out_size(width, self.kernel[1], self.pad[1], self.stride[1], self.padded, self.ceil)
-        # Pad left/top by `pad`, right/bottom so that the last window ends inside (a negative
-        # amount crops rows no window reaches).
-        extra_h = (out_h - 1) * self.stride[0] + self.kernel[0] - height - self.pad[0]
-        extra_w = (out_w - 1) * self.stride[1] + self.kernel[1] - width - self.pad[1]
-        pads = (self.pad[1], extra_w, self.pad[0], extra_h)
-        if self.method == POOL_MAX:
-            return F.max_pool2d(F.pad(x, pads, value=float("-inf")), self.kernel, self.stride)
-        sums = F.avg_pool2d(F.pad(x, pads), self.kernel, self.stride, divisor_override=1)
-        key = (height, width, x.device)
-        divisor = self._divisors.get(key)
-        if divisor is None:
-            rows = caffe_ave_divisor(height, self.kernel[0], self.pad[0], self.stride[0], out_h)
-            cols = caffe_ave_divisor(width, self.kernel[1], self.pad[1], self.stride[1], out_w)
-            divisor = (rows[:, None] * cols[None, :]).to(device=x.device, dtype=x.dtype)
-            self._divisors[key] = divisor
-        return sums / divisor
+
+class Crop:
+    """Caffe's Crop: bottom[0] cut to bottom[1]'s size on every axis from crop_param.axis
+    (default 2) on, starting at crop_param.offset (none: 0; one: for every cropped axis; else one
+    per cropped axis). bottom[1] gives only its shape and receives no gradient."""
+
+    def __init__(self, lp, shapes, ctx):
+        need_bottoms(lp, shapes, 2)
+        p = lp.crop_param
+        num_axes = len(shapes[0])
+        self.axis = canonical_axis(p.axis, num_axes, "crop_param.axis")
+        self.offsets = [int(v) for v in p.offset]
+        if len(self.offsets) > 1 and self.axis + len(self.offsets) != num_axes:
+            raise ValueError(f"crop_param.offset has {len(self.offsets)} values; with axis {self.axis} of a "
+                             f"{num_axes}-axis bottom it needs 1 or {num_axes - self.axis}")
+        self.params = []
+
+    def _window(self, data, like):
+        """(top shape, start per axis) of cropping a `data`-shaped bottom to `like`."""
+        if len(like) < len(data):
+            raise ValueError(f"bottom[1] {tuple(like)} has fewer axes than bottom[0] {tuple(data)}")
+        out, starts = list(data), [0] * len(data)
+        for i in range(self.axis, len(data)):
+            offset = self.offsets[0] if len(self.offsets) == 1 else (self.offsets[i - self.axis] if self.offsets else 0)
+            if data[i] - offset < like[i]:
+                raise ValueError(f"the crop of axis {i} is out of bounds: bottom[0] has {data[i]}, the crop "
+                                 f"takes {like[i]} from offset {offset}")
+            out[i], starts[i] = like[i], offset
+        return tuple(out), starts
+
+    def shapes(self, shapes):
+        return [self._window(tuple(shapes[0]), tuple(shapes[1]))[0]]
+
+    def forward(self, x, like):
+        out, starts = self._window(tuple(x.shape), tuple(like.shape))
+        return (x[tuple(slice(a, a + n) for a, n in zip(starts, out))].contiguous(),)
 
 
 class LRN:
