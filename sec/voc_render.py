@@ -14,8 +14,8 @@ are in data/README.md ("VOC stand-ins"); in short:
 - with probability PART_PROBABILITY an instance has a second part (a half-plane cut through it)
   painted in the class's other hue mode, and every object is darkened towards its rim;
 - the background is 2-4 "stuff" regions (smooth random partition) with low-contrast textures of
-  any hue, plus 2-6 distractor shapes with object-like textures and colours (labelled
-  background), under a global illumination gradient;
+  any hue, plus 1-5 distractor shapes (unannotated things, labelled background) in the stuff's
+  appearance, under a global illumination gradient;
 - then Gaussian blur, pixel noise and JPEG compression.
 
 Geometry: the image is rendered at `scale` x the mask's size (nearest-neighbour mask, pixel
@@ -54,7 +54,7 @@ from sec.synthetic import hsv_to_rgb
 from sec.visualize import save_palette_png
 
 GENERATOR = "sec.voc_render"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2               # 1: commit 49bd944 (distractors in object appearances, hue sd 20)
 DEFAULT_SCALE = 1.0 / 3.0           # render size / mask size (a 500x375 mask -> 167x125 image)
 IGNORE_LABEL = 255
 SPLITS = ("train_aug", "val")       # id lists of the mask folder, <split>.txt
@@ -102,7 +102,7 @@ CLASS_APPEARANCE = (
 NUM_CLASSES = len(VOC_CLASSES)
 
 # Objects (one instance = one connected region of a class).
-HUE_JITTER_SD = 20.0                # degrees, Gaussian, per instance
+HUE_JITTER_SD = 12.0                # degrees, Gaussian, per instance (version 1: 20)
 OBJECT_CONTRAST = (0.15, 0.40)      # HSV value added to the darker colour for the lighter one
 LIGHT_HUE_SHIFT = 15.0              # degrees, uniform +-, lighter colour's hue against the darker's
 TEXTURE_PERIOD = (12.0, 30.0)       # pixels of the full-size mask (x scale at render size)
@@ -122,8 +122,9 @@ STUFF_TEXTURE_SCALE = 2.0           # stuff textures are this much coarser than 
 DISTRACTORS = (1, 5)
 DISTRACTOR_SIZE = (0.03, 0.10)      # semi-axes, fraction of the image diagonal
 DISTRACTOR_WOBBLE = 0.3             # the rim's radius varies by this fraction (smooth field)
-DISTRACTOR_SATURATION = (0.20, 0.90)
-DISTRACTOR_VALUE = (0.25, 0.85)
+# Distractors are unannotated things: VOC annotates every instance of its 20 classes, so they
+# take the stuff's appearance (version 1 painted them in object textures and colours).
+DISTRACTOR_CONTRAST = (0.04, 0.15)  # HSV value of the lighter colour over the darker
 # Whole image.
 ILLUMINATION = (0.0, 0.25)          # amplitude of a linear light gradient (multiplicative)
 BLUR_SIGMA = (0.3, 0.9)             # pixels at render size
@@ -242,8 +243,8 @@ def background(rng, yy, xx, scale):
 
 
 def distractors(rng, image, yy, xx, scale):
-    """Object-like blobs (ellipses with a wavy rim) in object textures and colours; they stay
-    background (the mask is not touched)."""
+    """Unannotated things: blobs (ellipses with a wavy rim) in the stuff's colours and coarse,
+    low-contrast textures; they stay background (the mask is not touched)."""
     height, width = yy.shape
     diagonal = float(np.hypot(height, width))
     for _ in range(int(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1))):
@@ -260,11 +261,11 @@ def distractors(rng, image, yy, xx, scale):
         v = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
         rim = 1.0 + DISTRACTOR_WOBBLE * np.clip(smooth_field(rng, y, x, min(ay, ax) + 1.0), -1, 1)
         where = (u / ax) ** 2 + (v / ay) ** 2 <= rim
-        hue, saturation, value = rng.uniform(0, 360), rng.uniform(*DISTRACTOR_SATURATION), rng.uniform(*DISTRACTOR_VALUE)
+        hue, saturation, value = rng.uniform(0, 360), rng.uniform(*STUFF_SATURATION), rng.uniform(*STUFF_VALUE)
         dark = _colour(hue, saturation, value)
-        light = _colour(hue + rng.uniform(-LIGHT_HUE_SHIFT, LIGHT_HUE_SHIFT), saturation,
-                        value + rng.uniform(*OBJECT_CONTRAST))
-        pattern = texture(TEXTURES[rng.integers(len(TEXTURES))], rng, y, x, scale * rng.uniform(*TEXTURE_PERIOD))
+        light = _colour(hue, saturation, value + rng.uniform(*DISTRACTOR_CONTRAST))
+        period = STUFF_TEXTURE_SCALE * scale * rng.uniform(*TEXTURE_PERIOD)
+        pattern = texture(TEXTURES[rng.integers(len(TEXTURES))], rng, y, x, period)
         image[box][where] = paint(pattern, dark, light)[where]
 
 
