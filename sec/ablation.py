@@ -206,7 +206,7 @@ def evaluate_both(deploy, weights, image_list, root_folder, mask_folder, num_cla
     from sec import caffe
     from sec.deploy import Segmenter
 
-    net = caffe.Net(str(deploy), str(weights), caffe.TEST)
+    net = caffe.Net(str(deploy), caffe.TEST, weights=str(weights))
     net.weight_report.require_complete()   # a layer at its filler would score plausible nonsense
     net.to(torch.device(device))
     net.eval()
