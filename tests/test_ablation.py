@@ -144,9 +144,10 @@ def test_cue_scoring_on_a_hand_made_case(tmp_path):
 def test_cue_scoring_errors(tmp_path):
     image_list, mask_folder = write_tiny_set(tmp_path, {5: np.zeros((4, 4), int)})
     with pytest.raises(ValueError, match="image id 5: a cell carries two seeds"):
-        ablation.score_cues({"5_cues": np.array([[1, 0], [0, 0], [1, 1]])}, image_list, mask_folder, 3, 2)
+        ablation.score_cues({"5_cues": np.array([[1, 0], [0, 0], [1, 1]])}, image_list, mask_folder,
+                            num_classes=3, cue_size=2)
     with pytest.raises(KeyError, match="image id 5 has no '5_cues'"):
-        ablation.score_cues({}, image_list, mask_folder, 3, 2)
+        ablation.score_cues({}, image_list, mask_folder, num_classes=3, cue_size=2)
 
 
 def test_mean_std_and_aggregation():
