@@ -11,8 +11,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Folders that hold no project documentation (hidden ones neither): run outputs, generated data,
 # test fixtures, build trees.
 SKIPPED_FOLDERS = {".git", "generated", "runs", "results", "fixtures", "build", "node_modules"}
-# Link targets that another branch adds, named here until it is merged (then delete the entry).
-PENDING_TARGETS = {"docs/voc_shapes.md": "bench/voc_shapes.py's page, on the voc branch"}
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
 FENCE = "```"
@@ -71,9 +69,7 @@ def broken_links(relative):
             resolved = (source.parent / file_part).resolve() if file_part else source
             where = f"{relative}:{number}: {target}"
             if not resolved.exists():
-                pending = resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else None
-                if pending not in PENDING_TARGETS:
-                    broken.append(f"{where} (no such file)")
+                broken.append(f"{where} (no such file)")
             elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
                 broken.append(f"{where} (no heading with anchor #{anchor} in {resolved.name})")
     return broken
