@@ -189,15 +189,17 @@ def test_installed_caffe_defers_to_a_real_caffe_unless_told(installed, tmp_path)
     assert run(["caffe", "--version"], env={**env, caffe_tool.ENGINE_ENV: "bvlc"}).stdout == "real caffe: --version\n"
     result = run(["caffe", "--version"], env={**env, caffe_tool.ENGINE_ENV: "caffe2"})
     assert result.returncode == 1 and "SEC_CAFFE='caffe2': need one of auto, sec, bvlc" in result.stderr
-    shim = tmp_path / "shim"                          # a wrapper that runs the console script (pyenv's shims)
-    shim.mkdir()
-    (shim / "caffe").write_text(f'#!/bin/sh\nexec "{installed["bin"] / "caffe"}" "$@"\n')
-    (shim / "caffe").chmod(0o755)
-    env = installed_env(installed, [shim, installed["bin"], *_system_dirs()])
+    shims = [tmp_path / "shim", tmp_path / "shim2"]   # wrappers that run the console script (pyenv's shims)
+    for folder in shims:
+        folder.mkdir()
+        (folder / "caffe").write_text(f'#!/bin/sh\nexec "{installed["bin"] / "caffe"}" "$@"\n')
+        (folder / "caffe").chmod(0o755)
+    shim = shims[0]
+    env = installed_env(installed, [*shims, installed["bin"], *_system_dirs()])
     result = run(["caffe", "--version"], env=env)
     assert (result.returncode, result.stdout) == (0, "caffe version 1.0.0\n"), result.stderr
     assert f"{shim / 'caffe'} on PATH runs this script again" in result.stderr
-    env = installed_env(installed, [shim, installed["bin"], real, *_system_dirs()])  # the real one after it
+    env = installed_env(installed, [*shims, installed["bin"], real, *_system_dirs()])  # the real one after them
     assert run(["caffe", "--version"], env=env).stdout == "real caffe: --version\n"
     env = installed_env(installed, [installed["bin"], *_system_dirs()])       # no real Caffe on PATH
     assert run(["caffe", "--version"], env=env).stdout == "caffe version 1.0.0\n"

@@ -63,8 +63,9 @@ ENGINE_ENV = "SEC_CAFFE"
 ENGINE_AUTO, ENGINE_SEC, ENGINE_BVLC = "auto", "sec", "bvlc"
 ENGINE_CHOICES = (ENGINE_AUTO, ENGINE_SEC, ENGINE_BVLC)
 OWN_SCRIPT_MARKER = b"sec.caffe.tools"
-# Set to the binary exec'd: a `caffe` that is a wrapper of this script (a pyenv shim, say) brings
-# it back here, where that binary is then passed over instead of exec'd again, for ever.
+# The binaries exec'd so far (os.pathsep-joined): a `caffe` that is a wrapper of this script (a
+# pyenv shim, say) brings it back here, where every one of them is then passed over instead of
+# exec'd again, for ever (also when several wrappers stand on PATH).
 DEFERRED_ENV = "SEC_CAFFE_DEFERRED_TO"
 SCRIPT_HEAD_BYTES = 4096
 TRAIN_PHASE, TEST_PHASE = 0, 1
@@ -244,16 +245,16 @@ def installed_main():
         sys.stderr.write(f"ERROR: environment variable {ENGINE_ENV}={choice!r}: need one of "
                          f"{', '.join(ENGINE_CHOICES)}\n")
         return FLAG_ERROR_STATUS
-    tried = os.environ.pop(DEFERRED_ENV, "")
+    tried = [path for path in os.environ.pop(DEFERRED_ENV, "").split(os.pathsep) if path]
     if tried:
-        sys.stderr.write(f"sec.caffe: {tried} on PATH runs this script again (a wrapper, e.g. a pyenv shim), "
+        sys.stderr.write(f"sec.caffe: {tried[-1]} on PATH runs this script again (a wrapper, e.g. a pyenv shim), "
                          "not a BVLC Caffe binary: passed over\n")
-    real = find_real_caffe(sys.argv[0], skip=(tried,) if tried else ()) if choice != ENGINE_SEC else None
+    real = find_real_caffe(sys.argv[0], skip=tried) if choice != ENGINE_SEC else None
     if real is not None:
         sys.stderr.write(f"sec.caffe: running the real Caffe binary {real} ({ENGINE_ENV}={ENGINE_SEC} "
                          "or `sec-caffe` runs sec.caffe's)\n")
         sys.stderr.flush()
-        os.execve(real, [real] + sys.argv[1:], {**os.environ, DEFERRED_ENV: real})
+        os.execve(real, [real] + sys.argv[1:], {**os.environ, DEFERRED_ENV: os.pathsep.join([*tried, real])})
     if choice == ENGINE_BVLC:
         sys.stderr.write(f"ERROR: {ENGINE_ENV}={ENGINE_BVLC}: no BVLC Caffe `caffe` binary on PATH\n")
         return FLAG_ERROR_STATUS
