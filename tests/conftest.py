@@ -31,6 +31,23 @@ def shared_file(name):
     return path
 
 
+def live_caffe_python():
+    """$SEC_CAFFE_PYTHON as a Path when that Python imports the real pycaffe; else the test is
+    skipped, saying why (the live tests against BVLC Caffe all start here)."""
+    import subprocess
+    from sec import bvlc_caffe
+    value = os.environ.get(bvlc_caffe.CAFFE_PYTHON_ENV)
+    if not value:
+        pytest.skip(f"{bvlc_caffe.CAFFE_PYTHON_ENV} is not set: set it to the Python pycaffe was built for "
+                    f"(bash ../shared/caffe/build.sh makes {bvlc_caffe.DEFAULT_CAFFE_PYTHON})")
+    result = subprocess.run([value, "-c", "import caffe"], capture_output=True, text=True,
+                            env=dict(os.environ, GLOG_minloglevel="2"), timeout=120)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"{bvlc_caffe.CAFFE_PYTHON_ENV}={value} does not import caffe: {last}")
+    return Path(value)
+
+
 def load_script(relative_path):
     """A script of the checkout (e.g. "training/train.py", not a package module) imported as a
     module, so tests can call its functions and main(args)."""

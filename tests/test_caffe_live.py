@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_tiny_voc
+from conftest import live_caffe_python, write_tiny_voc
 from sec import bvlc_caffe
 from sec.caffe import formats
 
@@ -129,20 +129,6 @@ def test_train_sh_engine_caffe_keeps_an_earlier_run(tmp_path):
 
 
 # ----- with the real Caffe ------------------------------------------------------------------------
-def live_caffe_python():
-    """$SEC_CAFFE_PYTHON when it imports caffe; else the test is skipped, saying why."""
-    value = os.environ.get(bvlc_caffe.CAFFE_PYTHON_ENV)
-    if not value:
-        pytest.skip(f"{bvlc_caffe.CAFFE_PYTHON_ENV} is not set: set it to the Python pycaffe was built for "
-                    f"(bash ../shared/caffe/build.sh makes {bvlc_caffe.DEFAULT_CAFFE_PYTHON})")
-    result = subprocess.run([value, "-c", "import caffe"], capture_output=True, text=True,
-                            env=dict(os.environ, **QUIET_GLOG), timeout=120)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"{bvlc_caffe.CAFFE_PYTHON_ENV}={value} does not import caffe: {last}")
-    return Path(value)
-
-
 @pytest.fixture(scope="module")
 def caffe_python():
     return live_caffe_python()

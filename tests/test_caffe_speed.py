@@ -2,7 +2,6 @@
 the environment of each thread setting, and, with the real Caffe ($SEC_CAFFE_PYTHON), a short run
 of both settings at a small input size. No timing is asserted: the bench prints ratios."""
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import live_caffe_python
 from sec import caffe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,17 +77,9 @@ def test_settings_set_or_remove_the_thread_and_wait_variables(monkeypatch):
         SPEED.build_parser().parse_args(["--threads", "1,0"])
 
 
-def live_caffe_python():
-    value = os.environ.get("SEC_CAFFE_PYTHON")
-    if not value or not Path(value).is_file():
-        pytest.skip("SEC_CAFFE_PYTHON is not set to the Python pycaffe was built for (../shared/caffe/build.sh "
-                    "makes /opt/caffe/venv/bin/python)")
-    return value
-
-
 @pytest.mark.slow
 def test_bench_runs_both_settings_with_their_threads_and_prints_the_fraction_of_peak():
-    caffe_python = live_caffe_python()
+    caffe_python = str(live_caffe_python())
     result = subprocess.run([sys.executable, str(BENCH / "caffe_reference.py"), "--bench", "--caffe-python",
                              caffe_python, "--size", "33", "--iters", "1", "--threads", "1,all"],
                             capture_output=True, text=True, timeout=600, cwd=REPO)

@@ -20,6 +20,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import live_caffe_python
 from caffe_tools_helpers import REPO_ROOT, SUBPROCESS_TIMEOUT_S, caffe_command, run, tool_env, write_tiny_classifier
 from sec import bvlc_caffe
 from sec.caffe import formats
@@ -36,10 +37,7 @@ SCORE_ATOL = 1e-6
 
 @pytest.fixture(scope="module")
 def caffe_bin():
-    value = os.environ.get(bvlc_caffe.CAFFE_PYTHON_ENV)
-    if not value:
-        pytest.skip(f"{bvlc_caffe.CAFFE_PYTHON_ENV} is not set: set it to the Python pycaffe was built for "
-                    f"(bash ../shared/caffe/build.sh makes {bvlc_caffe.DEFAULT_CAFFE_PYTHON})")
+    value = live_caffe_python()
     try:
         folder = bvlc_caffe.locate_pycaffe(value)
         return bvlc_caffe.find_caffe_binary(None, folder / "caffe" / "__init__.py").parent

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pycaffe_suite_runner import extract_suite, run_in
+from conftest import live_caffe_python
 from sec import bvlc_caffe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,16 +33,7 @@ RESIZE_ATOL = 1e-5      # scipy 1.10 (Caffe's Debian) vs this Python's scipy, fl
 
 @pytest.fixture(scope="module")
 def caffe_python():
-    value = os.environ.get(bvlc_caffe.CAFFE_PYTHON_ENV)
-    if not value:
-        pytest.skip(f"{bvlc_caffe.CAFFE_PYTHON_ENV} is not set: set it to the Python pycaffe was built for "
-                    f"(bash ../shared/caffe/build.sh makes {bvlc_caffe.DEFAULT_CAFFE_PYTHON})")
-    result = subprocess.run([value, "-c", "import caffe"], capture_output=True, text=True, timeout=TIMEOUT_S,
-                            env=dict(os.environ, **QUIET))
-    if result.returncode != 0:
-        pytest.skip(f"{bvlc_caffe.CAFFE_PYTHON_ENV}={value} does not import caffe: "
-                    f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    return Path(value)
+    return live_caffe_python()
 
 
 def caffe_env(caffe_python, *path):
